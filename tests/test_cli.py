@@ -1,0 +1,65 @@
+"""The CLI skeleton: lazy imports, info, one-line errors."""
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from retinaunet_deploy.cli import cli
+
+PLANNED = ["train", "export", "calibrate", "build-engine", "bench", "predict", "triton"]
+
+
+def test_help_lists_every_command():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in PLANNED + ["info"]:
+        assert f"  {name} " in result.output
+
+
+def test_help_does_not_import_tensorflow():
+    # `--help` must stay instant: TensorFlow takes seconds to import.
+    code = ("import sys; from retinaunet_deploy.cli import main; sys.argv = ['x', '--help'];\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'onnxruntime', 'tensorrt', 'tf2onnx')"
+            " if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_info_reports_parameters_flops_and_outputs():
+    result = CliRunner().invoke(cli, ["info", "--preset", "tiny", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    assert "RetinaNet heads" in result.output
+    for name in ("mask", "cls_logits", "box_deltas"):
+        assert name in result.output
+    assert "(N, 64, 64, 3)" in result.output and "(N, 3024, 2)" in result.output
+
+
+def test_info_without_detection_has_no_heads():
+    result = CliRunner().invoke(cli, ["info", "--preset", "tiny", "--size", "64",
+                                      "--no-detection"])
+    assert result.exit_code == 0, result.output
+    assert "RetinaNet heads" not in result.output and "cls_logits" not in result.output
+
+
+def test_invalid_size_is_one_line_error():
+    result = CliRunner().invoke(cli, ["info", "--preset", "tiny", "--size", "100"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: input height 100 is not a multiple of 16 "
+                                     "(2**depth, depth=4); valid sizes are multiples of 16, "
+                                     "e.g. 96 or 112")
+
+
+def test_planned_commands_exit_with_a_clear_message():
+    for name in PLANNED:
+        result = CliRunner().invoke(cli, [name, "some/run"])
+        assert result.exit_code == 1
+        assert f"'{name}' is not built yet" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_unknown_preset_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["info", "--preset", "huge"])
+    assert result.exit_code == 2
+    assert "'huge' is not one of" in result.output
