@@ -25,3 +25,7 @@ class ArtifactError(RetinaUNetError):
 
 class NotBuiltError(RetinaUNetError):
     """A command whose stage is planned but not implemented yet."""
+
+
+class DataError(RetinaUNetError, ValueError):
+    """A dataset that cannot be used: missing pairs, unreadable files, bad mask values."""

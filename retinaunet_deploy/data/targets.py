@@ -1,0 +1,72 @@
+"""Detection targets from class masks (numpy): boxes by connected component, anchor matching.
+
+One dataset format (image + class mask) trains both heads: every connected
+component of a foreground class in the mask is one box of that class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retinaunet_deploy.model.anchors import box_iou, encode_boxes
+
+POSITIVE, NEGATIVE, IGNORED = 1.0, 0.0, -1.0
+
+
+def boxes_from_mask(mask: np.ndarray, num_classes: int):
+    """Boxes of the connected components (8-connectivity) of each foreground class.
+
+    Args:
+        mask: (H, W) integer class indices, 0 = background.
+        num_classes: mask classes including background.
+    Returns:
+        boxes: (M, 4) float32 (y1, x1, y2, x2) pixels, y2/x2 exclusive.
+        classes: (M,) int32 detection class = mask class - 1.
+    """
+    from scipy import ndimage
+
+    boxes, classes = [], []
+    for mask_class in range(1, num_classes):
+        labels, count = ndimage.label(mask == mask_class, structure=np.ones((3, 3)))
+        for rows, cols in ndimage.find_objects(labels)[:count]:
+            boxes.append((rows.start, cols.start, rows.stop, cols.stop))
+            classes.append(mask_class - 1)
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int32))
+
+
+def match_anchors(boxes: np.ndarray, classes: np.ndarray, anchors: np.ndarray,
+                  num_det_classes: int, positive_iou: float = 0.5, negative_iou: float = 0.4):
+    """RetinaNet anchor assignment.
+
+    An anchor is positive for the box it overlaps most when IoU >= positive_iou,
+    negative when its best IoU < negative_iou, ignored in between; each box also
+    claims its best anchor, so no box is left without a positive.
+
+    Args:
+        boxes: (M, 4) float32 y1x1y2x2; classes: (M,) int detection classes (-1 = padding).
+        anchors: (A, 4) float32.
+    Returns:
+        cls_target: (A, C + 1) float32: one-hot class in [:C], anchor state in [C]
+            (1 positive, 0 negative, -1 ignored).
+        box_target: (A, 5) float32: encoded deltas in [:4] (0 unless positive), state in [4].
+    """
+    keep = classes >= 0
+    boxes, classes = boxes[keep], classes[keep]
+    num_anchors = len(anchors)
+    state = np.full(num_anchors, NEGATIVE, np.float32)
+    one_hot = np.zeros((num_anchors, num_det_classes), np.float32)
+    deltas = np.zeros((num_anchors, 4), np.float32)
+    if len(boxes):
+        iou = box_iou(anchors, boxes)                      # (A, M)
+        best_box = iou.argmax(axis=1)
+        best_iou = iou[np.arange(num_anchors), best_box]
+        state[best_iou >= negative_iou] = IGNORED
+        state[best_iou >= positive_iou] = POSITIVE
+        forced = iou.argmax(axis=0)                        # best anchor of each box
+        best_box[forced] = np.arange(len(boxes))
+        state[forced] = POSITIVE
+        positive = state == POSITIVE
+        one_hot[positive, classes[best_box[positive]]] = 1.0
+        deltas[positive] = encode_boxes(boxes[best_box[positive]], anchors[positive])
+    return (np.concatenate([one_hot, state[:, None]], axis=1),
+            np.concatenate([deltas, state[:, None]], axis=1))
