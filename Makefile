@@ -26,8 +26,14 @@ test: install
 # embedded synthetic data.
 demo: export bench
 
+# Train the small preset on the embedded synthetic data when the run has no model
+# yet (delete $(RUN)/model.keras to retrain); later stages export and quantise it.
 export: install
-	$(CLI) info --preset small --size 128
+	@if [ -f $(RUN)/model.keras ]; then \
+		echo "$(RUN)/model.keras exists: not retraining (delete it to retrain)"; \
+	else \
+		$(CLI) train --data synthetic --preset small --size 128 --out $(RUN); \
+	fi
 
 bench: install
 	@echo "bench: not built yet (issue 6)"

@@ -8,13 +8,16 @@ messages with exit code 1; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
 from retinaunet_deploy import __version__
 from retinaunet_deploy.errors import NotBuiltError, RetinaUNetError
+from retinaunet_deploy.train import TrainOptions
 
 PRESET_NAMES = ("seed", "small", "tiny")  # retinaunet_deploy.model.PRESETS, kept import-free
+TRAIN_DEFAULTS = TrainOptions()
 
 
 class ToolkitGroup(click.Group):
@@ -88,6 +91,61 @@ def info(preset, size, channels, num_classes, no_detection):
                       f"{[round(s, 3) for s in anchors.scales]}, ratios {list(anchors.ratios)})")
 
 
+@cli.command()
+@click.option("--data", default="synthetic", show_default=True,
+              help="'synthetic' (embedded, generated from --seed) or a folder with images/ "
+                   "and masks/ PNGs of matching names.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="small", show_default=True)
+@click.option("--size", type=int, default=None,
+              help="Synthetic image size [default: 128]; a folder keeps its images' size.")
+@click.option("--epochs", type=int, default=TRAIN_DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size, show_default=True)
+@click.option("--train-images", type=int, default=TRAIN_DEFAULTS.train_images, show_default=True,
+              help="Synthetic training images (validation and test splits are separate).")
+@click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS.learning_rate,
+              show_default=True, help="Peak learning rate (Adam, cosine decay).")
+@click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
+@click.option("--no-detection", is_flag=True, help="Train the plain U-Net, without heads.")
+@click.option("--no-flips", is_flag=True, help="No random flips.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("export/default"), show_default=True, help="Run folder to write.")
+def train(data, preset, size, epochs, batch_size, train_images, learning_rate, seed,
+          no_detection, no_flips, out_dir):
+    """Train a RetinaUNet; write OUT/model.keras and OUT/model_card.json."""
+    from retinaunet_deploy.train import TrainOptions
+    from retinaunet_deploy.train import train as run_training
+
+    options = TrainOptions(data=data, preset=preset, size=size, epochs=epochs,
+                           batch_size=batch_size, train_images=train_images,
+                           learning_rate=learning_rate, seed=seed, detection=not no_detection,
+                           flips=not no_flips)
+    card = run_training(options, out_dir)
+    _print_evaluation(card, out_dir)
+
+
+def _print_evaluation(card: dict, out_dir: Path):
+    from rich.console import Console
+    from rich.table import Table
+
+    evaluation = card["evaluation"]
+    table = Table(title=f"held-out {evaluation['split']} split, {evaluation['images']} images")
+    columns = ["dice", "iou"] + [k for k in evaluation if k.startswith("ap@")]
+    table.add_column("class")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name in evaluation["dice"]:
+        values = [evaluation[c][name] for c in columns]
+        table.add_row(name, *("n/a" if v is None else f"{v:.3f}" for v in values))
+    means = [evaluation["mean_dice"], evaluation["mean_iou"]] + [
+        evaluation["m" + c] for c in columns[2:]]
+    table.add_row("mean", *(f"{v:.3f}" for v in means))
+    console = Console()
+    console.print(table)
+    console.print(f"trained {card['training']['epochs_run']} epochs in "
+                  f"{card['training']['seconds']:.0f} s; wrote {out_dir / 'model.keras'} and "
+                  f"{out_dir / 'model_card.json'}")
+
+
 def _planned_command(name: str, issue: int, summary: str):
     """Register a command whose stage is planned; it exits 1 with one clear line."""
 
@@ -101,7 +159,6 @@ def _planned_command(name: str, issue: int, summary: str):
     return command
 
 
-_planned_command("train", 3, "Train a RetinaUNet on synthetic or folder data")
 _planned_command("export", 4, "Export model.keras to ONNX with measured parity")
 _planned_command("predict", 4, "Run an artifact on images; write masks, detections, overlays")
 _planned_command("calibrate", 5, "Make FP16 and calibrated INT8 ONNX variants")

@@ -84,6 +84,10 @@ class RetinaUNet:
         anchor_scales, anchor_ratios, anchor_size_factor: see `AnchorConfig`.
         prior_probability: initial foreground probability of the class logits
             (RetinaNet: 0.01), which keeps focal loss stable at the start.
+        input_scale, input_offset: when given, the model starts with a
+            `Rescaling` layer named "preprocess" computing x * scale + offset,
+            so normalisation travels inside the graph (ONNX, TensorRT) and apps
+            feed raw pixel values. None (the default, the seed) adds no layer.
 
     Outputs of the built model (a dict, names stable through ONNX/TensorRT):
         mask: (N, H, W, num_classes) float32 softmax probabilities.
@@ -105,6 +109,8 @@ class RetinaUNet:
         anchor_ratios=(0.5, 1.0, 2.0),
         anchor_size_factor: float = 4.0,
         prior_probability: float = 0.01,
+        input_scale: float | None = None,
+        input_offset: float | None = None,
     ):
         # === Validate and keep every argument (returned by get_config) ===
         input_shape = tuple(input_shape)
@@ -152,6 +158,14 @@ class RetinaUNet:
         self.anchor_ratios = tuple(float(r) for r in anchor_ratios)
         self.anchor_size_factor = float(anchor_size_factor)
         self.prior_probability = float(prior_probability)
+        if (input_scale is None) != (input_offset is None):
+            raise ConfigError("input_scale and input_offset go together: give both or neither")
+        if input_scale is not None and not (math.isfinite(input_scale) and input_scale != 0
+                                            and math.isfinite(input_offset)):
+            raise ConfigError(f"input_scale must be finite and non-zero and input_offset finite, "
+                              f"got {input_scale}, {input_offset}")
+        self.input_scale = None if input_scale is None else float(input_scale)
+        self.input_offset = None if input_offset is None else float(input_offset)
         # Built even without heads so that bad anchor options fail here, not later.
         self._anchors = AnchorConfig(detection_levels, self.anchor_scales, self.anchor_ratios,
                                      self.anchor_size_factor)
@@ -197,7 +211,10 @@ class RetinaUNet:
 
         inputs = keras.Input(self.input_shape, name=INPUT_NAME)
 
-        skips, x = [], inputs
+        x = inputs
+        if self.input_scale is not None:
+            x = keras.layers.Rescaling(self.input_scale, self.input_offset, name="preprocess")(x)
+        skips = []
         for i in range(self.depth):
             s, x = self.encoder_block(x, self.base_filters * 2**i, f"enc{i + 1}")
             skips.append(s)
@@ -259,9 +276,15 @@ class RetinaUNet:
 
         k = self._anchors.anchors_per_position
         c = self.num_det_classes
-        # RetinaNet init: N(0, 0.01) weights, zero bias; class-output bias at the prior.
+        # Output convs use RetinaNet's init: N(0, 0.01) weights, class bias at the prior.
+        # Hidden head convs use He init instead: with RetinaNet's N(0, 0.01) the signal
+        # shrinks ~5x per layer on these narrow, normalisation-free heads and the
+        # class subnet trains markedly slower (measured on the synthetic set).
         def weight_init():  # a fresh initializer per layer: Keras warns when one is reused
             return keras.initializers.RandomNormal(stddev=0.01)
+
+        def hidden_init():
+            return keras.initializers.HeNormal()
 
         prior_bias = -math.log((1 - self.prior_probability) / self.prior_probability)
 
@@ -269,7 +292,7 @@ class RetinaUNet:
             layers = []
             for n in range(1, self.head_convs + 1):
                 layers.append(keras.layers.Conv2D(
-                    self.head_filters, 3, padding="same", kernel_initializer=weight_init(),
+                    self.head_filters, 3, padding="same", kernel_initializer=hidden_init(),
                     name=f"{HEAD_PREFIX}{prefix}_conv{n}"))
                 layers.append(keras.layers.Activation("relu", name=f"{HEAD_PREFIX}{prefix}_relu{n}"))
             layers.append(keras.layers.Conv2D(
@@ -283,7 +306,7 @@ class RetinaUNet:
 
         cls_per_level, box_per_level = [], []
         for stride, features in zip(self.detection_levels, level_features):
-            p = self._conv(keras.layers.Conv2D(self.head_filters, 1, kernel_initializer=weight_init(),
+            p = self._conv(keras.layers.Conv2D(self.head_filters, 1, kernel_initializer=hidden_init(),
                                                name=f"{HEAD_PREFIX}proj_s{stride}"), features)
             for subnet_layers, channels, out_list, tag in (
                 (cls_subnet, c, cls_per_level, "cls"), (box_subnet, 4, box_per_level, "box")
@@ -354,6 +377,8 @@ class RetinaUNet:
             "anchor_ratios": list(self.anchor_ratios),
             "anchor_size_factor": self.anchor_size_factor,
             "prior_probability": self.prior_probability,
+            "input_scale": self.input_scale,
+            "input_offset": self.input_offset,
         }
 
     @classmethod
