@@ -26,10 +26,11 @@ CARD_VERSION = 1
 REQUIRED_KEYS = ("card_version", "builder", "class_names", "input", "normalization")
 
 
-def save_card(run_dir: Path, card: dict) -> Path:
-    path = Path(run_dir) / CARD_NAME
-    write_json(path, {"card_version": CARD_VERSION, **card})
-    return path
+def save_card(run_dir: Path, card: dict) -> dict:
+    """Write ``run_dir/model_card.json``; returns the card exactly as written (JSON types)."""
+    card = json.loads(json.dumps({"card_version": CARD_VERSION, **card}))
+    write_json(Path(run_dir) / CARD_NAME, card)
+    return card
 
 
 def load_card(run_dir: Path) -> dict:

@@ -146,6 +146,49 @@ def _print_evaluation(card: dict, out_dir: Path):
                   f"{out_dir / 'model_card.json'}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset (>= 17; TensorRT 10/11 and ONNX Runtime import it).")
+@click.option("--parity-images", type=int, default=64, show_default=True,
+              help="Validation images compared between Keras and ONNX Runtime.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Largest accepted max |ONNX - Keras|; worse parity writes no file.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
+def export(run_dir, opset, parity_images, tolerance, no_simplify):
+    """Export RUN_DIR/model.keras to RUN_DIR/model.onnx, with measured parity."""
+    from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
+
+    parity = export_onnx(run_dir, ExportOptions(opset=opset, parity_images=parity_images,
+                                                tolerance=tolerance, simplify=not no_simplify))
+    errors = ", ".join(f"{name} {value:.2e}" for name, value in parity["max_abs_error"].items())
+    click.echo(f"wrote {run_dir / 'model.onnx'}: parity on {parity['images']} validation images: "
+               f"max |ONNX - Keras| {errors}; mask argmax agreement "
+               f"{parity['mask_argmax_agreement']:.2%}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("predictions"), show_default=True)
+@click.option("--threads", type=int, default=None, help="Inference threads [default: library's].")
+@click.option("--score-threshold", type=float, default=0.5, show_default=True,
+              help="Keep detections scoring at least this. (The model card's 0.05 is for "
+                   "evaluation, where AP needs the low-score tail.)")
+def predict(artifact, images, out_dir, threads, score_threshold):
+    """Run ARTIFACT (.keras or .onnx) on PNG IMAGES; write masks, overlays, detections.json."""
+    from retinaunet_deploy.predict import predict_files
+
+    results = predict_files(artifact, list(images), out_dir, threads, score_threshold)
+    for path, entry in results.items():
+        found = entry.get("detections", [])
+        summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
+        click.echo(f"{path}: {len(found)} detection(s){': ' + summary if found else ''}")
+    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/ and {out_dir}/detections.json")
+
+
 def _planned_command(name: str, issue: int, summary: str):
     """Register a command whose stage is planned; it exits 1 with one clear line."""
 
@@ -159,8 +202,6 @@ def _planned_command(name: str, issue: int, summary: str):
     return command
 
 
-_planned_command("export", 4, "Export model.keras to ONNX with measured parity")
-_planned_command("predict", 4, "Run an artifact on images; write masks, detections, overlays")
 _planned_command("calibrate", 5, "Make FP16 and calibrated INT8 ONNX variants")
 _planned_command("bench", 6, "Benchmark every variant against the Keras float reference")
 _planned_command("build-engine", 7, "Compile a TensorRT engine from an ONNX variant")

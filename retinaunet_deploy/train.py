@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.card import save_card
+from retinaunet_deploy.artifacts import record_artifact, tool_versions
+from retinaunet_deploy.card import CARD_NAME, save_card
 from retinaunet_deploy.errors import ConfigError, DataError
 
 MODEL_NAME = "model.keras"
@@ -237,5 +238,17 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
         },
         "evaluation": {"split": "test", **evaluation},
     }
-    save_card(out_dir, card)
+    card = save_card(out_dir, card)
+    record_artifact(out_dir, MODEL_NAME, "train", options=asdict(options),
+                    figures={"test": evaluation}, tools=tool_versions("tensorflow", "keras"))
+    record_artifact(out_dir, CARD_NAME, "train", parent=MODEL_NAME)
     return card
+
+
+def card_split(card: dict, split: str):
+    """Re-create one split of the data a model was trained on, from its card.
+
+    Returns (images, masks) as in `Splits`; `split` is "train", "val" or "test".
+    """
+    options = TrainOptions(**card["training"]["options"])
+    return getattr(load_splits(options), split)

@@ -1,4 +1,39 @@
 import os
+import shutil
+
+import pytest
 
 # Quiet TensorFlow's C++ start-up logs in test output; set before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TINY = {"preset": "tiny", "size": 64, "batch_size": 8, "train_images": 32, "val_images": 8,
+        "test_images": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """A tiny model trained for 4 epochs on 64x64 synthetic data: (run_dir, card)."""
+    from retinaunet_deploy.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("tiny_trained")
+    card = train(TrainOptions(epochs=4, learning_rate=3e-3, **TINY), out, verbose=0)
+    return out, card
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tiny_trained, tmp_path_factory):
+    """The tiny run with model.onnx exported: (run_dir, parity figures)."""
+    from retinaunet_deploy.export.onnx import export_onnx
+
+    run_dir, _ = tiny_trained
+    out = tmp_path_factory.mktemp("tiny_exported") / "run"
+    shutil.copytree(run_dir, out)
+    return out, export_onnx(out)
+
+
+@pytest.fixture
+def run_copy(tiny_exported, tmp_path):
+    """A private copy of the exported tiny run, for tests that damage it."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_exported[0], out)
+    return out

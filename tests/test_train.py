@@ -13,15 +13,11 @@ from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.train import TrainOptions, train
 
-TINY = {"preset": "tiny", "size": 64, "batch_size": 8, "train_images": 32, "val_images": 8,
-        "test_images": 8}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    card = train(TrainOptions(epochs=4, learning_rate=3e-3, **TINY), out, verbose=0)
-    return out, card
+@pytest.fixture
+def tiny_run(tiny_trained):
+    return tiny_trained
 
 
 def test_tiny_training_loss_goes_down(tiny_run):
@@ -35,7 +31,8 @@ def test_training_writes_a_loadable_model_and_its_card(tiny_run):
     import keras
 
     out, card = tiny_run
-    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "model_card.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.keras",
+                                                     "model_card.json"]
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert model.get_layer("preprocess") is not None  # normalisation in the graph
     assert load_card(out) == json.loads((out / "model_card.json").read_text())

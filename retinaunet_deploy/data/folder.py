@@ -51,7 +51,8 @@ def _read_png(path: Path):
         raise DataError(f"cannot read {path}: {error}; replace it with a valid PNG") from error
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """One PNG as (H, W, C) uint8 or uint16; `DataError` naming the file if unusable."""
     mode, image = _read_png(path)
     if mode not in IMAGE_MODES:
         raise DataError(f"{path} has PNG mode {mode!r}; use 8/16-bit greyscale or 8-bit RGB "
@@ -101,7 +102,7 @@ def load_folder_dataset(root: Path, num_classes: int | None = None,
 
     images, masks = [], []
     for name in image_names:
-        image, mask = _read_image(image_dir / name), _read_mask(mask_dir / name)
+        image, mask = read_image(image_dir / name), _read_mask(mask_dir / name)
         if mask.shape != image.shape[:2]:
             raise DataError(f"{mask_dir / name} is {mask.shape[0]}x{mask.shape[1]} but its image "
                             f"is {image.shape[0]}x{image.shape[1]}; masks must match their images")

@@ -1,0 +1,1 @@
+"""Export stages: ONNX (fp32), precision variants, TensorRT engines, Triton repositories."""

@@ -1,0 +1,156 @@
+"""Export stage: ``model.keras`` -> ``model.onnx`` with measured parity.
+
+The ONNX graph keeps the Keras tensor names (`image` in; `mask`, `cls_logits`,
+`box_deltas` out), float32 NHWC input with a dynamic `batch` axis, opset 17 by
+default (TensorRT 10/11 and ONNX Runtime both import it), standard ONNX
+operators only (no ONNX Runtime fused ops, so the same file imports into
+TensorRT), and the model card in `metadata_props`.
+
+Parity is measured on held-out images of the training data, with ONNX Runtime
+running the file the way apps will (CPU provider, default graph
+optimisations). The file is only put in place when it passes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.artifacts import atomic_path, record_artifact, tool_versions, verify_artifact
+from retinaunet_deploy.card import load_card
+from retinaunet_deploy.errors import ArtifactError, ConfigError
+
+ONNX_NAME = "model.onnx"
+KERAS_NAME = "model.keras"
+MIN_OPSET = 17
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class ExportOptions:
+    """Options of the export stage (recorded in the manifest).
+
+    Attributes:
+        opset: ONNX opset, >= 17 (LayerNorm-era opsets that TensorRT 10/11 import).
+        parity_images: held-out validation images compared between Keras and ONNX.
+        tolerance: largest accepted max |ONNX - Keras| over every output.
+        simplify: run onnxslim (constant folding, standard-op fusions).
+    """
+
+    opset: int = MIN_OPSET
+    parity_images: int = 64
+    tolerance: float = 1e-4
+    simplify: bool = True
+
+    def __post_init__(self):
+        if self.opset < MIN_OPSET:
+            raise ConfigError(f"opset must be >= {MIN_OPSET} for TensorRT 10/11, got {self.opset}")
+        if self.parity_images < 1:
+            raise ConfigError(f"parity_images must be >= 1, got {self.parity_images}")
+
+
+def keras_to_onnx(model, card: dict, opset: int):
+    """Convert with tf2onnx; returns an onnx.ModelProto with a named `batch` axis."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = card["input"]
+    signature = [tf.TensorSpec((None, spec["height"], spec["width"], spec["channels"]),
+                               tf.float32, name=spec.get("name", "image"))]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    return proto
+
+
+def name_batch_axis(proto) -> None:
+    """Call the leading axis of every graph input and output `batch` (tf2onnx: unk__N)."""
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = "batch"
+
+
+def check_standard_ops(proto, path_hint: str) -> None:
+    """Refuse non-standard operator domains (e.g. com.microsoft fused ops)."""
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node
+                      if n.domain not in STANDARD_DOMAINS})
+    if foreign:
+        raise ArtifactError(f"{path_hint} would contain non-standard ops {foreign}; TensorRT "
+                            f"cannot import them (re-export without that optimisation)")
+
+
+def embed_metadata(proto, card: dict, parent_sha256: str) -> None:
+    import onnx
+
+    from retinaunet_deploy import __version__
+
+    onnx.helper.set_model_props(proto, {
+        "model_card": json.dumps(card, sort_keys=True),
+        "retinaunet_deploy_version": __version__,
+        "parent_sha256": parent_sha256,
+    })
+
+
+def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict:
+    """Max |candidate - reference| per output and argmax agreement of `mask`.
+
+    Both are dicts of output name -> array of the same shapes.
+    """
+    missing = sorted(set(reference) ^ set(candidate))
+    if missing:
+        raise ArtifactError(f"outputs differ between Keras and ONNX: {missing}")
+    max_abs = {name: float(np.max(np.abs(candidate[name].astype(np.float64) -
+                                         reference[name].astype(np.float64))))
+               for name in reference}
+    agreement = float(np.mean(reference["mask"].argmax(-1) == candidate["mask"].argmax(-1)))
+    return {"max_abs_error": max_abs, "max_abs_error_all": max(max_abs.values()),
+            "mask_argmax_agreement": agreement}
+
+
+def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
+    """Write ``run_dir/model.onnx`` from ``run_dir/model.keras``; returns the parity figures.
+
+    Raises `ArtifactError` (leaving any previous model.onnx untouched) when the
+    input is missing or changed since training, or parity exceeds the tolerance.
+    """
+    import onnx
+
+    from retinaunet_deploy.runtime.backends import KerasBackend, OnnxRuntimeBackend
+    from retinaunet_deploy.train import card_split
+
+    options = options or ExportOptions()
+    run_dir = Path(run_dir)
+    card = load_card(run_dir)
+    parent_sha = verify_artifact(run_dir, KERAS_NAME, f"retinaunet-deploy train --out {run_dir}")
+    keras_backend = KerasBackend(run_dir / KERAS_NAME)
+
+    proto = keras_to_onnx(keras_backend.model, card, options.opset)
+    if options.simplify:
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    check_standard_ops(proto, str(run_dir / ONNX_NAME))
+    name_batch_axis(proto)
+    embed_metadata(proto, card, parent_sha)
+    onnx.checker.check_model(proto, full_check=True)
+
+    images, _ = card_split(card, "val")
+    images = images[:options.parity_images].astype(np.float32)
+    reference = keras_backend.run(images)
+    with atomic_path(run_dir / ONNX_NAME) as tmp:
+        onnx.save(proto, tmp)
+        candidate = OnnxRuntimeBackend(tmp).run(images)
+        parity = {"images": len(images), "split": "val", **measure_parity(reference, candidate)}
+        if not parity["max_abs_error_all"] <= options.tolerance:
+            raise ArtifactError(
+                f"ONNX parity failed: max |ONNX - Keras| = {parity['max_abs_error_all']:.3g} > "
+                f"tolerance {options.tolerance:g} ({parity['max_abs_error']}); "
+                f"{run_dir / ONNX_NAME} was not written")
+    ops = sorted({node.op_type for node in proto.graph.node})
+    record_artifact(run_dir, ONNX_NAME, "export", parent=KERAS_NAME, options=asdict(options),
+                    figures={"parity": parity, "nodes": len(proto.graph.node), "op_types": ops},
+                    tools=tool_versions("tensorflow", "tf2onnx", "onnx", "onnxslim",
+                                        "onnxruntime", "onnxruntime-gpu"))
+    return parity

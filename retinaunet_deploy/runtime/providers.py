@@ -1,0 +1,57 @@
+"""Which ONNX Runtime execution providers can actually load here.
+
+onnxruntime-gpu lists the CUDA and TensorRT providers as available even on a
+machine without an NVIDIA driver, then logs an error when a session asks for
+them. So a GPU provider is only requested when the CUDA driver answers with at
+least one device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """CUDA devices the driver reports; 0 without a driver or device."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def default_providers() -> list[str]:
+    """CUDA (when a device is present and the provider is installed), then CPU.
+
+    The TensorRT provider is left to explicit requests: it compiles an engine on
+    first use, which takes minutes.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = [CUDA] if cuda_device_count() > 0 and CUDA in available else []
+    return providers + [CPU]
+
+
+def check_providers(requested: list[str]) -> list[str]:
+    """Refuse providers that cannot load here, naming what can."""
+    import onnxruntime as ort
+
+    from retinaunet_deploy.errors import ConfigError
+
+    available = ort.get_available_providers()
+    usable = [p for p in available if p == CPU or cuda_device_count() > 0]
+    bad = [p for p in requested if p not in usable]
+    if bad:
+        raise ConfigError(f"execution provider(s) {bad} cannot load on this machine "
+                          f"(usable: {usable}); GPU providers need an NVIDIA driver and device")
+    return list(requested)

@@ -1,0 +1,53 @@
+"""Pictures a person can look at: mask and detection overlays (Pillow only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Class colours (RGB), background first; cycled for more classes.
+PALETTE = [(0, 0, 0), (255, 140, 0), (0, 200, 255), (60, 220, 60), (230, 60, 200),
+           (250, 230, 40), (150, 100, 255)]
+
+
+def to_grey_rgb(image: np.ndarray, pixel_max: float) -> np.ndarray:
+    """(H, W[, C]) raw pixels -> (H, W, 3) uint8 for display (greyscale replicated)."""
+    image = np.asarray(image, np.float64)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    image = np.clip(image / max(pixel_max, 1) * 255, 0, 255).astype(np.uint8)
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, detections, class_names, det_class_names,
+            pixel_max: float = 255, scale: int = 4, alpha: float = 0.45):
+    """Image with the class mask blended in and detection boxes labelled "class score".
+
+    Args:
+        image: (H, W[, C]) raw pixels. mask: (H, W) class indices.
+        detections: `postprocess.Detections` or None. scale: integer upscaling, so
+            small medical crops stay legible.
+    Returns:
+        A PIL RGB image of size (W * scale, H * scale).
+    """
+    from PIL import Image, ImageDraw
+
+    rgb = to_grey_rgb(image, pixel_max).astype(np.float64)
+    colours = np.array([PALETTE[i % len(PALETTE)] for i in range(len(class_names))], np.float64)
+    foreground = mask > 0
+    rgb[foreground] = (1 - alpha) * rgb[foreground] + alpha * colours[mask[foreground]]
+    picture = Image.fromarray(rgb.astype(np.uint8)).resize(
+        (mask.shape[1] * scale, mask.shape[0] * scale), Image.NEAREST)
+    if detections is not None:
+        draw = ImageDraw.Draw(picture)
+        for (y1, x1, y2, x2), score, cls in zip(detections.boxes, detections.scores,
+                                                detections.classes):
+            colour = PALETTE[(int(cls) + 1) % len(PALETTE)]
+            box = [x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1]
+            draw.rectangle(box, outline=colour, width=2)
+            name = det_class_names[cls] if cls < len(det_class_names) else str(int(cls))
+            label = f"{name} {score:.2f}"
+            text_y = max(0, box[1] - 12)
+            draw.rectangle([box[0], text_y, box[0] + 6 * len(label) + 4, text_y + 11],
+                           fill=(0, 0, 0))
+            draw.text((box[0] + 2, text_y), label, fill=colour)
+    return picture
