@@ -68,13 +68,13 @@ def load_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / MANIFEST_NAME
     if not path.exists():
         return {"manifest_version": MANIFEST_VERSION, "artifacts": {}}
+    remedy = "delete it and re-run the stages from 'retinaunet-deploy train'"
     try:
         manifest = json.loads(path.read_text())
-        if not isinstance(manifest.get("artifacts"), dict):
-            raise ValueError("no 'artifacts' table")
-    except (ValueError, UnicodeDecodeError, AttributeError) as error:
-        raise ArtifactError(f"{path} is corrupt ({error}); delete it and re-run the stages "
-                            f"from 'retinaunet-deploy train'") from error
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path} is corrupt ({error}); {remedy}") from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), dict):
+        raise ArtifactError(f"{path} is corrupt (no 'artifacts' table); {remedy}")
     return manifest
 
 

@@ -14,7 +14,6 @@ from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.train import TrainOptions, train
 
 
-
 @pytest.fixture
 def tiny_run(tiny_trained):
     return tiny_trained

@@ -59,7 +59,7 @@ class Predictor:
 
     @classmethod
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
-                      batch_size: int = 8) -> "Predictor":
+                      batch_size: int = 8) -> Predictor:
         """Pick the backend from the suffix (.keras, .onnx) and read the model card.
 
         Args:
