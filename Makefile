@@ -27,13 +27,14 @@ test: install
 demo: export bench
 
 # Train the small preset on the embedded synthetic data when the run has no model
-# yet (delete $(RUN)/model.keras to retrain); later stages export and quantise it.
+# yet (delete $(RUN)/model.keras to retrain), then export it to ONNX with parity.
 export: install
 	@if [ -f $(RUN)/model.keras ]; then \
 		echo "$(RUN)/model.keras exists: not retraining (delete it to retrain)"; \
 	else \
 		$(CLI) train --data synthetic --preset small --size 128 --out $(RUN); \
 	fi
+	$(CLI) export $(RUN)
 
 bench: install
 	@echo "bench: not built yet (issue 6)"
