@@ -1,0 +1,1 @@
+"""Benchmark harness: timing (interleaved) and, with issue 6, the report."""
