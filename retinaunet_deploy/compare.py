@@ -1,0 +1,139 @@
+"""Agreement of a candidate's outputs with the float reference (Polygraphy's habit).
+
+Running and comparing are separate: runners produce output dicts, and
+`compare(reference, candidate, ...)` is a pure function of them returning an
+`Agreement` with every figure and a pass/fail against `Targets`.
+
+Figures (reference = the Keras float model on the same images):
+
+* pixel_agreement: fraction of pixels whose argmax class matches;
+* dice_vs_reference: Dice between the two argmax masks, per foreground class,
+  and its mean (the ring is thin, so a mean over classes exposes it);
+* mean/max |prob diff|: over all mask probabilities;
+* detections: boxes scoring >= `match_score` in the reference are matched to
+  same-class candidate boxes (greedy, by IoU); mean IoU of matched pairs and the
+  fraction matched; with ground truth, AP@0.1/0.5 of both and their difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from retinaunet_deploy.metrics import average_precision, dice_per_class, nan_mean
+from retinaunet_deploy.model.anchors import box_iou
+from retinaunet_deploy.postprocess import Detections
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Pass/fail thresholds of a variant against the float reference."""
+
+    pixel_agreement: float = 0.995
+    mean_dice_vs_reference: float = 0.98
+
+
+@dataclass
+class Agreement:
+    """The result of one comparison; `passed` is against `targets`."""
+
+    images: int
+    pixel_agreement: float
+    dice_vs_reference: dict[str, float]
+    mean_dice_vs_reference: float
+    mean_abs_prob_diff: float
+    max_abs_prob_diff: float
+    detections: dict = field(default_factory=dict)
+    targets: Targets = field(default_factory=Targets)
+
+    @property
+    def passed(self) -> bool:
+        return (self.pixel_agreement >= self.targets.pixel_agreement
+                and self.mean_dice_vs_reference >= self.targets.mean_dice_vs_reference)
+
+    def to_dict(self) -> dict:
+        result = asdict(self)
+        result["passed"] = self.passed
+        return result
+
+    def summary(self) -> str:
+        return (f"pixel agreement {self.pixel_agreement:.4%}, Dice vs float "
+                f"{self.mean_dice_vs_reference:.4f}, mean |prob diff| "
+                f"{self.mean_abs_prob_diff:.2e}")
+
+
+def match_detections(reference: Detections, candidate: Detections, min_score: float):
+    """Greedy same-class IoU matching of confident reference boxes to candidate boxes.
+
+    Returns (ious of matched pairs, number of confident reference boxes).
+    """
+    ref = reference.scores >= min_score
+    cand = candidate.scores >= min_score
+    ref_boxes, ref_classes = reference.boxes[ref], reference.classes[ref]
+    cand_boxes, cand_classes = candidate.boxes[cand], candidate.classes[cand]
+    ious = []
+    if len(ref_boxes) and len(cand_boxes):
+        overlap = box_iou(ref_boxes, cand_boxes)
+        overlap[ref_classes[:, None] != cand_classes[None, :]] = 0
+        taken = np.zeros(len(cand_boxes), bool)
+        for i in np.argsort(-reference.scores[ref], kind="stable"):
+            row = np.where(taken, 0, overlap[i])
+            j = int(np.argmax(row))
+            if row[j] > 0:
+                taken[j] = True
+                ious.append(float(row[j]))
+    return ious, len(ref_boxes)
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+            class_names, reference_detections=None, candidate_detections=None,
+            truths=None, targets: Targets | None = None, match_score: float = 0.5) -> Agreement:
+    """Compare a candidate's raw outputs (and decoded detections) with the reference's.
+
+    Args:
+        reference, candidate: output name -> array; `mask` (N, H, W, K) is required.
+        class_names: K mask class names, background first.
+        reference_detections, candidate_detections: per-image `Detections`, optional.
+        truths: per-image (boxes, classes) ground truth, optional (for AP).
+    """
+    ref_probs = reference["mask"].astype(np.float32)
+    cand_probs = candidate["mask"].astype(np.float32)
+    if ref_probs.shape != cand_probs.shape:
+        raise ValueError(f"mask shapes differ: reference {ref_probs.shape}, "
+                         f"candidate {cand_probs.shape}")
+    ref_mask, cand_mask = ref_probs.argmax(-1), cand_probs.argmax(-1)
+    num_classes = len(class_names)
+    dice = dice_per_class(cand_mask, ref_mask, num_classes)[1:]
+    diff = np.abs(cand_probs - ref_probs)
+    detections = {}
+    if reference_detections is not None and candidate_detections is not None:
+        ious, confident = [], 0
+        for ref, cand in zip(reference_detections, candidate_detections):
+            matched, count = match_detections(ref, cand, match_score)
+            ious += matched
+            confident += count
+        detections = {
+            "reference_boxes": confident,
+            "matched_fraction": len(ious) / confident if confident else 1.0,
+            "mean_matched_iou": float(np.mean(ious)) if ious else float("nan"),
+        }
+        if truths is not None:
+            num_det = max(1, num_classes - 1)
+            for threshold in (0.1, 0.5):
+                ref_ap = nan_mean(average_precision(reference_detections, truths, num_det,
+                                                    threshold))
+                cand_ap = nan_mean(average_precision(candidate_detections, truths, num_det,
+                                                     threshold))
+                detections[f"map@{threshold}"] = cand_ap
+                detections[f"map@{threshold}_diff"] = cand_ap - ref_ap
+    return Agreement(
+        images=len(ref_mask),
+        pixel_agreement=float(np.mean(ref_mask == cand_mask)),
+        dice_vs_reference=dict(zip(class_names[1:], np.round(dice, 5).tolist())),
+        mean_dice_vs_reference=float(dice.mean()),
+        mean_abs_prob_diff=float(diff.mean()),
+        max_abs_prob_diff=float(diff.max()),
+        detections=detections,
+        targets=targets or Targets(),
+    )
