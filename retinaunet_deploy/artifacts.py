@@ -120,6 +120,15 @@ def record_artifact(run_dir: Path, name: str, stage: str, parent: str | None = N
     return entry
 
 
+def forget_artifact(run_dir: Path, name: str) -> None:
+    """Delete `run_dir/name` if present and drop it from the manifest."""
+    run_dir = Path(run_dir)
+    (run_dir / name).unlink(missing_ok=True)
+    manifest = load_manifest(run_dir)
+    if manifest["artifacts"].pop(name, None) is not None:
+        write_json(run_dir / MANIFEST_NAME, manifest)
+
+
 def verify_artifact(run_dir: Path, name: str, remedy: str) -> str:
     """Check `run_dir/name` exists and matches its manifest record; return its sha256.
 

@@ -189,6 +189,74 @@ def predict(artifact, images, out_dir, threads, score_threshold):
     click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/ and {out_dir}/detections.json")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="Activation range calibration.")
+@click.option("--percentile", type=float, default=99.999, show_default=True,
+              help="Percentile kept by --method percentile.")
+@click.option("--calibration-images", type=int, default=128, show_default=True,
+              help="Training images used to calibrate activation ranges.")
+@click.option("--eval-images", type=int, default=256, show_default=True,
+              help="Held-out images measuring agreement with the float model.")
+@click.option("--target", "pixel_agreement", type=float, default=0.995, show_default=True,
+              help="Pixel agreement with the float mask each INT8 variant must reach.")
+@click.option("--min-dice", "mean_dice", type=float, default=0.98, show_default=True,
+              help="Mean foreground Dice vs the float mask each INT8 variant must reach.")
+@click.option("--no-fallback", is_flag=True,
+              help="Fail instead of keeping sensitive layers in float.")
+@click.option("--no-cpu-variant", is_flag=True, help="Skip the QOperator U8S8 CPU variant.")
+@click.option("--no-fp16", is_flag=True, help="Skip the FP16 variant.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads.")
+def calibrate(run_dir, method, percentile, calibration_images, eval_images, pixel_agreement,
+              mean_dice, no_fallback, no_cpu_variant, no_fp16, threads):
+    """Make RUN_DIR's FP16 and calibrated INT8 variants of model.onnx, each gated against
+    the float model; write calibration.json."""
+    from retinaunet_deploy.export.calibration import CalibrationOptions
+    from retinaunet_deploy.export.calibration import calibrate as run_calibration
+
+    options = CalibrationOptions(method=method, percentile=percentile,
+                                 calibration_images=calibration_images, eval_images=eval_images,
+                                 pixel_agreement=pixel_agreement, mean_dice=mean_dice,
+                                 fallback=not no_fallback, cpu_variant=not no_cpu_variant,
+                                 threads=threads)
+    report = run_calibration(run_dir, options, fp16=not no_fp16, progress=click.echo)
+    for name, figures in report["variants"].items():
+        agreement = figures["agreement"]
+        state = "written" if figures.get("written", True) else "not written"
+        click.echo(f"{name} ({state}; {figures['evaluated'].split(' (')[0]}): pixel agreement "
+                   f"{agreement['pixel_agreement']:.4%}, Dice vs float "
+                   f"{agreement['mean_dice_vs_reference']:.4f}"
+                   + (f", kept in float: {len(figures['kept_float'])} layer(s)"
+                      if figures.get("kept_float") else ""))
+    click.echo(f"wrote {run_dir / 'calibration.json'}")
+
+
+@cli.command("check-trt")
+@click.argument("artifacts", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def check_trt(artifacts):
+    """Check ONNX ARTIFACTS against TensorRT's import rules (no TensorRT needed)."""
+    from retinaunet_deploy.export.trt_check import check_tensorrt_import
+
+    failed = 0
+    for path in artifacts:
+        result = check_tensorrt_import(path)
+        if result.ok:
+            click.echo(f"{path}: OK ({len(result.op_types)} op types, {result.qdq_nodes} Q/DQ "
+                       f"nodes)")
+            continue
+        failed += 1
+        click.echo(f"{path}: {len(result.problems)} problem(s) TensorRT would refuse:")
+        for problem in result.problems[:10]:
+            click.echo(f"  - {problem}")
+        if len(result.problems) > 10:
+            click.echo(f"  ... and {len(result.problems) - 10} more")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(artifacts)} file(s) would not import "
+                                   f"into TensorRT")
+
+
 def _planned_command(name: str, issue: int, summary: str):
     """Register a command whose stage is planned; it exits 1 with one clear line."""
 
@@ -202,7 +270,6 @@ def _planned_command(name: str, issue: int, summary: str):
     return command
 
 
-_planned_command("calibrate", 5, "Make FP16 and calibrated INT8 ONNX variants")
 _planned_command("bench", 6, "Benchmark every variant against the Keras float reference")
 _planned_command("build-engine", 7, "Compile a TensorRT engine from an ONNX variant")
 _planned_command("triton", 7, "Write a Triton model repository for a run")

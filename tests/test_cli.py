@@ -7,13 +7,13 @@ from click.testing import CliRunner
 
 from retinaunet_deploy.cli import cli
 
-PLANNED = ["calibrate", "build-engine", "bench", "triton"]
+PLANNED = ["build-engine", "bench", "triton"]
 
 
 def test_help_lists_every_command():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in PLANNED + ["info", "train", "export", "predict"]:
+    for name in PLANNED + ["info", "train", "export", "predict", "calibrate", "check-trt"]:
         assert f"  {name} " in result.output
 
 

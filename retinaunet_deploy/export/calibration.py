@@ -1,0 +1,486 @@
+"""Calibration stage: ``model.onnx`` -> FP16 and calibrated INT8 variants, each gated.
+
+Outputs in the run folder (each recorded in the manifest with its figures):
+
+* ``model.fp16.onnx``: FP16 weights and compute, fp32 I/O (`precision.to_fp16`).
+* ``model.int8.onnx``: the TensorRT form. Explicit Q/DQ, symmetric int8
+  activations (zero point 0), per-channel symmetric int8 weights. It is
+  judged **unfused** (ONNX Runtime graph optimisations off, so every Q/DQ
+  is an exact fake-quant op), which is the arithmetic TensorRT performs.
+* ``model.int8.cpu.onnx``: the ONNX Runtime CPU form. QOperator, uint8
+  activations, int8 weights (U8S8). It is judged **as it runs**, with
+  ONNX Runtime's fused int8 kernels, and kept only when it passes the gate
+  and is faster on this CPU than the Q/DQ model.
+* ``calibration.json``: the method, the calibration images (count and hashes),
+  the activation ranges, the layers kept in float, and every variant's figures.
+
+Calibration images come from the training split. Agreement is measured on
+held-out test images against the Keras float model. When the Q/DQ model misses
+the target, a greedy fallback keeps its most sensitive convolutions in float
+until the target holds. Sensitivity is measured leave-one-out: the agreement gained
+when that conv alone stays float, from the cached ranges, on 32 held-out images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.artifacts import (
+    atomic_path,
+    forget_artifact,
+    record_artifact,
+    tool_versions,
+    verify_artifact,
+    write_json,
+)
+from retinaunet_deploy.card import load_card
+from retinaunet_deploy.compare import Agreement, Targets, compare
+from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
+from retinaunet_deploy.export.precision import (
+    FP16_NAME,
+    FP16Options,
+    preprocess_node_names,
+    to_fp16,
+)
+from retinaunet_deploy.export.trt_check import check_tensorrt_import
+
+ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+INT8_CPU_NAME = "model.int8.cpu.onnx"
+CALIBRATION_NAME = "calibration.json"
+METHODS = ("minmax", "entropy", "percentile")
+# Q/DQ goes on the inputs and weights of convolutions only (NVIDIA's recommended
+# placement for explicit quantization). Quantising the Softmax would put the mask's
+# probabilities in 1/127 steps (near-ties flip the argmax), and quantised Concats
+# force the skip connections onto a shared scale. It also means that keeping every
+# conv in float gives back the float model, so the fallback always ends.
+QUANTIZED_OPS = ("Conv", "ConvTranspose")
+CPU_QUANTIZED_OPS = QUANTIZED_OPS
+
+
+@dataclass
+class CalibrationOptions:
+    """Options of the calibration stage (recorded in calibration.json and the manifest)."""
+
+    method: str = "minmax"
+    percentile: float = 99.999
+    calibration_images: int = 128
+    eval_images: int = 256
+    pixel_agreement: float = 0.995
+    mean_dice: float = 0.98
+    fp16_pixel_agreement: float = 0.999
+    fallback: bool = True
+    cpu_variant: bool = True
+    batch_size: int = 8
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown calibration method {self.method!r}; choose one of "
+                              f"{list(METHODS)}")
+        if not 90 < self.percentile <= 100:
+            raise ConfigError(f"percentile must be in (90, 100], got {self.percentile}")
+        if self.calibration_images < 1 or self.eval_images < 1:
+            raise ConfigError("calibration_images and eval_images must be >= 1")
+
+    @property
+    def targets(self) -> Targets:
+        return Targets(self.pixel_agreement, self.mean_dice)
+
+
+# === Data ===
+
+def calibration_images(card: dict, count: int) -> np.ndarray:
+    """The first `count` training images (raw pixels, float32 NHWC)."""
+    from retinaunet_deploy.train import card_split
+
+    images, _ = card_split(card, "train")
+    return _checked_images(images[:count], card, "calibration")
+
+
+def held_out_set(card: dict, count: int):
+    """Held-out images (disjoint from calibration) and their masks.
+
+    Synthetic data: `count` images of the test split (any count can be made).
+    A folder: its test split (as many as it has).
+    """
+    from retinaunet_deploy.train import card_split
+
+    data = card["data"]
+    if data["kind"] == "synthetic":
+        from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+
+        config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in data["config"].items()})
+        images, masks = synthetic_dataset(config, count, data["seed"], "test")
+    else:
+        images, masks = card_split(card, "test")
+        images, masks = images[:count], masks[:count]
+    return _checked_images(images, card, "evaluation"), masks
+
+
+def _checked_images(images: np.ndarray, card: dict, purpose: str) -> np.ndarray:
+    spec = card["input"]
+    expected = (spec["height"], spec["width"], spec["channels"])
+    if len(images) == 0:
+        raise DataError(f"no {purpose} images: the training data of this run is empty or gone "
+                        f"({card['data'].get('path', card['data']['kind'])}); restore it or "
+                        f"retrain")
+    if images.shape[1:] != expected:
+        raise DataError(f"{purpose} images are {images.shape[1:]} but the model takes "
+                        f"{expected}; the run's data no longer matches its model: retrain")
+    return images.astype(np.float32)
+
+
+def image_hashes(images: np.ndarray) -> list[str]:
+    return [hashlib.sha256(image.tobytes()).hexdigest()[:16] for image in images]
+
+
+# === Quantisation ===
+
+def _reader(images: np.ndarray, batch_size: int, input_name: str = "image"):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ImageReader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([images[i:i + batch_size]
+                                  for i in range(0, len(images), batch_size)])
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return ImageReader()
+
+
+def quantize(source: Path, target: Path, images: np.ndarray, options: CalibrationOptions,
+             cache: Path, cpu_form: bool = False, exclude: tuple[str, ...] = ()) -> None:
+    """Quantise `source` (pre-processed fp32 ONNX) into `target`.
+
+    The TensorRT form is Q/DQ S8S8, symmetric, per-channel. The CPU form is
+    QOperator U8S8, per-channel. Activation ranges are calibrated once into
+    `cache`, then reused by every later call with the same cache.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[options.method]
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": not cpu_form,
+             "CalibPercentile": options.percentile,
+             # TensorRT's Q/DQ import takes int8 only: conv biases stay float (it
+             # fuses them itself), rather than ONNX Runtime's int32 bias + DQ.
+             "QuantizeBias": cpu_form}
+    proto = onnx.load(source)
+    # The input normalisation stays float: it is elementwise and cheap, and
+    # quantising raw pixels to 8 bits would throw away half of their levels.
+    exclude = tuple(exclude) + tuple(preprocess_node_names(proto))
+    quantize_static(
+        str(source), str(target), _reader(images, options.batch_size),
+        quant_format=QuantFormat.QOperator if cpu_form else QuantFormat.QDQ,
+        op_types_to_quantize=list(CPU_QUANTIZED_OPS if cpu_form else QUANTIZED_OPS),
+        per_channel=True,
+        activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        calibrate_method=method,
+        extra_options=extra,
+        calibration_cache_path=str(cache),
+    )
+
+
+def activation_ranges(cache: Path) -> dict:
+    """Calibrated (min, max) per tensor from ONNX Runtime's calibration cache."""
+    raw = json.loads(Path(cache).read_text())
+    ranges = {}
+    for name, value in raw.items():
+        pair = value.get("range", value) if isinstance(value, dict) else value
+        try:
+            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in pair)
+            ranges[name] = [round(lo, 6), round(hi, 6)]
+        except (TypeError, ValueError):
+            ranges[name] = str(value)[:80]
+    return ranges
+
+
+# === Evaluation ===
+
+@dataclass
+class EvalSet:
+    """Held-out images with the float reference's outputs and detections."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    truths: list
+    reference: dict
+    reference_detections: list | None
+
+
+def _decode(predictor, outputs):
+    from retinaunet_deploy.postprocess import decode_detections
+
+    if predictor.anchors is None or "cls_logits" not in outputs:
+        return None
+    return decode_detections(outputs["cls_logits"], outputs["box_deltas"], predictor.anchors,
+                             (predictor.height, predictor.width), predictor.detection_config)
+
+
+def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets,
+                     fused: bool, threads: int | None = None, batch_size: int = 8) -> Agreement:
+    """Run an ONNX variant on the held-out images and compare it with the float reference.
+
+    Args:
+        fused: run with ONNX Runtime's graph optimisations (as the CPU will run it);
+            False runs every op as written (exact fake-quant for Q/DQ).
+    """
+    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    predictor = Predictor(OnnxRuntimeBackend(path, threads=threads, optimize=fused), card,
+                          batch_size=batch_size)
+    outputs = predictor.run(eval_set.images)
+    return compare(eval_set.reference, outputs, card["class_names"],
+                   eval_set.reference_detections, _decode(predictor, outputs),
+                   eval_set.truths, targets)
+
+
+def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None) -> EvalSet:
+    """Held-out images and the Keras float reference on them."""
+    from retinaunet_deploy.data.targets import boxes_from_mask
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    images, masks = held_out_set(card, count)
+    keras_predictor = Predictor.from_artifact(Path(run_dir) / "model.keras", threads=threads)
+    reference = keras_predictor.run(images)
+    truths = [boxes_from_mask(mask, len(card["class_names"])) for mask in masks]
+    return EvalSet(images, masks, truths, reference, _decode(keras_predictor, reference))
+
+
+def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray,
+                      options: CalibrationOptions, cache: Path, card: dict, eval_set: EvalSet,
+                      baseline: Agreement) -> list[tuple[str, float]]:
+    """Leave-one-out: each conv's gain in agreement when it alone is kept in float.
+
+    Each trial re-quantises from the cached ranges (no recalibration) and runs the
+    fake-quant graph on `eval_set`. Returns (node name, gain) sorted by gain, where
+    gain = pixel agreement gained + Dice vs float gained, largest first.
+    """
+    import onnx
+
+    trial = work / "leave-one-out.onnx"
+    scores = []
+    for node in onnx.load(prepared).graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        quantize(prepared, trial, calib, options, cache, exclude=(node.name,))
+        agreement = evaluate_variant(trial, card, eval_set, options.targets, fused=False,
+                                     threads=options.threads)
+        gain = (agreement.pixel_agreement - baseline.pixel_agreement
+                + agreement.mean_dice_vs_reference - baseline.mean_dice_vs_reference)
+        scores.append((node.name, gain))
+    return sorted(scores, key=lambda item: -item[1])
+
+
+# === The stage ===
+
+def compare_latency(paths: dict[str, Path], image: np.ndarray, threads: int | None,
+                    rounds: int = 20) -> dict[str, float]:
+    """p50 ms of each ONNX file on one image, interleaved, as ONNX Runtime runs it."""
+    from retinaunet_deploy.bench.timing import interleaved_latency
+    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+
+    backends = {name: OnnxRuntimeBackend(path, threads=threads) for name, path in paths.items()}
+    figures = interleaved_latency({name: (lambda b=b: b.run(image)) for name, b in
+                                   backends.items()}, rounds=rounds, warmup=2)
+    return {name: round(f["p50_ms"], 3) for name, f in figures.items()}
+
+
+def _say(progress, message):
+    if progress:
+        progress(message)
+
+
+def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bool = True,
+              progress=None) -> dict:
+    """Make the FP16 and INT8 variants of ``run_dir/model.onnx``; returns calibration.json.
+
+    Args:
+        progress: optional callable receiving one-line status messages.
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from retinaunet_deploy.export.onnx import check_standard_ops
+
+    options = options or CalibrationOptions()
+    run_dir = Path(run_dir)
+    card = load_card(run_dir)
+    onnx_sha = verify_artifact(run_dir, ONNX_NAME, f"retinaunet-deploy export {run_dir}")
+    targets = options.targets
+    tools = tool_versions("onnx", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common")
+
+    _say(progress, f"float reference on {options.eval_images} held-out images")
+    eval_set = make_eval_set(run_dir, card, options.eval_images, options.threads)
+    calib = calibration_images(card, options.calibration_images)
+    report = {"parent": {"file": ONNX_NAME, "sha256": onnx_sha},
+              "options": asdict(options), "targets": asdict(targets),
+              "evaluation": {"images": len(eval_set.images), "split": "test",
+                             "reference": "model.keras (float32)"},
+              "calibration_data": {"split": "train", "images": len(calib),
+                                   "sha256_prefixes": image_hashes(calib)},
+              "variants": {}}
+
+    work = Path(tempfile.mkdtemp(prefix="calibrate-"))
+    try:
+        source = onnx.load(run_dir / ONNX_NAME)
+
+        if fp16:
+            _say(progress, "FP16: converting and measuring")
+            fp16_proto, blocked = to_fp16(source, FP16Options())
+            with atomic_path(run_dir / FP16_NAME) as tmp:
+                onnx.save(fp16_proto, tmp)
+                agreement = evaluate_variant(tmp, card, eval_set,
+                                             Targets(options.fp16_pixel_agreement, 0.0),
+                                             fused=True, threads=options.threads)
+                if not agreement.passed:
+                    raise ArtifactError(f"FP16 variant misses its target: {agreement.summary()} "
+                                        f"(target pixel agreement "
+                                        f">= {options.fp16_pixel_agreement:.2%}); not written")
+            figures = {"agreement": agreement.to_dict(), "kept_float32": blocked,
+                       "evaluated": "fused (as ONNX Runtime runs it)"}
+            report["variants"][FP16_NAME] = figures
+            record_artifact(run_dir, FP16_NAME, "calibrate", parent=ONNX_NAME,
+                            options=FP16Options().to_dict(), figures=figures, tools=tools)
+
+        _say(progress, f"INT8: calibrating ({options.method}) on {len(calib)} training images")
+        prepared = work / "prepared.onnx"
+        quant_pre_process(str(run_dir / ONNX_NAME), str(prepared), skip_symbolic_shape=True)
+        cache = work / "ranges.json"
+        qdq = work / "int8.onnx"
+        quantize(prepared, qdq, calib, options, cache)
+        report["activation_ranges"] = activation_ranges(cache)
+
+        agreement = evaluate_variant(qdq, card, eval_set, targets, fused=False,
+                                     threads=options.threads)
+        kept_float, trials = [], []
+        if not agreement.passed and options.fallback:
+            _say(progress, f"INT8 misses the target ({agreement.summary()}): ranking layers")
+            subset = EvalSet(eval_set.images[:32], eval_set.masks[:32], eval_set.truths[:32],
+                             {k: v[:32] for k, v in eval_set.reference.items()},
+                             eval_set.reference_detections and eval_set.reference_detections[:32])
+            baseline = evaluate_variant(qdq, card, subset, targets, fused=False,
+                                        threads=options.threads)
+            ranking = layer_sensitivity(prepared, work, calib, options, cache, card, subset,
+                                        baseline)
+            report["layer_sensitivity"] = [[name, round(s, 6)] for name, s in ranking]
+            count = 1
+            while not agreement.passed and count <= len(ranking):
+                kept_float = [name for name, _ in ranking[:count]]
+                quantize(prepared, qdq, calib, options, cache, exclude=tuple(kept_float))
+                agreement = evaluate_variant(qdq, card, eval_set, targets, fused=False,
+                                             threads=options.threads)
+                trials.append({"kept_float": len(kept_float),
+                               "pixel_agreement": agreement.pixel_agreement,
+                               "mean_dice_vs_reference": agreement.mean_dice_vs_reference})
+                _say(progress, f"  {len(kept_float)} layer(s) in float: {agreement.summary()}")
+                count = len(ranking) if count * 2 > len(ranking) > count else count * 2
+        if kept_float and len(kept_float) == len(ranking):
+            raise ArtifactError(f"INT8 ({options.method}) reaches the target only with every "
+                                f"layer in float, which is no INT8 model; try --method entropy "
+                                f"or percentile, or more calibration images; "
+                                f"{run_dir / INT8_NAME} was not written")
+        if not agreement.passed:
+            raise ArtifactError(f"INT8 ({options.method}) misses the target even with "
+                                f"{len(kept_float)} layer(s) in float: {agreement.summary()}; "
+                                f"try --method entropy or percentile, or more calibration "
+                                f"images; {run_dir / INT8_NAME} was not written")
+        proto = onnx.load(qdq)
+        check_standard_ops(proto, str(run_dir / INT8_NAME))
+        trt = check_tensorrt_import(qdq)
+        if not trt.ok:
+            raise ArtifactError(f"the INT8 Q/DQ model would not import into TensorRT: "
+                                f"{trt.problems[0]} ({len(trt.problems)} problem(s)); "
+                                f"{run_dir / INT8_NAME} was not written")
+        fused_agreement = evaluate_variant(qdq, card, eval_set, targets, fused=True,
+                                           threads=options.threads)
+        image = eval_set.images[:1]
+        latency = {"fp32": None, "int8": None}
+        if kept_float:
+            all_int8 = work / "int8-all.onnx"
+            quantize(prepared, all_int8, calib, options, cache)
+            latency = compare_latency({"fp32": run_dir / ONNX_NAME, "int8": qdq,
+                                       "int8_all_layers": all_int8}, image, options.threads)
+        figures = {"agreement": agreement.to_dict(), "evaluated": "unfused (exact fake-quant, "
+                   "the arithmetic TensorRT performs)",
+                   "agreement_fused_onnxruntime_cpu": fused_agreement.to_dict(),
+                   "kept_float": kept_float, "fallback_trials": trials,
+                   "latency_ms_cpu_batch1": latency,
+                   "format": "QDQ, int8 activations (symmetric, zero point 0), per-channel "
+                             "symmetric int8 weights"}
+        with atomic_path(run_dir / INT8_NAME) as tmp:
+            tmp.write_bytes(qdq.read_bytes())
+        report["variants"][INT8_NAME] = figures
+        record_artifact(run_dir, INT8_NAME, "calibrate", parent=ONNX_NAME,
+                        options={"method": options.method, "percentile": options.percentile,
+                                 "calibration_images": len(calib)},
+                        figures=figures, tools=tools)
+        _say(progress, f"INT8 Q/DQ (unfused): {agreement.summary()}")
+
+        if options.cpu_variant:
+            report["variants"][INT8_CPU_NAME] = _cpu_variant(
+                run_dir, prepared, work, calib, options, cache, card, eval_set, targets,
+                kept_float, tools, progress)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+    report["tensorrt_import_check"] = {
+        name: check_tensorrt_import(run_dir / name).to_dict()
+        for name in (ONNX_NAME, FP16_NAME, INT8_NAME) if (run_dir / name).exists()}
+    write_json(run_dir / CALIBRATION_NAME, report)
+    record_artifact(run_dir, CALIBRATION_NAME, "calibrate", parent=ONNX_NAME)
+    return report
+
+
+def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set, targets,
+                 kept_float, tools, progress) -> dict:
+    """The QOperator U8S8 variant: written only if it passes fused and beats Q/DQ on CPU."""
+    cpu = work / "int8-cpu.onnx"
+    quantize(prepared, cpu, calib, options, cache, cpu_form=True, exclude=tuple(kept_float))
+    agreement = evaluate_variant(cpu, card, eval_set, targets, fused=True,
+                                 threads=options.threads)
+    latency = compare_latency({"fp32": run_dir / ONNX_NAME, "int8_qdq": run_dir / INT8_NAME,
+                               "int8_cpu": cpu}, eval_set.images[:1], options.threads)
+    figures = {"agreement": agreement.to_dict(),
+               "evaluated": "fused (ONNX Runtime CPU int8 kernels, as it runs)",
+               "format": "QOperator, uint8 activations, per-channel int8 weights (U8S8)",
+               "kept_float": list(kept_float), "latency_ms_cpu_batch1": latency}
+    faster = latency["int8_cpu"] < latency["int8_qdq"]
+    if agreement.passed and faster:
+        with atomic_path(run_dir / INT8_CPU_NAME) as tmp:
+            tmp.write_bytes(cpu.read_bytes())
+        record_artifact(run_dir, INT8_CPU_NAME, "calibrate", parent=ONNX_NAME,
+                        options={"method": options.method}, figures=figures, tools=tools)
+        figures["written"] = True
+        _say(progress, f"INT8 CPU (fused): {agreement.summary()}; {latency['int8_cpu']:.1f} ms "
+                       f"vs Q/DQ {latency['int8_qdq']:.1f} ms")
+    else:
+        figures["written"] = False
+        figures["reason"] = ("misses the agreement target as ONNX Runtime runs it: "
+                             + agreement.summary() if not agreement.passed else
+                             "not faster than the Q/DQ model on this CPU")
+        forget_artifact(run_dir, INT8_CPU_NAME)  # a stale one from an earlier run must go
+        _say(progress, f"INT8 CPU variant not written: {figures['reason']}")
+    return figures

@@ -1,0 +1,58 @@
+"""FP16 variant: ``model.onnx`` -> ``model.fp16.onnx``.
+
+Weights and compute become float16; the graph's inputs and outputs stay
+float32 (casts at the edges), so apps feed and read the same tensors. Nodes on
+the block list stay float32:
+
+* the input normalisation (`preprocess` Rescaling): raw 16-bit pixels reach
+  65535, beyond float16's largest finite value (65504);
+* ops named in `FP16Options.op_block_list` (Softmax by default: the mask's
+  probabilities are what the agreement is measured on; it costs nothing).
+
+This is the file a strongly typed TensorRT network builds an FP16 engine from.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+FP16_NAME = "model.fp16.onnx"
+DEFAULT_OP_BLOCK_LIST = ("Softmax",)
+
+
+@dataclass
+class FP16Options:
+    op_block_list: tuple[str, ...] = DEFAULT_OP_BLOCK_LIST
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preprocess_node_names(proto) -> list[str]:
+    """Nodes of the in-graph normalisation (Keras layer `preprocess`)."""
+    return [node.name for node in proto.graph.node if "preprocess" in node.name]
+
+
+def to_fp16(proto, options: FP16Options | None = None):
+    """Convert an fp32 ModelProto to fp16 with fp32 I/O; returns (proto, blocked node names)."""
+    from onnxconverter_common import float16
+
+    options = options or FP16Options()
+    blocked_nodes = preprocess_node_names(proto)
+    with warnings.catch_warnings():
+        # It warns once per tiny weight it rounds to fp16's smallest normal; the
+        # agreement measured afterwards is what tells whether that matters.
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            proto, keep_io_types=True, op_block_list=list(options.op_block_list),
+            node_block_list=blocked_nodes)
+    # The converter leaves float32 value_info on tensors it re-types around blocked
+    # nodes (ONNX Runtime then refuses the file); value_info is optional, so re-infer it.
+    import onnx
+
+    del converted.graph.value_info[:]
+    converted = onnx.shape_inference.infer_shapes(converted)
+    blocked = blocked_nodes + [n.name for n in proto.graph.node
+                               if n.op_type in options.op_block_list]
+    return converted, blocked

@@ -1,0 +1,214 @@
+"""FP16 and INT8 calibration on the tiny model: form, gates, fallback, planted failures."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from retinaunet_deploy.artifacts import load_manifest
+from retinaunet_deploy.compare import Targets
+from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
+from retinaunet_deploy.export import calibration as calibration_module
+from retinaunet_deploy.export.calibration import (
+    CalibrationOptions,
+    calibrate,
+    evaluate_variant,
+    make_eval_set,
+)
+from retinaunet_deploy.export.trt_check import check_tensorrt_import
+
+FAST = {"calibration_images": 16, "eval_images": 16, "threads": 2}
+# The tiny model is barely trained (low-margin probabilities flip under any
+# quantisation), so tests gate it leniently; the real targets are measured on
+# the trained small model (see the README).
+LENIENT = {"pixel_agreement": 0.98, "mean_dice": 0.8}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_exported, tmp_path_factory):
+    run = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(tiny_exported[0], run)
+    report = calibrate(run, CalibrationOptions(**FAST, **LENIENT))
+    return run, report
+
+
+def _initializers(model):
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_int8_is_qdq_with_zero_points_zero_and_int8_types(calibrated):
+    import onnx
+
+    run, _ = calibrated
+    model = onnx.load(run / "model.int8.onnx")
+    values = _initializers(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    for node in qdq:
+        zero_point = values[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    weight_dq = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in values
+                 and values[n.input[0]].ndim == 4]
+    assert weight_dq and all(values[n.input[1]].size > 1 for n in weight_dq)  # per-channel
+    assert check_tensorrt_import(run / "model.int8.onnx").ok
+
+
+def test_report_and_manifest_record_every_variant(calibrated):
+    run, report = calibrated
+    on_disk = json.loads((run / "calibration.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert report["calibration_data"]["split"] == "train"
+    assert report["calibration_data"]["images"] == 16
+    assert len(report["calibration_data"]["sha256_prefixes"]) == 16
+    assert report["evaluation"]["split"] == "test" and report["activation_ranges"]
+    int8 = report["variants"]["model.int8.onnx"]
+    assert int8["evaluated"].startswith("unfused")
+    assert int8["agreement"]["passed"] and int8["agreement"]["pixel_agreement"] >= 0.98
+    fp16 = report["variants"]["model.fp16.onnx"]
+    assert fp16["agreement"]["pixel_agreement"] >= 0.999
+    assert any("preprocess" in name for name in fp16["kept_float32"])
+    assert all(check["ok"] for check in report["tensorrt_import_check"].values())
+    manifest = load_manifest(run)["artifacts"]
+    for name in ("model.fp16.onnx", "model.int8.onnx", "calibration.json"):
+        assert manifest[name]["parent"]["file"] == "model.onnx"
+    cpu = report["variants"]["model.int8.cpu.onnx"]
+    assert cpu["written"] == ("model.int8.cpu.onnx" in manifest)
+    assert cpu["written"] == (run / "model.int8.cpu.onnx").exists()
+
+
+def test_fp16_keeps_float32_io(calibrated):
+    import onnx
+
+    model = onnx.load(calibrated[0] / "model.fp16.onnx")
+    float32 = onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == float32
+               for v in list(model.graph.input) + list(model.graph.output))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_trt_check_fails_with_the_reason_on_uint8_activations(calibrated, tmp_path):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    run, _ = calibrated
+    images = calibration_module.calibration_images(json.loads(
+        (run / "model_card.json").read_text()), 8)
+    target = tmp_path / "u8.onnx"
+    quantize_static(str(run / "model.onnx"), str(target),
+                    calibration_module._reader(images, 8), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    result = check_tensorrt_import(target)
+    assert not result.ok
+    assert any("quantized type uint8; TensorRT needs int8" in p for p in result.problems)
+
+
+def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, tmp_path):
+    run, report = calibrated
+    baseline = report["variants"]["model.int8.onnx"]["agreement"]["pixel_agreement"]
+    if baseline == 1.0:
+        pytest.skip("INT8 already agrees perfectly: no target can demand a fallback")
+    demanding = baseline + (1.0 - baseline) / 2
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with pytest.raises(ArtifactError, match="misses the target even with 0 layer"):
+        calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.8,
+                                           fallback=False, cpu_variant=False, **FAST),
+                  fp16=False)
+    result = calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.8,
+                                                cpu_variant=False, **FAST), fp16=False)
+    int8 = result["variants"]["model.int8.onnx"]
+    assert int8["kept_float"], "the fallback kept no layer in float"
+    assert int8["agreement"]["pixel_agreement"] >= demanding
+    assert result["layer_sensitivity"] and int8["fallback_trials"]
+    kept = set(int8["kept_float"])
+    import onnx
+
+    model = onnx.load(copy / "model.int8.onnx")
+    for node in model.graph.node:
+        if node.name in kept:  # a float layer reads float weights, not a DequantizeLinear
+            assert all("DequantizeLinear" not in i for i in node.input[1:2]), node.name
+
+
+def test_planted_fused_kernel_failure_is_caught(calibrated, tmp_path, monkeypatch):
+    """A CPU variant that is broken only as ONNX Runtime runs it must not ship."""
+    import onnx
+
+    run, _ = calibrated
+    original = calibration_module.quantize
+
+    def broken_cpu_quantize(source, target, images, options, cache, cpu_form=False,
+                            exclude=()):
+        original(source, target, images, options, cache, cpu_form=cpu_form, exclude=exclude)
+        if cpu_form:  # plant: every activation scale off by 40x, like a bad fused kernel
+            model = onnx.load(target)
+            for tensor in model.graph.initializer:
+                if tensor.name.endswith("_scale") and tensor.dims == []:
+                    value = onnx.numpy_helper.to_array(tensor) * 40
+                    tensor.CopyFrom(onnx.numpy_helper.from_array(value, tensor.name))
+            onnx.save(model, target)
+
+    monkeypatch.setattr(calibration_module, "quantize", broken_cpu_quantize)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model.int8.cpu.onnx").write_bytes(b"stale variant from an earlier run")
+    report = calibrate(copy, CalibrationOptions(**FAST, **LENIENT), fp16=False)
+    cpu = report["variants"]["model.int8.cpu.onnx"]
+    assert not cpu["written"]
+    assert cpu["reason"].startswith("misses the agreement target as ONNX Runtime runs it")
+    assert not (copy / "model.int8.cpu.onnx").exists()
+    assert "model.int8.cpu.onnx" not in load_manifest(copy)["artifacts"]
+    assert report["variants"]["model.int8.onnx"]["agreement"]["passed"]
+
+
+def test_evaluate_variant_flags_a_bad_model(calibrated):
+    run, _ = calibrated
+    card = json.loads((run / "model_card.json").read_text())
+    eval_set = make_eval_set(run, card, 8, 2)
+    good = evaluate_variant(run / "model.onnx", card, eval_set, Targets(), fused=True)
+    assert good.passed and good.pixel_agreement > 0.9999
+    strict = evaluate_variant(run / "model.int8.onnx", card, eval_set, Targets(1.0, 1.0),
+                              fused=False)
+    assert strict.passed == (strict.pixel_agreement == 1.0
+                             and strict.mean_dice_vs_reference == 1.0)
+
+
+def test_missing_and_mismatched_calibration_data(tmp_path):
+    from retinaunet_deploy.data.folder import write_folder_dataset
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+    from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
+    from retinaunet_deploy.train import TrainOptions, train
+
+    images, masks = synthetic_dataset(SyntheticConfig(size=64), 10, seed=1)
+    data = tmp_path / "data"
+    write_folder_dataset(data, images, masks)
+    run = tmp_path / "run"
+    train(TrainOptions(data=str(data), preset="tiny", epochs=1, batch_size=4), run, verbose=0)
+    export_onnx(run, ExportOptions(parity_images=1))
+
+    shutil.rmtree(data)
+    with pytest.raises(DataError, match=f"{data}/images does not exist"):
+        calibrate(run, CalibrationOptions(**FAST))
+    assert not (run / "model.int8.onnx").exists() and not (run / "model.fp16.onnx").exists()
+
+    other, other_masks = synthetic_dataset(SyntheticConfig(size=96), 10, seed=1)
+    write_folder_dataset(data, other, other_masks)
+    with pytest.raises(DataError, match=r"images are \(96, 96, 1\) but the model takes "
+                                        r"\(64, 64, 1\); .* retrain"):
+        calibrate(run, CalibrationOptions(**FAST))
+
+
+def test_calibrate_needs_an_exported_model(tiny_trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_trained[0], run)
+    with pytest.raises(ArtifactError, match=r"model.onnx not found; run 'retinaunet-deploy "
+                                            r"export"):
+        calibrate(run)
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="unknown calibration method 'kl'"):
+        CalibrationOptions(method="kl")
+    with pytest.raises(ConfigError, match="percentile must be in"):
+        CalibrationOptions(percentile=50)
