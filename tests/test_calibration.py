@@ -138,9 +138,10 @@ def test_planted_fused_kernel_failure_is_caught(calibrated, tmp_path, monkeypatc
     run, _ = calibrated
     original = calibration_module.quantize
 
-    def broken_cpu_quantize(source, target, images, options, cache, cpu_form=False,
+    def broken_cpu_quantize(source, target, images, options, cache_dir, cpu_form=False,
                             exclude=()):
-        original(source, target, images, options, cache, cpu_form=cpu_form, exclude=exclude)
+        original(source, target, images, options, cache_dir, cpu_form=cpu_form,
+                 exclude=exclude)
         if cpu_form:  # plant: every activation scale off by 40x, like a bad fused kernel
             model = onnx.load(target)
             for tensor in model.graph.initializer:
@@ -212,3 +213,26 @@ def test_options_are_checked():
         CalibrationOptions(method="kl")
     with pytest.raises(ConfigError, match="percentile must be in"):
         CalibrationOptions(percentile=50)
+
+
+def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
+    """ONNX Runtime's default entropy settings silently equal min/max; ours must not."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    run, _ = calibrated
+    card = json.loads((run / "model_card.json").read_text())
+    images = calibration_module.calibration_images(card, 8)
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(run / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    ranges = {}
+    for method in ("minmax", "entropy", "percentile"):
+        folder = tmp_path / method
+        folder.mkdir()
+        calibration_module.calibrate_ranges(prepared, images, CalibrationOptions(method=method),
+                                            folder / "ranges-symmetric.json", symmetric=True)
+        ranges[method] = calibration_module.activation_ranges(folder)
+    assert ranges["minmax"].keys() == ranges["entropy"].keys() == ranges["percentile"].keys()
+    for method in ("entropy", "percentile"):
+        narrower = [name for name in ranges["minmax"]
+                    if ranges[method][name][1] < ranges["minmax"][name][1] - 1e-6]
+        assert narrower, f"{method} clipped no range: it is min/max in disguise"

@@ -159,13 +159,43 @@ def _reader(images: np.ndarray, batch_size: int, input_name: str = "image"):
     return ImageReader()
 
 
+def calibrate_ranges(source: Path, images: np.ndarray, options: CalibrationOptions,
+                     cache: Path, symmetric: bool) -> None:
+    """Calibrate activation ranges of `source` on `images` into `cache` (ORT's format).
+
+    ONNX Runtime's `quantize_static` builds its entropy calibrator with 128
+    histogram bins and 128 quantised bins, which leaves the KL search a single
+    candidate (so "entropy" silently equals min/max). Here the histogram methods
+    use 2048 bins, as TensorRT's entropy calibrator does.
+    """
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[options.method]
+    extra = {"symmetric": symmetric}
+    if options.method == "entropy":
+        extra.update(num_bins=2048, num_quantized_bins=128)
+    elif options.method == "percentile":
+        extra.update(num_bins=2048, percentile=options.percentile)
+    with tempfile.TemporaryDirectory(prefix="calibrator-") as scratch:
+        calibrator = create_calibrator(
+            Path(source), list(QUANTIZED_OPS), calibrate_method=method,
+            augmented_model_path=str(Path(scratch) / "augmented.onnx"), extra_options=extra)
+        calibrator.collect_data(_reader(images, options.batch_size))
+        save_tensors_data(calibrator.compute_data(), Path(cache), smooth_quant=False)
+
+
 def quantize(source: Path, target: Path, images: np.ndarray, options: CalibrationOptions,
-             cache: Path, cpu_form: bool = False, exclude: tuple[str, ...] = ()) -> None:
+             cache_dir: Path, cpu_form: bool = False, exclude: tuple[str, ...] = ()) -> None:
     """Quantise `source` (pre-processed fp32 ONNX) into `target`.
 
     The TensorRT form is Q/DQ S8S8, symmetric, per-channel. The CPU form is
-    QOperator U8S8, per-channel. Activation ranges are calibrated once into
-    `cache`, then reused by every later call with the same cache.
+    QOperator U8S8, per-channel. Activation ranges are calibrated once per form
+    into `cache_dir`, then reused by every later call with the same folder.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -175,10 +205,12 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
         quantize_static,
     )
 
+    cache = Path(cache_dir) / f"ranges-{'asymmetric' if cpu_form else 'symmetric'}.json"
+    if not cache.exists():
+        calibrate_ranges(source, images, options, cache, symmetric=not cpu_form)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.method]
     extra = {"WeightSymmetric": True, "ActivationSymmetric": not cpu_form,
-             "CalibPercentile": options.percentile,
              # TensorRT's Q/DQ import takes int8 only: conv biases stay float (it
              # fuses them itself), rather than ONNX Runtime's int32 bias + DQ.
              "QuantizeBias": cpu_form}
@@ -187,7 +219,7 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
     # quantising raw pixels to 8 bits would throw away half of their levels.
     exclude = tuple(exclude) + tuple(preprocess_node_names(proto))
     quantize_static(
-        str(source), str(target), _reader(images, options.batch_size),
+        str(source), str(target), None,
         quant_format=QuantFormat.QOperator if cpu_form else QuantFormat.QDQ,
         op_types_to_quantize=list(CPU_QUANTIZED_OPS if cpu_form else QUANTIZED_OPS),
         per_channel=True,
@@ -200,17 +232,14 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
     )
 
 
-def activation_ranges(cache: Path) -> dict:
-    """Calibrated (min, max) per tensor from ONNX Runtime's calibration cache."""
-    raw = json.loads(Path(cache).read_text())
+def activation_ranges(cache_dir: Path) -> dict:
+    """Calibrated [lowest, highest] per tensor, from the symmetric (TensorRT-form) cache."""
+    raw = json.loads((Path(cache_dir) / "ranges-symmetric.json").read_text())
     ranges = {}
-    for name, value in raw.items():
-        pair = value.get("range", value) if isinstance(value, dict) else value
-        try:
-            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in pair)
-            ranges[name] = [round(lo, 6), round(hi, 6)]
-        except (TypeError, ValueError):
-            ranges[name] = str(value)[:80]
+    for name, value in raw.get("data", {}).items():
+        lo, hi = (np.asarray(value[k].get("data", value[k]) if isinstance(value[k], dict)
+                             else value[k], np.float64).reshape(-1) for k in ("lowest", "highest"))
+        ranges[name] = [round(float(lo.min()), 6), round(float(hi.max()), 6)]
     return ranges
 
 
@@ -366,7 +395,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         _say(progress, f"INT8: calibrating ({options.method}) on {len(calib)} training images")
         prepared = work / "prepared.onnx"
         quant_pre_process(str(run_dir / ONNX_NAME), str(prepared), skip_symbolic_shape=True)
-        cache = work / "ranges.json"
+        cache = work  # ranges-{symmetric,asymmetric}.json, calibrated once each
         qdq = work / "int8.onnx"
         quantize(prepared, qdq, calib, options, cache)
         report["activation_ranges"] = activation_ranges(cache)
