@@ -27,7 +27,8 @@ test: install
 demo: export bench
 
 # Train the small preset on the embedded synthetic data when the run has no model
-# yet (delete $(RUN)/model.keras to retrain), then export it to ONNX with parity.
+# yet (delete $(RUN)/model.keras to retrain), export it to ONNX with parity, make
+# the FP16 and calibrated INT8 variants, and check them against TensorRT's rules.
 export: install
 	@if [ -f $(RUN)/model.keras ]; then \
 		echo "$(RUN)/model.keras exists: not retraining (delete it to retrain)"; \
@@ -35,6 +36,8 @@ export: install
 		$(CLI) train --data synthetic --preset small --size 128 --out $(RUN); \
 	fi
 	$(CLI) export $(RUN)
+	$(CLI) calibrate $(RUN)
+	$(CLI) check-trt $(RUN)/model.onnx $(RUN)/model.fp16.onnx $(RUN)/model.int8.onnx
 
 bench: install
 	@echo "bench: not built yet (issue 6)"

@@ -1,8 +1,11 @@
-"""Latency of the seed-size RetinaUNet: ONNX Runtime fp32 vs Keras run its fastest way.
+"""Latency of the seed-size RetinaUNet: ONNX Runtime fp32 and INT8 vs Keras run its fastest way.
 
 Random weights (latency only, no accuracy claim). Keras is timed both as a
 compiled tf.function and with XLA (jit_compile=True); the faster one is the
-reference. All candidates are interleaved in one run, batch 1, same threads.
+reference. The INT8 variants are made exactly as `retinaunet-deploy calibrate`
+makes them (Q/DQ S8S8 for TensorRT, QOperator U8S8 for the CPU), calibrated on
+32 synthetic images, and run the way ONNX Runtime runs them (fused). All
+candidates are interleaved in one run, batch 1, same threads.
 
     .venv/bin/python bench/seed_latency.py [--size 128] [--threads 2] [--rounds 30]
 
@@ -68,6 +71,24 @@ def main():
     onnx.save(proto, onnx_path)
     ort_backend = OnnxRuntimeBackend(onnx_path, threads=args.threads)
 
+    # INT8 variants, made by the calibration stage's own quantiser.
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+    from retinaunet_deploy.export.calibration import CalibrationOptions, quantize
+
+    work = onnx_path.parent
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+    calib = synthetic_dataset(SyntheticConfig(size=args.size), 32, seed=0)[0].astype(np.float32)
+    options = CalibrationOptions(calibration_images=32)
+    quantize(prepared, work / "int8.onnx", calib, options, work)
+    quantize(prepared, work / "int8.cpu.onnx", calib, options, work, cpu_form=True)
+    int8_backends = {"onnxruntime int8 Q/DQ (TensorRT form)":
+                     OnnxRuntimeBackend(work / "int8.onnx", threads=args.threads),
+                     "onnxruntime int8 U8S8 (CPU form)":
+                     OnnxRuntimeBackend(work / "int8.cpu.onnx", threads=args.threads)}
+
     image = np.random.default_rng(0).uniform(0, 255, (1, args.size, args.size, 1))
     image = image.astype(np.float32)
     tensor = tf.constant(image)
@@ -82,6 +103,8 @@ def main():
     candidates = {"keras tf.function": run_keras(keras_graph),
                   "keras tf.function + XLA": run_keras(keras_xla),
                   "onnxruntime fp32": lambda: ort_backend.run(image)}
+    candidates.update({name: (lambda b=backend: b.run(image))
+                       for name, backend in int8_backends.items()})
     reference = candidates["keras tf.function"]()
     for name, run in candidates.items():
         diff = max(float(np.abs(run()[k] - reference[k]).max()) for k in reference)
@@ -92,6 +115,9 @@ def main():
     keras_best = min(("keras tf.function", "keras tf.function + XLA"),
                      key=lambda n: figures[n]["p50_ms"])
     speedup = figures[keras_best]["p50_ms"] / figures["onnxruntime fp32"]["p50_ms"]
+    int8_best = min(int8_backends, key=lambda n: figures[n]["p50_ms"])
+    int8_vs_keras = figures[keras_best]["p50_ms"] / figures[int8_best]["p50_ms"]
+    int8_vs_fp32 = figures["onnxruntime fp32"]["p50_ms"] / figures[int8_best]["p50_ms"]
     result = {
         "what": f"{args.preset} preset{' without heads' if args.no_detection else ''}, random weights (latency only), {args.size}x{args.size}x1,"
                 f" batch 1, {args.threads} threads, interleaved",
@@ -100,15 +126,19 @@ def main():
                                   "onnxruntime-gpu", "onnxslim"),
         "figures": figures, "keras_fastest": keras_best,
         "onnxruntime_speedup_vs_keras_fastest": speedup,
+        "int8_fastest": int8_best,
+        "int8_speedup_vs_keras_fastest": int8_vs_keras,
+        "int8_speedup_vs_onnxruntime_fp32": int8_vs_fp32,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['what']}; CPU {result['cpu']}")
-    print(f"{'candidate':28s} {'p50 ms':>8s} {'p90 ms':>8s} {'runs':>5s}")
+    print(f"{'candidate':40s} {'p50 ms':>8s} {'p90 ms':>8s} {'runs':>5s}")
     for name, f in figures.items():
-        print(f"{name:28s} {f['p50_ms']:8.1f} {f['p90_ms']:8.1f} {f['runs']:5d}")
-    print(f"ONNX Runtime fp32 is {speedup:.2f}x faster than Keras' fastest ({keras_best}); "
-          f"wrote {args.out / 'result.json'}")
+        print(f"{name:40s} {f['p50_ms']:8.1f} {f['p90_ms']:8.1f} {f['runs']:5d}")
+    print(f"ONNX Runtime fp32 is {speedup:.2f}x faster than Keras' fastest ({keras_best})")
+    print(f"fastest INT8 ({int8_best}) is {int8_vs_keras:.2f}x faster than Keras' fastest and "
+          f"{int8_vs_fp32:.2f}x faster than ONNX Runtime fp32; wrote {args.out / 'result.json'}")
 
 
 if __name__ == "__main__":
