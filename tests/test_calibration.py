@@ -122,6 +122,7 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
     assert int8["kept_float"], "the fallback kept no layer in float"
     assert int8["agreement"]["pixel_agreement"] >= demanding
     assert result["layer_sensitivity"] and int8["fallback_trials"]
+    assert set(int8["latency_ms_cpu_batch1"]) == {"fp32", "int8", "int8_all_layers"}
     kept = set(int8["kept_float"])
     import onnx
 

@@ -159,6 +159,13 @@ def _reader(images: np.ndarray, batch_size: int, input_name: str = "image"):
     return ImageReader()
 
 
+def _ort_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
 def calibrate_ranges(source: Path, images: np.ndarray, options: CalibrationOptions,
                      cache: Path, symmetric: bool) -> None:
     """Calibrate activation ranges of `source` on `images` into `cache` (ORT's format).
@@ -168,14 +175,8 @@ def calibrate_ranges(source: Path, images: np.ndarray, options: CalibrationOptio
     candidate (so "entropy" silently equals min/max). Here the histogram methods
     use 2048 bins, as TensorRT's entropy calibrator does.
     """
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        create_calibrator,
-        save_tensors_data,
-    )
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[options.method]
     extra = {"symmetric": symmetric}
     if options.method == "entropy":
         extra.update(num_bins=2048, num_quantized_bins=128)
@@ -183,7 +184,7 @@ def calibrate_ranges(source: Path, images: np.ndarray, options: CalibrationOptio
         extra.update(num_bins=2048, percentile=options.percentile)
     with tempfile.TemporaryDirectory(prefix="calibrator-") as scratch:
         calibrator = create_calibrator(
-            Path(source), list(QUANTIZED_OPS), calibrate_method=method,
+            Path(source), list(QUANTIZED_OPS), calibrate_method=_ort_method(options.method),
             augmented_model_path=str(Path(scratch) / "augmented.onnx"), extra_options=extra)
         calibrator.collect_data(_reader(images, options.batch_size))
         save_tensors_data(calibrator.compute_data(), Path(cache), smooth_quant=False)
@@ -198,18 +199,11 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
     into `cache_dir`, then reused by every later call with the same folder.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     cache = Path(cache_dir) / f"ranges-{'asymmetric' if cpu_form else 'symmetric'}.json"
     if not cache.exists():
         calibrate_ranges(source, images, options, cache, symmetric=not cpu_form)
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[options.method]
     extra = {"WeightSymmetric": True, "ActivationSymmetric": not cpu_form,
              # TensorRT's Q/DQ import takes int8 only: conv biases stay float (it
              # fuses them itself), rather than ONNX Runtime's int32 bias + DQ.
@@ -226,7 +220,7 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
         activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(exclude),
-        calibrate_method=method,
+        calibrate_method=_ort_method(options.method),  # must match the cache's
         extra_options=extra,
         calibration_cache_path=str(cache),
     )
@@ -443,20 +437,18 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                                 f"{run_dir / INT8_NAME} was not written")
         fused_agreement = evaluate_variant(qdq, card, eval_set, targets, fused=True,
                                            threads=options.threads)
-        image = eval_set.images[:1]
-        latency = {"fp32": None, "int8": None}
-        if kept_float:
-            all_int8 = work / "int8-all.onnx"
-            quantize(prepared, all_int8, calib, options, cache)
-            latency = compare_latency({"fp32": run_dir / ONNX_NAME, "int8": qdq,
-                                       "int8_all_layers": all_int8}, image, options.threads)
         figures = {"agreement": agreement.to_dict(), "evaluated": "unfused (exact fake-quant, "
                    "the arithmetic TensorRT performs)",
                    "agreement_fused_onnxruntime_cpu": fused_agreement.to_dict(),
                    "kept_float": kept_float, "fallback_trials": trials,
-                   "latency_ms_cpu_batch1": latency,
                    "format": "QDQ, int8 activations (symmetric, zero point 0), per-channel "
                              "symmetric int8 weights"}
+        if kept_float:  # what keeping layers in float cost, on this CPU
+            all_int8 = work / "int8-all.onnx"
+            quantize(prepared, all_int8, calib, options, cache)
+            figures["latency_ms_cpu_batch1"] = compare_latency(
+                {"fp32": run_dir / ONNX_NAME, "int8": qdq, "int8_all_layers": all_int8},
+                eval_set.images[:1], options.threads)
         with atomic_path(run_dir / INT8_NAME) as tmp:
             tmp.write_bytes(qdq.read_bytes())
         report["variants"][INT8_NAME] = figures
