@@ -39,8 +39,9 @@ export: install
 	$(CLI) calibrate $(RUN)
 	$(CLI) check-trt $(RUN)/model.onnx $(RUN)/model.fp16.onnx $(RUN)/model.int8.onnx
 
+# Every variant of the run, side by side against the Keras float model.
 bench: install
-	@echo "bench: not built yet (issue 6)"
+	$(CLI) bench $(RUN) --out $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -257,6 +257,89 @@ def check_trt(artifacts):
                                    f"into TensorRT")
 
 
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        values = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return values
+
+
+@cli.command()
+@click.argument("run_dir", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Report folder [default: bench/default, or bench/<preset>-"
+                                 "latency with --latency-only].")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="With --latency-only: the architecture to time on random weights.")
+@click.option("--latency-only", is_flag=True,
+              help="Time a random-weights --preset at --sizes (no fidelity figures).")
+@click.option("--sizes", default="128,256", show_default=True, callback=_int_list,
+              help="Input sizes of the --latency-only sweep.")
+@click.option("--images", type=int, default=64, show_default=True,
+              help="Held-out images for the fidelity figures.")
+@click.option("--batch-sizes", default=None, callback=_int_list,
+              help="Comma-separated batch sizes [default: 1,8; 1 with --latency-only].")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--rounds", type=int, default=20, show_default=True,
+              help="Minimum timed runs per row and batch size.")
+@click.option("--min-seconds", type=float, default=5.0, show_default=True,
+              help="Minimum timed seconds per row and batch size.")
+@click.option("--backends", default="keras,onnxruntime,tflite,tensorrt", show_default=True,
+              help="Comma-separated backends to include.")
+def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
+          min_seconds, backends):
+    """Benchmark every artifact of RUN_DIR against the Keras float reference.
+
+    With --latency-only --preset P, time P on random weights at --sizes instead.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from retinaunet_deploy.bench.harness import BenchOptions, latency_sweep, run_bench
+    from retinaunet_deploy.bench.report import header, table_rows
+
+    if latency_only != (preset is not None) or latency_only == (run_dir is not None):
+        raise click.UsageError("give either RUN_DIR, or --latency-only with --preset")
+    batch_sizes = batch_sizes or ((1,) if latency_only else (1, 8))
+    options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
+                           rounds=rounds, min_seconds=min_seconds,
+                           backends=tuple(b.strip() for b in backends.split(",")))
+    out_dir = out_dir or Path("bench/default" if run_dir else f"bench/{preset}-latency")
+    console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the table, no wrapping
+        console = Console(width=170)
+    if latency_only:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("sweep", total=None)
+            latency_sweep(out_dir, preset, sizes, options,
+                          progress=lambda message: progress.update(task, description=message))
+        console.print((out_dir / "report.md").read_text(), markup=False)
+        return
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=None)
+        report = run_bench(run_dir, out_dir, options,
+                           progress=lambda message: progress.update(task, description=message))
+    table = Table(title=f"{run_dir}: {report['images']} held-out images, "
+                        f"{report['machine']['cpu']}, {threads} threads")
+    for column in header(report):
+        table.add_column(column)
+    for cells in table_rows(report):
+        table.add_row(*cells)
+    console.print(table)
+    for row in report["rows"]:
+        if row["status"] != "ok":
+            console.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False)
+    console.print(f"wrote {out_dir}/report.json, report.md, latency_vs_agreement.png, "
+                  f"overlays.png")
+
+
 def _planned_command(name: str, issue: int, summary: str):
     """Register a command whose stage is planned; it exits 1 with one clear line."""
 
@@ -270,7 +353,6 @@ def _planned_command(name: str, issue: int, summary: str):
     return command
 
 
-_planned_command("bench", 6, "Benchmark every variant against the Keras float reference")
 _planned_command("build-engine", 7, "Compile a TensorRT engine from an ONNX variant")
 _planned_command("triton", 7, "Write a Triton model repository for a run")
 

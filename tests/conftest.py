@@ -37,3 +37,20 @@ def run_copy(tiny_exported, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(tiny_exported[0], out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_calibrated(tiny_exported, tmp_path_factory):
+    """The tiny run with FP16 and INT8 variants: (run_dir, calibration report).
+
+    The tiny model is barely trained (low-margin probabilities flip under any
+    quantisation), so it is gated leniently; the real targets are measured on
+    the trained small model.
+    """
+    from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
+
+    run = tmp_path_factory.mktemp("tiny_calibrated") / "run"
+    shutil.copytree(tiny_exported[0], run)
+    report = calibrate(run, CalibrationOptions(calibration_images=16, eval_images=16, threads=2,
+                                               pixel_agreement=0.98, mean_dice=0.8))
+    return run, report

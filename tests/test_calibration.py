@@ -25,12 +25,9 @@ FAST = {"calibration_images": 16, "eval_images": 16, "threads": 2}
 LENIENT = {"pixel_agreement": 0.98, "mean_dice": 0.8}
 
 
-@pytest.fixture(scope="module")
-def calibrated(tiny_exported, tmp_path_factory):
-    run = tmp_path_factory.mktemp("calibrated") / "run"
-    shutil.copytree(tiny_exported[0], run)
-    report = calibrate(run, CalibrationOptions(**FAST, **LENIENT))
-    return run, report
+@pytest.fixture
+def calibrated(tiny_calibrated):
+    return tiny_calibrated
 
 
 def _initializers(model):

@@ -1,0 +1,426 @@
+"""The benchmark: every artifact x every backend that can run here, side by side.
+
+One row per (artifact, backend). For each row, on the same held-out images:
+
+* fidelity against the Keras float reference (`compare`) and against ground
+  truth (`evaluate_outputs`);
+* latency per batch size, interleaved across rows (`timing.interleaved_latency`),
+  both inference-only and end to end (input checks + inference + decode/NMS);
+* size: file bytes, parameters, GFLOPs per image.
+
+The Keras reference is timed its fastest way: a compiled tf.function, with
+XLA when that is faster here. A row whose backend fails becomes a row marked
+"failed" with the reason. Rows that cannot run on this machine (TensorRT, GPU
+providers) are marked "skipped" with the reason. Only a failing reference
+makes the bench fail.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.errors import ArtifactError
+
+REFERENCE = "keras fp32"
+
+
+@dataclass
+class BenchOptions:
+    images: int = 64
+    batch_sizes: tuple[int, ...] = (1, 8)
+    threads: int = 2
+    rounds: int = 20
+    min_seconds: float = 5.0
+    backends: tuple[str, ...] = ("keras", "onnxruntime", "tflite", "tensorrt")
+    overlay_images: int = 3
+
+
+@dataclass
+class Row:
+    """One line of the report."""
+
+    name: str
+    backend: str
+    precision: str
+    artifact: str
+    status: str = "ok"            # ok | failed | skipped
+    reason: str = ""
+    size_bytes: int | None = None
+    fidelity: dict = field(default_factory=dict)
+    ground_truth: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)
+    notes: str = ""
+    runner: object = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        # Not asdict(): it would deep-copy the live runner (TF graphs cannot be copied).
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "runner"}
+
+
+def machine_info(threads: int) -> dict:
+    from retinaunet_deploy.artifacts import tool_versions
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": tool_versions("tensorflow", "keras", "onnx", "onnxruntime",
+                                      "onnxruntime-gpu", "tf2onnx", "onnxslim")}
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT rows cannot run here, or None when they can."""
+    from retinaunet_deploy.runtime.providers import cuda_device_count
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return ("TensorRT is not installed (pip install -e '.[tensorrt]' on a machine with an "
+                "NVIDIA GPU)")
+    if cuda_device_count() == 0:
+        return "no CUDA device on this machine"
+    return None
+
+
+class KerasFastest:
+    """The Keras reference as a compiled tf.function, with XLA if that is faster here."""
+
+    def __init__(self, path: Path, threads: int):
+        import tensorflow as tf
+
+        from retinaunet_deploy.bench.timing import interleaved_latency
+        from retinaunet_deploy.runtime.backends import KerasBackend
+
+        self.backend = KerasBackend(path, threads=threads)
+        model = self.backend.model
+        plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        xla = tf.function(lambda x: model(x, training=False), jit_compile=True,
+                          reduce_retracing=True)
+        probe = np.zeros((1, *model.input_shape[1:]), np.float32)
+        figures = interleaved_latency({"tf.function": lambda: plain(probe),
+                                       "tf.function + XLA": lambda: xla(probe)},
+                                      rounds=5, warmup=2)
+        self.mode = min(figures, key=lambda k: figures[k]["p50_ms"])
+        self._call = xla if self.mode == "tf.function + XLA" else plain
+        self.path = path
+
+    def card(self):
+        return self.backend.card()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.asarray(value) for name, value in self._call(batch).items()}
+
+
+def _guard(row: Row, make):
+    """Build a row's runner; an error marks the row failed with its reason."""
+    try:
+        row.runner = make()
+    except Exception as error:  # noqa: BLE001 - any backend error becomes the row's reason
+        row.status, row.reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
+    return row
+
+
+def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
+               calibration: np.ndarray | None) -> list[Row]:
+    """Every row this run and machine allow, with runners (or failed/skipped reasons)."""
+    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+    from retinaunet_deploy.runtime.providers import cuda_device_count
+
+    rows = [_guard(Row(REFERENCE, "keras", "fp32", "model.keras"),
+                   lambda: KerasFastest(run_dir / "model.keras", options.threads))]
+    if rows[0].status == "ok":
+        rows[0].notes = f"timed as {rows[0].runner.mode}"
+    if "onnxruntime" in options.backends:
+        for name, precision, note in (
+            ("model.onnx", "fp32", ""),
+            ("model.fp16.onnx", "fp16", "fp16 compute on CPU runs through casts"),
+            ("model.int8.onnx", "int8", "TensorRT form (Q/DQ), run fused by ONNX Runtime"),
+            ("model.int8.cpu.onnx", "int8", "ONNX Runtime CPU form (QOperator U8S8)"),
+        ):
+            if (run_dir / name).exists():
+                row = Row(f"onnxruntime {precision} ({name})", "onnxruntime", precision, name,
+                          notes=note)
+                rows.append(_guard(row, lambda n=name: OnnxRuntimeBackend(
+                    run_dir / n, threads=options.threads, providers=["CPUExecutionProvider"])))
+        gpu_reason = None if cuda_device_count() else "no CUDA device on this machine"
+        for provider in ("CUDA", "TensorRT"):
+            if gpu_reason:
+                rows.append(Row(f"onnxruntime {provider} provider", "onnxruntime-gpu", "fp32",
+                                "model.onnx", status="skipped", reason=gpu_reason))
+    if "tflite" in options.backends:
+        rows += _tflite_rows(run_dir, card, options, out_dir, calibration)
+    if "tensorrt" in options.backends:
+        reason = tensorrt_unavailable()
+        for precision in ("fp16", "int8"):
+            plan = f"model.{precision}.plan"
+            if reason:
+                rows.append(Row(f"tensorrt {precision}", "tensorrt", precision, plan,
+                                status="skipped", reason=reason))
+            elif not (run_dir / plan).exists():
+                rows.append(Row(f"tensorrt {precision}", "tensorrt", precision, plan,
+                                status="skipped", reason=f"{plan} not built (build-engine)"))
+    for row in rows:
+        path = run_dir / row.artifact if not row.artifact.startswith("/") else Path(row.artifact)
+        if path.exists():
+            row.size_bytes = path.stat().st_size
+    return rows
+
+
+def _tflite_rows(run_dir, card, options, out_dir, calibration) -> list[Row]:
+    """TFLite fp32 and full-int8, converted from the same Keras model into the bench folder."""
+    from retinaunet_deploy.artifacts import atomic_path
+    from retinaunet_deploy.runtime.backends import load_keras_model
+    from retinaunet_deploy.runtime.tflite import TFLiteBackend, convert_to_tflite
+
+    rows = []
+    model = None
+    for precision, images in (("fp32", None), ("int8", calibration)):
+        target = Path(out_dir) / f"model.{precision}.tflite"
+        row = Row(f"tflite {precision}", "tflite", precision, str(target.resolve()),
+                  notes="converted from model.keras" + (f", full-int8 calibrated on "
+                                                        f"{len(images)} training images"
+                                                        if images is not None else ""))
+
+        def make(images=images, target=target):
+            nonlocal model
+            model = model or load_keras_model(run_dir / "model.keras")
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(convert_to_tflite(model, images))
+            return TFLiteBackend(target, list(model.output_names), threads=options.threads)
+
+        rows.append(_guard(row, make))
+    return rows
+
+
+def measure_fidelity(rows: list[Row], card: dict, images: np.ndarray, masks: np.ndarray):
+    """Fill each ok row's fidelity (vs the reference) and ground-truth figures.
+
+    Returns the reference outputs and every row's masks (for the overlays).
+    """
+    from retinaunet_deploy.compare import compare
+    from retinaunet_deploy.data.targets import boxes_from_mask
+    from retinaunet_deploy.evaluate import evaluate_outputs
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    truths = [boxes_from_mask(mask, len(card["class_names"])) for mask in masks]
+    reference = reference_dets = None
+    masks_by_row = {}
+    for row in rows:
+        if row.status != "ok":
+            continue
+        try:
+            predictor = Predictor(row.runner, card)
+            outputs = predictor.run(images)
+            detections = _decode(predictor, outputs)
+            if reference is None:
+                reference, reference_dets = outputs, detections
+            agreement = compare(reference, outputs, card["class_names"], reference_dets,
+                                detections, truths)
+            row.fidelity = agreement.to_dict()
+            row.ground_truth = evaluate_outputs(outputs, masks, card["class_names"],
+                                                predictor.anchor_config)
+            masks_by_row[row.name] = outputs["mask"].argmax(-1)
+        except Exception as error:  # a backend that fails on these images: the row says why
+            if row.name == REFERENCE:
+                raise
+            row.status, row.reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
+    return reference, masks_by_row
+
+
+def _decode(predictor, outputs):
+    from retinaunet_deploy.postprocess import decode_detections
+
+    if predictor.anchors is None or "cls_logits" not in outputs:
+        return None
+    return decode_detections(outputs["cls_logits"], outputs["box_deltas"], predictor.anchors,
+                             (predictor.height, predictor.width), predictor.detection_config)
+
+
+def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,
+                    progress=None):
+    """Interleaved latency of every ok row, per batch size, inference-only and end to end.
+
+    Each candidate is called once first; one that raises marks its row failed and
+    is left out, so a broken backend never stops the timing of the others.
+    """
+    from retinaunet_deploy.bench.timing import interleaved_latency
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    for batch_size in options.batch_sizes:
+        batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])),
+                                     dtype=np.float32)
+        raw = batch.astype(card["input"].get("pixel_dtype", "uint8"))
+        candidates = {}
+        for row in [r for r in rows if r.status == "ok"]:
+            predictor = Predictor(row.runner, card, batch_size=batch_size)
+            pair = {f"{row.name}|inference": lambda r=row, b=batch: r.runner.run(b),
+                    f"{row.name}|end_to_end": lambda p=predictor, x=raw: p.predict(x)}
+            try:
+                for call in pair.values():
+                    call()
+            except Exception as error:  # the row says why; the others still run
+                if row.name == REFERENCE:
+                    raise
+                row.status, row.reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
+                continue
+            candidates.update(pair)
+        figures = interleaved_latency(candidates, rounds=options.rounds, warmup=2,
+                                      min_seconds=options.min_seconds, batch_size=batch_size,
+                                      progress=progress)
+        for row in rows:
+            if row.status == "ok":
+                row.latency[str(batch_size)] = {
+                    mode: figures[f"{row.name}|{mode}"] for mode in ("inference", "end_to_end")}
+
+
+def speedups(rows: list[Row]) -> None:
+    """Speed-up of every row over the reference, per batch size (p50 end to end)."""
+    reference = next((r for r in rows if r.name == REFERENCE and r.latency), None)
+    if reference is None:
+        return
+    for row in rows:
+        for batch, figures in row.latency.items():
+            base = reference.latency[batch]["end_to_end"]["p50_ms"]
+            figures["speedup_vs_reference"] = base / figures["end_to_end"]["p50_ms"]
+
+
+def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
+              progress=None) -> dict:
+    """Benchmark a run folder; writes report.json, report.md and the plots into `out_dir`.
+
+    Raises `ArtifactError` only if the reference (model.keras) cannot run.
+    """
+    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.bench.report import write_markdown, write_plots
+    from retinaunet_deploy.card import load_card
+    from retinaunet_deploy.export.calibration import calibration_images, held_out_set
+    from retinaunet_deploy.model import RetinaUNet
+
+    options = options or BenchOptions()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = load_card(run_dir)
+    images, masks = held_out_set(card, options.images)
+    calibration = calibration_images(card, 32) if "tflite" in options.backends else None
+
+    say = progress or (lambda message: None)
+    say(f"building rows for {run_dir}")
+    rows = build_rows(run_dir, card, options, out_dir, calibration)
+    if rows[0].status != "ok":
+        raise ArtifactError(f"the reference {run_dir / 'model.keras'} cannot run: "
+                            f"{rows[0].reason}")
+    say(f"fidelity on {len(images)} held-out images")
+    _, masks_by_row = measure_fidelity(rows, card, images, masks)
+    say(f"latency, batch sizes {list(options.batch_sizes)}, rows interleaved")
+    measure_latency(rows, card, images, options)
+    speedups(rows)
+
+    summary = RetinaUNet.from_config(card["builder"]).summary()
+    report = {
+        "run": str(run_dir), "machine": machine_info(options.threads),
+        "options": asdict(options), "images": len(images), "split": "test",
+        "model": {"preset": card.get("preset"), "parameters": summary.total_params,
+                  "gflops_per_image": round(summary.total_gflops, 3),
+                  "input": card["input"]},
+        "rows": [row.to_dict() for row in rows],
+    }
+    write_json(out_dir / "report.json", report)
+    write_markdown(out_dir / "report.md", report)
+    write_plots(out_dir, report, images[:options.overlay_images],
+                {name: m[:options.overlay_images] for name, m in masks_by_row.items()},
+                card)
+    return report
+
+
+def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0) -> dict:
+    """A run folder with random weights, made by the pipeline's own code: latency only.
+
+    Writes model.keras, model_card.json, model.onnx, model.int8.onnx and
+    model.int8.cpu.onnx (INT8 calibrated on 32 synthetic images). Returns the card.
+    """
+    import keras
+    import onnx
+    import onnxslim
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from retinaunet_deploy.card import save_card
+    from retinaunet_deploy.data.synthetic import CLASS_NAMES, SyntheticConfig, synthetic_dataset
+    from retinaunet_deploy.export.calibration import CalibrationOptions, quantize
+    from retinaunet_deploy.export.onnx import embed_metadata, keras_to_onnx, name_batch_axis
+    from retinaunet_deploy.model import RetinaUNet
+    from retinaunet_deploy.postprocess import DetectionConfig
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    builder = RetinaUNet.from_preset(preset, (size, size, 1), len(CLASS_NAMES))
+    model = builder.build_model()
+    model.save(run_dir / "model.keras")
+    synthetic = SyntheticConfig(size=size)
+    card = save_card(run_dir, {
+        "preset": preset, "builder": builder.get_config(), "class_names": list(CLASS_NAMES),
+        "det_class_names": list(CLASS_NAMES[1:]),
+        "input": {"name": "image", "layout": "NHWC", "height": size, "width": size,
+                  "channels": 1, "dtype": "float32", "pixel_dtype": "uint8", "pixel_max": 255},
+        "normalization": {"in_graph": False, "note": "random weights: latency only"},
+        "anchors": builder.anchor_config.to_dict(), "postprocess": DetectionConfig().to_dict(),
+        "data": {"kind": "synthetic", "seed": seed, "config": synthetic.to_dict()},
+    })
+    proto = onnxslim.slim(keras_to_onnx(model, card, 17))
+    name_batch_axis(proto)
+    embed_metadata(proto, card, "random weights")
+    onnx.save(proto, run_dir / "model.onnx")
+    prepared = run_dir / "prepared.onnx"
+    quant_pre_process(str(run_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    calib = synthetic_dataset(synthetic, 32, seed)[0].astype(np.float32)
+    options = CalibrationOptions(calibration_images=32)
+    quantize(prepared, run_dir / "model.int8.onnx", calib, options, run_dir)
+    quantize(prepared, run_dir / "model.int8.cpu.onnx", calib, options, run_dir, cpu_form=True)
+    return card
+
+
+def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
+                  options: BenchOptions | None = None, progress=None) -> dict:
+    """Latency of every row on a random-weights `preset` at each size (no fidelity)."""
+    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.bench.report import write_sweep_markdown
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+    from retinaunet_deploy.model import RetinaUNet
+
+    options = options or BenchOptions(batch_sizes=(1,))
+    out_dir = Path(out_dir)
+    say = progress or (lambda message: None)
+    sweeps = []
+    for size in sizes:
+        run_dir = out_dir / f"{preset}-{size}"
+        say(f"{preset} at {size}x{size}: random weights, exporting and quantising")
+        card = make_latency_run(run_dir, preset, size)
+        calibration = synthetic_dataset(SyntheticConfig(size=size), 32, 0)[0]
+        rows = build_rows(run_dir, card, options, run_dir, calibration.astype(np.float32))
+        if rows[0].status != "ok":
+            raise ArtifactError(f"the Keras reference cannot run: {rows[0].reason}")
+        images = synthetic_dataset(SyntheticConfig(size=size), 8, 0, "test")[0]
+        say(f"{preset} at {size}x{size}: timing, rows interleaved")
+        measure_latency(rows, card, images.astype(np.float32), options)
+        speedups(rows)
+        summary = RetinaUNet.from_config(card["builder"]).summary()
+        sweeps.append({"size": size, "parameters": summary.total_params,
+                       "gflops_per_image": round(summary.total_gflops, 3),
+                       "rows": [row.to_dict() for row in rows]})
+    report = {"latency_only": True, "preset": preset, "weights": "random (latency only)",
+              "machine": machine_info(options.threads), "options": asdict(options),
+              "sweeps": sweeps}
+    write_json(out_dir / "report.json", report)
+    write_sweep_markdown(out_dir / "report.md", report)
+    return report

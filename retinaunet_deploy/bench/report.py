@@ -1,0 +1,181 @@
+"""Benchmark reports: the markdown table a person reads, and two plots.
+
+* ``report.md``: one row per (artifact, backend), with format, precision, size,
+  agreement with the float model, Dice against ground truth, p50 latency,
+  throughput and speed-up over Keras;
+* ``latency_vs_agreement.png``: the trade-off at a glance;
+* ``overlays.png``: reference vs each variant on a few images, with the pixels
+  where they disagree in red.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.artifacts import atomic_path
+
+
+def _fmt(value, spec, missing="—"):
+    return missing if value is None else format(value, spec)
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """The report's rows as display strings (shared by report.md and the terminal)."""
+    batches = [str(b) for b in report["options"]["batch_sizes"]]
+    first, last = batches[0], batches[-1]
+    lines = []
+    for row in report["rows"]:
+        fidelity, truth = row["fidelity"], row["ground_truth"]
+        lat = row["latency"]
+        size = f"{row['size_bytes'] / 1e6:.2f}" if row["size_bytes"] else "—"
+        if row["status"] != "ok":
+            lines.append([row["name"], row["precision"], size, row["status"], "", "", "", "",
+                          "", ""])
+            continue
+        lines.append([
+            row["name"], row["precision"], size,
+            _fmt(fidelity.get("pixel_agreement"), ".4%"),
+            _fmt(fidelity.get("mean_dice_vs_reference"), ".4f"),
+            _fmt(truth.get("mean_dice"), ".4f"),
+            _fmt(truth.get("map@0.1"), ".3f"),
+            _fmt(lat.get(first, {}).get("end_to_end", {}).get("p50_ms"), ".1f"),
+            _fmt(lat.get(last, {}).get("end_to_end", {}).get("images_per_s"), ".1f"),
+            _fmt(lat.get(first, {}).get("speedup_vs_reference"), ".2f") + "x",
+        ])
+    return lines
+
+
+HEADER = ["row", "precision", "MB", "pixel agreement", "Dice vs float", "Dice vs GT",
+          "AP@0.1", "p50 ms (batch {first})", "images/s (batch {last})", "speed-up vs Keras"]
+
+
+def header(report: dict) -> list[str]:
+    batches = report["options"]["batch_sizes"]
+    return [h.format(first=batches[0], last=batches[-1]) for h in HEADER]
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    machine = report["machine"]
+    lines = [
+        f"# Benchmark: {report['run']}",
+        "",
+        (f"{report['images']} held-out images ({report['split']} split); "
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads; "
+        f"{report['model']['parameters']:,} parameters, "
+        f"{report['model']['gflops_per_image']:.2f} GFLOPs per image."),
+        "",
+        ("Agreement is against the Keras float model on the same images. Latency is the median "
+        "end to end (input checks + inference + box decoding/NMS); rows were timed "
+        "interleaved in one run. Compare rows within this report, never across machines."),
+        "",
+        "| " + " | ".join(header(report)) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report)]
+    notes = [f"- {row['name']}: {row['status']}: {row['reason']}" for row in report["rows"]
+             if row["status"] != "ok"]
+    notes += [f"- {row['name']}: {row['notes']}" for row in report["rows"] if row.get("notes")]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    lines += ["", f"Versions: {machine['versions']}", ""]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, card: dict):
+    """latency_vs_agreement.png and overlays.png (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from retinaunet_deploy.visualize import to_grey_rgb
+
+    first = str(report["options"]["batch_sizes"][0])
+    ok = [r for r in report["rows"] if r["status"] == "ok" and first in r["latency"]]
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    for index, row in enumerate(ok):
+        x = row["latency"][first]["end_to_end"]["p50_ms"]
+        y = 100 * row["fidelity"].get("pixel_agreement", float("nan"))
+        axes.scatter(x, y, s=40)
+        # Alternate label offsets: rows with equal agreement would print on top of each other.
+        axes.annotate(row["name"], (x, y), fontsize=7, textcoords="offset points",
+                      xytext=(5, 4 if index % 2 == 0 else -10))
+    axes.ticklabel_format(axis="y", useOffset=False, style="plain")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
+    axes.set_xlabel(f"p50 latency, batch {first}, end to end (ms)")
+    axes.set_ylabel("pixel agreement with float (%)")
+    axes.set_title("latency vs agreement (up and left is better)")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(Path(out_dir) / "latency_vs_agreement.png") as tmp:
+        figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+
+    names = [r["name"] for r in ok if r["name"] in masks]
+    if not names or not len(images):
+        return
+    reference = masks[names[0]]
+    pixel_max = card["input"].get("pixel_max", 255)
+    figure, grid = plt.subplots(len(images), len(names) + 1,
+                                figsize=(2.2 * (len(names) + 1), 2.2 * len(images)),
+                                squeeze=False)
+    colours = np.array([(0, 0, 0), (255, 140, 0), (0, 200, 255), (60, 220, 60)], np.float64)
+    for i, image in enumerate(images):
+        grey = to_grey_rgb(image, pixel_max)
+        grid[i, 0].imshow(grey)
+        grid[i, 0].set_title("image" if i == 0 else "", fontsize=7)
+        for j, name in enumerate(names, start=1):
+            mask = masks[name][i]
+            shown = grey.astype(np.float64)
+            fg = mask > 0
+            shown[fg] = 0.55 * shown[fg] + 0.45 * colours[mask[fg] % len(colours)]
+            differs = mask != reference[i]
+            shown[differs] = (255, 0, 0)
+            grid[i, j].imshow(shown.astype(np.uint8))
+            if i == 0:
+                grid[i, j].set_title(f"{name}\n{int(differs.sum())} px differ" if j > 1
+                                     else name, fontsize=6)
+            elif j > 1:
+                grid[i, j].set_title(f"{int(differs.sum())} px differ", fontsize=6)
+    for axis in grid.ravel():
+        axis.axis("off")
+    figure.tight_layout()
+    with atomic_path(Path(out_dir) / "overlays.png") as tmp:
+        figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+
+
+def write_sweep_markdown(path: Path, report: dict) -> None:
+    """The latency-only sweep: one table per input size, clearly labelled."""
+    machine = report["machine"]
+    lines = [f"# Latency only: `{report['preset']}` preset, random weights",
+             "",
+             (f"No accuracy is claimed here: the weights are random. {machine['cpu']}, "
+             f"{machine['cores']} cores, {machine['threads']} threads; rows interleaved in "
+             f"one run per size."), ""]
+    for sweep in report["sweeps"]:
+        batches = list(sweep["rows"][0]["latency"]) or ["1"]
+        lines += [(f"## {sweep['size']}x{sweep['size']}: {sweep['parameters']:,} parameters, "
+                  f"{sweep['gflops_per_image']:.2f} GFLOPs per image"), "",
+                  ("| row | precision | MB | batch | p50 ms (inference) | p50 ms (end to end) "
+                  "| images/s | speed-up vs Keras |"), "|---|---|---|---|---|---|---|---|"]
+        for row in sweep["rows"]:
+            size = f"{row['size_bytes'] / 1e6:.2f}" if row["size_bytes"] else "—"
+            if row["status"] != "ok":
+                lines.append(f"| {row['name']} | {row['precision']} | {size} | | "
+                             f"{row['status']}: {row['reason']} | | | |")
+                continue
+            for batch in batches:
+                lat = row["latency"][batch]
+                lines.append(
+                    f"| {row['name']} | {row['precision']} | {size} | {batch} | "
+                    f"{lat['inference']['p50_ms']:.1f} | {lat['end_to_end']['p50_ms']:.1f} | "
+                    f"{lat['end_to_end']['images_per_s']:.1f} | "
+                    f"{lat.get('speedup_vs_reference', float('nan')):.2f}x |")
+        lines.append("")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))

@@ -1,0 +1,122 @@
+"""The benchmark on the tiny model: every report file, self-agreement, failed and skipped rows."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from retinaunet_deploy.bench.harness import REFERENCE, BenchOptions, run_bench
+from retinaunet_deploy.cli import cli
+from retinaunet_deploy.errors import ArtifactError
+
+QUICK = BenchOptions(images=2, batch_sizes=(1,), rounds=2, min_seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def bench_report(tiny_calibrated, tmp_path_factory):
+    run, _ = tiny_calibrated
+    out = tmp_path_factory.mktemp("bench")
+    return out, run_bench(run, out, QUICK)
+
+
+def test_every_report_file_exists_and_parses(bench_report):
+    from PIL import Image
+
+    out, report = bench_report
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    markdown = (out / "report.md").read_text()
+    assert "| row | precision | MB | pixel agreement |" in markdown
+    for picture in ("latency_vs_agreement.png", "overlays.png"):
+        with Image.open(out / picture) as image:
+            assert image.size[0] > 200 and image.size[1] > 200
+
+
+def test_reference_agrees_with_itself_exactly(bench_report):
+    _, report = bench_report
+    reference = report["rows"][0]
+    assert reference["name"] == REFERENCE and reference["status"] == "ok"
+    fidelity = reference["fidelity"]
+    assert fidelity["pixel_agreement"] == 1.0
+    assert fidelity["mean_dice_vs_reference"] == 1.0
+    assert fidelity["max_abs_prob_diff"] == 0.0
+    assert reference["latency"]["1"]["speedup_vs_reference"] == 1.0
+
+
+def test_every_ok_row_has_latency_throughput_and_agreement(bench_report):
+    _, report = bench_report
+    names = {row["name"]: row for row in report["rows"]}
+    for expected in ("onnxruntime fp32 (model.onnx)", "onnxruntime int8 (model.int8.onnx)",
+                     "tflite fp32", "tflite int8"):
+        assert names[expected]["status"] == "ok", names[expected]["reason"]
+    for row in report["rows"]:
+        if row["status"] == "ok":
+            figures = row["latency"]["1"]["end_to_end"]
+            assert figures["p50_ms"] > 0 and figures["images_per_s"] > 0
+            assert 0.9 <= row["fidelity"]["pixel_agreement"] <= 1.0
+            assert row["size_bytes"] > 0
+        else:
+            assert row["status"] == "skipped" and row["reason"]
+    assert report["model"]["gflops_per_image"] > 0 and report["machine"]["threads"] == 2
+
+
+def test_rows_that_cannot_run_here_are_skipped_with_the_reason(bench_report):
+    from retinaunet_deploy.bench.harness import tensorrt_unavailable
+
+    _, report = bench_report
+    reason = tensorrt_unavailable()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present")
+    trt = [row for row in report["rows"] if row["backend"] == "tensorrt"]
+    assert trt and all(row["status"] == "skipped" and row["reason"] == reason for row in trt)
+
+
+def test_a_broken_artifact_becomes_a_failed_row(tiny_calibrated, tmp_path):
+    run, _ = tiny_calibrated
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model.fp16.onnx").write_bytes(b"\x08\x07not an onnx model")
+    report = run_bench(copy, tmp_path / "out",
+                       BenchOptions(images=2, batch_sizes=(1,), rounds=1, min_seconds=0.0,
+                                    backends=("keras", "onnxruntime")))
+    row = next(r for r in report["rows"] if r["artifact"] == "model.fp16.onnx")
+    assert row["status"] == "failed" and "cannot load" in row["reason"]
+    healthy = {r["name"]: r["status"] for r in report["rows"]}
+    assert healthy["keras fp32"] == healthy["onnxruntime fp32 (model.onnx)"] == "ok"
+
+
+def test_a_broken_reference_fails_the_bench(tiny_calibrated, tmp_path):
+    run, _ = tiny_calibrated
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ArtifactError, match="the reference .*model.keras cannot run"):
+        run_bench(copy, tmp_path / "out", QUICK)
+    result = CliRunner().invoke(cli, ["bench", str(copy), "--out", str(tmp_path / "cli"),
+                                      "--images", "2", "--batch-sizes", "1", "--rounds", "1",
+                                      "--min-seconds", "0"])
+    assert result.exit_code == 1 and "cannot run" in result.output
+
+
+def test_latency_only_sweep(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--latency-only", "--preset", "tiny", "--sizes",
+                                      "64", "--rounds", "2", "--min-seconds", "0",
+                                      "--backends", "keras,onnxruntime", "--out",
+                                      str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["latency_only"] and report["weights"] == "random (latency only)"
+    (sweep,) = report["sweeps"]
+    assert sweep["size"] == 64
+    ok = [row for row in sweep["rows"] if row["status"] == "ok"]
+    assert {row["name"] for row in ok} >= {"keras fp32", "onnxruntime int8 (model.int8.onnx)"}
+    assert all(row["latency"]["1"]["end_to_end"]["p50_ms"] > 0 for row in ok)
+    assert "Latency only" in (tmp_path / "report.md").read_text()
+
+
+def test_bench_usage_errors(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--latency-only"])
+    assert result.exit_code == 2 and "either RUN_DIR, or --latency-only with --preset" in \
+        result.output
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--batch-sizes", "1,x"])
+    assert result.exit_code == 2 and "expected comma-separated integers" in result.output
