@@ -1,9 +1,27 @@
 """Interleaved latency measurement.
 
-These machines drift (thermal, neighbours), so candidates are timed in rounds,
-one call each per round in a rotating order (A B C, B C A, ...), never one
-candidate's runs back to back. Figures from one `interleaved_latency` call are
-comparable with each other; figures from different calls or machines are not.
+These machines drift (thermal, neighbours), so candidates are timed in rounds
+in a rotating order (A B C, B C A, ...), never all of one candidate's runs
+together. Figures from one `interleaved_latency` call are comparable with
+each other; figures from different calls or machines are not.
+
+Within a round each candidate runs a short *block* of consecutive calls, and
+the first call of every block is not timed. Different runtimes keep their own
+thread pools. A pool that has gone cold while the others ran is slow to wake,
+by an amount that depends on the runtime. Measured here on the small model
+(ms, batch 1):
+
+| | ORT int8 | ORT fp32 | TFLite int8 |
+|---|---|---|---|
+| each alone | 8.8 | 14.7 | 7.2 |
+| interleaved one call at a time | 13.9 | 27.0 | 20.7 |
+
+Single-call interleaving would distort every ratio. A runtime's threads also
+keep spinning for tens of milliseconds after it returns: TFLite right after
+ONNX Runtime took 14-21 ms for its first calls against 7 ms settled. So before
+each block the machine idles for `settle_seconds`, letting the previous
+runtime's threads go to sleep. Blocks keep the drift protection and time each
+runtime warm and alone, as an app's steady loop runs it.
 """
 
 from __future__ import annotations
@@ -25,7 +43,8 @@ def summarize(samples_ns: list[int], batch_size: int = 1) -> dict:
 
 def interleaved_latency(candidates: dict[str, Callable[[], object]], rounds: int = 30,
                         warmup: int = 3, min_seconds: float = 0.0, batch_size: int = 1,
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+                        progress: Callable[[int, int], None] | None = None,
+                        block: int = 5, settle_seconds: float = 0.05) -> dict[str, dict]:
     """Time zero-argument callables side by side.
 
     Args:
@@ -33,7 +52,10 @@ def interleaved_latency(candidates: dict[str, Callable[[], object]], rounds: int
         rounds: minimum timed calls per candidate.
         warmup: untimed calls per candidate first (compilation, caches).
         min_seconds: keep adding rounds until every candidate has this much timed time.
-        progress: called as progress(round_done, rounds_planned).
+        progress: called as progress(timed_calls_done, rounds_planned).
+        block: consecutive calls per candidate per round; the first is untimed (wake-up),
+            so each round adds block - 1 timed calls (block=1: one timed call, no discard).
+        settle_seconds: idle time before each block, so no other runtime's threads spin.
     Returns:
         name -> `summarize` figures.
     """
@@ -42,14 +64,20 @@ def interleaved_latency(candidates: dict[str, Callable[[], object]], rounds: int
         for _ in range(warmup):
             candidates[name]()
     samples = {name: [] for name in names}
-    completed = 0
-    while completed < rounds or min(sum(s) for s in samples.values()) < min_seconds * 1e9:
-        shift = completed % len(names)
+    discard = 1 if block > 1 else 0
+    turn = 0
+    while (min(len(s) for s in samples.values()) < rounds
+           or min(sum(s) for s in samples.values()) < min_seconds * 1e9):
+        shift = turn % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter_ns()
-            candidates[name]()
-            samples[name].append(time.perf_counter_ns() - start)
-        completed += 1
+            if settle_seconds:
+                time.sleep(settle_seconds)
+            for call in range(block):
+                start = time.perf_counter_ns()
+                candidates[name]()
+                if call >= discard:
+                    samples[name].append(time.perf_counter_ns() - start)
+        turn += 1
         if progress:
-            progress(completed, rounds)
+            progress(min(len(s) for s in samples.values()), rounds)
     return {name: summarize(samples[name], batch_size) for name in names}
