@@ -203,13 +203,19 @@ def predict(artifact, images, out_dir, threads, score_threshold):
               help="Pixel agreement with the float mask each INT8 variant must reach.")
 @click.option("--min-dice", "mean_dice", type=float, default=0.98, show_default=True,
               help="Mean foreground Dice vs the float mask each INT8 variant must reach.")
+@click.option("--min-matched", "matched_fraction", type=float, default=0.95, show_default=True,
+              help="Fraction of the float model's confident boxes (score >= 0.5) each "
+                   "variant must reproduce.")
+@click.option("--max-ap-drop", type=float, default=0.02, show_default=True,
+              help="Largest accepted AP@0.1 drop against ground truth.")
 @click.option("--no-fallback", is_flag=True,
               help="Fail instead of keeping sensitive layers in float.")
 @click.option("--no-cpu-variant", is_flag=True, help="Skip the QOperator U8S8 CPU variant.")
 @click.option("--no-fp16", is_flag=True, help="Skip the FP16 variant.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads.")
 def calibrate(run_dir, method, percentile, calibration_images, eval_images, pixel_agreement,
-              mean_dice, no_fallback, no_cpu_variant, no_fp16, threads):
+              mean_dice, matched_fraction, max_ap_drop, no_fallback, no_cpu_variant, no_fp16,
+              threads):
     """Make RUN_DIR's FP16 and calibrated INT8 variants of model.onnx, each gated against
     the float model; write calibration.json."""
     from retinaunet_deploy.export.calibration import CalibrationOptions
@@ -218,6 +224,7 @@ def calibrate(run_dir, method, percentile, calibration_images, eval_images, pixe
     options = CalibrationOptions(method=method, percentile=percentile,
                                  calibration_images=calibration_images, eval_images=eval_images,
                                  pixel_agreement=pixel_agreement, mean_dice=mean_dice,
+                                 matched_fraction=matched_fraction, max_ap_drop=max_ap_drop,
                                  fallback=not no_fallback, cpu_variant=not no_cpu_variant,
                                  threads=threads)
     report = run_calibration(run_dir, options, fp16=not no_fp16, progress=click.echo)

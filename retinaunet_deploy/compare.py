@@ -28,10 +28,17 @@ from retinaunet_deploy.postprocess import Detections
 
 @dataclass(frozen=True)
 class Targets:
-    """Pass/fail thresholds of a variant against the float reference."""
+    """Pass/fail thresholds of a variant against the float reference.
+
+    The detection targets apply when detections were compared. A mask can agree
+    99.9% while detections degrade: on the trained small model, entropy-calibrated
+    INT8 kept the masks but lost half of the confident boxes (scores slid under 0.5).
+    """
 
     pixel_agreement: float = 0.995
     mean_dice_vs_reference: float = 0.98
+    matched_fraction: float = 0.95     # of the reference's boxes scoring >= 0.5
+    max_ap_drop: float = 0.02          # AP@0.1 against ground truth, reference minus candidate
 
 
 @dataclass
@@ -48,19 +55,41 @@ class Agreement:
     targets: Targets = field(default_factory=Targets)
 
     @property
+    def failures(self) -> list[str]:
+        """Which targets this comparison misses (empty when it passes)."""
+        t, missed = self.targets, []
+        if self.pixel_agreement < t.pixel_agreement:
+            missed.append(f"pixel agreement {self.pixel_agreement:.4%} < {t.pixel_agreement:.2%}")
+        if self.mean_dice_vs_reference < t.mean_dice_vs_reference:
+            missed.append(f"Dice vs float {self.mean_dice_vs_reference:.4f} < "
+                          f"{t.mean_dice_vs_reference}")
+        matched = self.detections.get("matched_fraction")
+        if matched is not None and matched < t.matched_fraction:
+            missed.append(f"confident boxes matched {matched:.1%} < {t.matched_fraction:.0%}")
+        drop = -self.detections.get("map@0.1_diff", 0.0)
+        if drop > t.max_ap_drop:
+            missed.append(f"AP@0.1 drop {drop:.3f} > {t.max_ap_drop}")
+        return missed
+
+    @property
     def passed(self) -> bool:
-        return (self.pixel_agreement >= self.targets.pixel_agreement
-                and self.mean_dice_vs_reference >= self.targets.mean_dice_vs_reference)
+        return not self.failures
 
     def to_dict(self) -> dict:
         result = asdict(self)
         result["passed"] = self.passed
+        result["failures"] = self.failures
         return result
 
     def summary(self) -> str:
-        return (f"pixel agreement {self.pixel_agreement:.4%}, Dice vs float "
+        text = (f"pixel agreement {self.pixel_agreement:.4%}, Dice vs float "
                 f"{self.mean_dice_vs_reference:.4f}, mean |prob diff| "
                 f"{self.mean_abs_prob_diff:.2e}")
+        if "matched_fraction" in self.detections:
+            text += f", confident boxes matched {self.detections['matched_fraction']:.1%}"
+        if "map@0.1_diff" in self.detections:
+            text += f", AP@0.1 diff {self.detections['map@0.1_diff']:+.3f}"
+        return text
 
 
 def match_detections(reference: Detections, candidate: Detections, min_score: float):

@@ -7,6 +7,8 @@ given. Run by TFLite's interpreter with its default XNNPACK delegate.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,10 @@ def convert_to_tflite(model, calibration_images: np.ndarray | None = None) -> by
         converter.representative_dataset = lambda: ([image[None].astype(np.float32)]
                                                     for image in calibration_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    # The converter exports a SavedModel first and prints its whole signature
+    # (hundreds of lines) on stdout; a CLI user should not see that.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
 
 
 class TFLiteBackend:
