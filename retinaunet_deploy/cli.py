@@ -296,7 +296,8 @@ def _int_list(ctx, param, value):
 @click.option("--rounds", type=int, default=20, show_default=True,
               help="Minimum timed runs per row and batch size.")
 @click.option("--min-seconds", type=float, default=5.0, show_default=True,
-              help="Minimum timed seconds per row and batch size.")
+              help="Minimum timed seconds per row and batch size (shared by its "
+                   "inference-only and end-to-end figures).")
 @click.option("--backends", default="keras,onnxruntime,tflite,tensorrt", show_default=True,
               help="Comma-separated backends to include.")
 def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,

@@ -275,9 +275,10 @@ def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: Be
                 row.status, row.reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
                 continue
             candidates.update(pair)
+        # min_seconds is per row and batch size, shared by its two modes.
         figures = interleaved_latency(candidates, rounds=options.rounds, warmup=2,
-                                      min_seconds=options.min_seconds, batch_size=batch_size,
-                                      progress=progress)
+                                      min_seconds=options.min_seconds / 2,
+                                      batch_size=batch_size, progress=progress)
         for row in rows:
             if row.status == "ok":
                 row.latency[str(batch_size)] = {
