@@ -17,21 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():
@@ -53,6 +42,7 @@ def main():
     import tensorflow as tf
 
     from retinaunet_deploy.artifacts import tool_versions
+    from retinaunet_deploy.bench.harness import machine_info
     from retinaunet_deploy.bench.timing import interleaved_latency
     from retinaunet_deploy.export.onnx import keras_to_onnx, name_batch_axis
     from retinaunet_deploy.model import RetinaUNet
@@ -121,7 +111,7 @@ def main():
     result = {
         "what": f"{args.preset} preset{' without heads' if args.no_detection else ''}, random weights (latency only), {args.size}x{args.size}x1,"
                 f" batch 1, {args.threads} threads, interleaved",
-        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "cpu": machine_info(args.threads)["cpu"], "cores": os.cpu_count(),
         "versions": tool_versions("tensorflow", "keras", "tf2onnx", "onnxruntime",
                                   "onnxruntime-gpu", "onnxslim"),
         "figures": figures, "keras_fastest": keras_best,

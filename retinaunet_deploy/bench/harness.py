@@ -171,7 +171,7 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                 rows.append(Row(f"tensorrt {precision}", "tensorrt", precision, plan,
                                 status="skipped", reason=f"{plan} not built (build-engine)"))
     for row in rows:
-        path = run_dir / row.artifact if not row.artifact.startswith("/") else Path(row.artifact)
+        path = run_dir / row.artifact  # an absolute artifact path (TFLite) stays as it is
         if path.exists():
             row.size_bytes = path.stat().st_size
     return rows
