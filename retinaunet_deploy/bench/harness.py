@@ -222,7 +222,7 @@ def measure_fidelity(rows: list[Row], card: dict, images: np.ndarray, masks: np.
         try:
             predictor = Predictor(row.runner, card)
             outputs = predictor.run(images)
-            detections = _decode(predictor, outputs)
+            detections = predictor.decode(outputs)
             if reference is None:
                 reference, reference_dets = outputs, detections
             agreement = compare(reference, outputs, card["class_names"], reference_dets,
@@ -236,15 +236,6 @@ def measure_fidelity(rows: list[Row], card: dict, images: np.ndarray, masks: np.
                 raise
             row.status, row.reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
     return reference, masks_by_row
-
-
-def _decode(predictor, outputs):
-    from retinaunet_deploy.postprocess import decode_detections
-
-    if predictor.anchors is None or "cls_logits" not in outputs:
-        return None
-    return decode_detections(outputs["cls_logits"], outputs["box_deltas"], predictor.anchors,
-                             (predictor.height, predictor.width), predictor.detection_config)
 
 
 def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,

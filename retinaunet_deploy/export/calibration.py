@@ -253,15 +253,6 @@ class EvalSet:
     reference_detections: list | None
 
 
-def _decode(predictor, outputs):
-    from retinaunet_deploy.postprocess import decode_detections
-
-    if predictor.anchors is None or "cls_logits" not in outputs:
-        return None
-    return decode_detections(outputs["cls_logits"], outputs["box_deltas"], predictor.anchors,
-                             (predictor.height, predictor.width), predictor.detection_config)
-
-
 def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets,
                      fused: bool, threads: int | None = None, batch_size: int = 8) -> Agreement:
     """Run an ONNX variant on the held-out images and compare it with the float reference.
@@ -277,7 +268,7 @@ def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets
                           batch_size=batch_size)
     outputs = predictor.run(eval_set.images)
     return compare(eval_set.reference, outputs, card["class_names"],
-                   eval_set.reference_detections, _decode(predictor, outputs),
+                   eval_set.reference_detections, predictor.decode(outputs),
                    eval_set.truths, targets)
 
 
@@ -290,7 +281,7 @@ def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None) ->
     keras_predictor = Predictor.from_artifact(Path(run_dir) / "model.keras", threads=threads)
     reference = keras_predictor.run(images)
     truths = [boxes_from_mask(mask, len(card["class_names"])) for mask in masks]
-    return EvalSet(images, masks, truths, reference, _decode(keras_predictor, reference))
+    return EvalSet(images, masks, truths, reference, keras_predictor.decode(reference))
 
 
 def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray,

@@ -130,6 +130,14 @@ class Predictor:
                   for i in range(0, len(batch), self.batch_size)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
+    def decode(self, outputs: dict[str, np.ndarray]) -> list[Detections] | None:
+        """Per-image detections from raw outputs (the shared postprocess), or None
+        for a model without detection heads."""
+        if self.anchors is None or "cls_logits" not in outputs:
+            return None
+        return decode_detections(outputs["cls_logits"], outputs["box_deltas"], self.anchors,
+                                 (self.height, self.width), self.detection_config)
+
     def predict(self, images, probabilities: bool = False):
         """Masks and detections for one image or a batch.
 
@@ -138,11 +146,7 @@ class Predictor:
         batch, single = self.prepare(images)
         outputs = self.run(batch)
         masks = outputs["mask"].argmax(-1).astype(np.uint8)
-        detections = [None] * len(batch)
-        if self.anchors is not None and "cls_logits" in outputs:
-            detections = decode_detections(outputs["cls_logits"], outputs["box_deltas"],
-                                           self.anchors, (self.height, self.width),
-                                           self.detection_config)
+        detections = self.decode(outputs) or [None] * len(batch)
         results = [Prediction(mask, dets, probs.astype(np.float32) if probabilities else None)
                    for mask, dets, probs in zip(masks, detections, outputs["mask"])]
         return results[0] if single else results
