@@ -43,7 +43,8 @@ def write_json(path: Path, data) -> None:
 #
 # manifest.json in a run folder records, per artifact file name:
 #   sha256, size, stage (the command that made it), parent {file, sha256},
-#   created (UTC ISO time), tools {package: version}, options, figures.
+#   created (UTC ISO time), tools {package: version}, options, figures, and for a
+#   TensorRT engine its target {tensorrt, gpu, compute_capability}.
 # A stage checks its input against this record before using it.
 
 MANIFEST_NAME = "manifest.json"
@@ -93,8 +94,12 @@ def tool_versions(*packages: str) -> dict[str, str]:
 
 def record_artifact(run_dir: Path, name: str, stage: str, parent: str | None = None,
                     options: dict | None = None, figures: dict | None = None,
-                    tools: dict | None = None) -> dict:
-    """Hash `run_dir/name` and record it (and its parent's hash) in the manifest."""
+                    tools: dict | None = None, target: dict | None = None) -> dict:
+    """Hash `run_dir/name` and record it (and its parent's hash) in the manifest.
+
+    Args:
+        target: for a TensorRT engine, the TensorRT version and GPU it only runs on.
+    """
     import datetime
 
     run_dir = Path(run_dir)
@@ -110,6 +115,8 @@ def record_artifact(run_dir: Path, name: str, stage: str, parent: str | None = N
         "options": options or {},
         "figures": figures or {},
     }
+    if target is not None:
+        entry["target"] = target
     if parent is not None:
         parent_entry = manifest["artifacts"].get(parent)
         entry["parent"] = {"file": parent,

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from retinaunet_deploy import __version__
-from retinaunet_deploy.errors import NotBuiltError, RetinaUNetError
+from retinaunet_deploy.errors import RetinaUNetError
 from retinaunet_deploy.train import TrainOptions
 
 PRESET_NAMES = ("seed", "small", "tiny")  # retinaunet_deploy.model.PRESETS, kept import-free
@@ -177,11 +177,21 @@ def export(run_dir, opset, parity_images, tolerance, no_simplify):
 @click.option("--score-threshold", type=float, default=0.5, show_default=True,
               help="Keep detections scoring at least this. (The model card's 0.05 is for "
                    "evaluation, where AP needs the low-score tail.)")
-def predict(artifact, images, out_dir, threads, score_threshold):
-    """Run ARTIFACT (.keras or .onnx) on PNG IMAGES; write masks, overlays, detections.json."""
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+              default="auto", show_default=True,
+              help="ONNX Runtime execution provider for an .onnx ARTIFACT (auto: CUDA when a "
+                   "GPU is present, else CPU). 'tensorrt' caches its engines beside ARTIFACT.")
+def predict(artifact, images, out_dir, threads, score_threshold, provider):
+    """Run ARTIFACT (.keras, .onnx or .plan) on PNG IMAGES; write masks, overlays and
+    detections.json."""
     from retinaunet_deploy.predict import predict_files
+    from retinaunet_deploy.runtime import providers as ort_providers
 
-    results = predict_files(artifact, list(images), out_dir, threads, score_threshold)
+    chosen = {"auto": None, "cpu": [ort_providers.CPU],
+              "cuda": [ort_providers.cuda_provider(), ort_providers.CPU],
+              "tensorrt": [ort_providers.tensorrt_provider(
+                  cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
+    results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen)
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
@@ -348,21 +358,61 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
                   f"overlays.png")
 
 
-def _planned_command(name: str, issue: int, summary: str):
-    """Register a command whose stage is planned; it exits 1 with one clear line."""
+@cli.command("build-engine")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16",
+              show_default=True, help="Which ONNX variant to compile: model.onnx, "
+                                      "model.fp16.onnx or model.int8.onnx (Q/DQ).")
+@click.option("--min-batch", type=int, default=1, show_default=True)
+@click.option("--opt-batch", type=int, default=1, show_default=True,
+              help="The batch size TensorRT tunes kernels for.")
+@click.option("--max-batch", type=int, default=8, show_default=True)
+@click.option("--workspace-mib", type=int, default=1024, show_default=True,
+              help="Builder scratch memory limit.")
+@click.option("--no-timing-cache", is_flag=True,
+              help="Do not reuse or update RUN_DIR/tensorrt.timing.cache.")
+def build_engine(run_dir, precision, min_batch, opt_batch, max_batch, workspace_mib,
+                 no_timing_cache):
+    """Compile RUN_DIR's ONNX variant into a TensorRT engine, model.<precision>.plan (GPU)."""
+    from retinaunet_deploy.export.tensorrt import EngineOptions
+    from retinaunet_deploy.export.tensorrt import build_engine as run_build
 
-    @cli.command(name, help=f"{summary} (planned: issue {issue}).",
-                 context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args):
-        raise NotBuiltError(f"'{name}' is not built yet: it arrives with issue {issue}. "
-                            f"Run 'retinaunet-deploy --help' for what works now.")
+    options = EngineOptions(precision=precision, min_batch=min_batch, opt_batch=opt_batch,
+                            max_batch=max_batch, workspace_mib=workspace_mib,
+                            timing_cache=not no_timing_cache)
+    entry = run_build(run_dir, options, progress=click.echo)
+    target = entry["target"]
+    click.echo(f"engine for TensorRT {target['tensorrt']} on {target['gpu']} (compute "
+               f"capability {target['compute_capability']}); recorded in "
+               f"{run_dir / 'manifest.json'}")
 
-    return command
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("triton"), show_default=True, help="Model repository folder.")
+@click.option("--model", default="model.onnx", show_default=True,
+              help="The run's file to serve: an .onnx variant or a .plan engine.")
+@click.option("--max-batch-size", type=int, default=8, show_default=True)
+@click.option("--preferred-batch-sizes", default="4,8", show_default=True, callback=_int_list,
+              help="Batch sizes Triton's dynamic batcher aims for.")
+@click.option("--max-queue-delay-us", type=int, default=2000, show_default=True,
+              help="How long a request may wait to be batched with others.")
+@click.option("--instances", type=int, default=1, show_default=True)
+@click.option("--kind", type=click.Choice(["auto", "gpu", "cpu"]), default="auto",
+              show_default=True, help="Where instances run (a .plan is always gpu).")
+def triton(run_dir, out_dir, model, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
+           instances, kind):
+    """Write a Triton model repository OUT/retinaunet/ serving one of RUN_DIR's artifacts."""
+    from retinaunet_deploy.export.triton import TritonOptions, write_triton_repository
 
-_planned_command("build-engine", 7, "Compile a TensorRT engine from an ONNX variant")
-_planned_command("triton", 7, "Write a Triton model repository for a run")
+    options = TritonOptions(model=model, max_batch_size=max_batch_size,
+                            preferred_batch_sizes=preferred_batch_sizes,
+                            max_queue_delay_us=max_queue_delay_us, instances=instances,
+                            kind=kind)
+    folder = write_triton_repository(run_dir, out_dir, options)
+    click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/; serve it with: tritonserver "
+               f"--model-repository={out_dir.resolve()}")
 
 
 def main():

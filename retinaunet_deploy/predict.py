@@ -15,8 +15,13 @@ from retinaunet_deploy.artifacts import atomic_path, write_json
 
 
 def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
-                  threads: int | None = None, score_threshold: float | None = None) -> dict:
-    """Run `artifact` on PNG files and write the outputs above; returns the detections dict."""
+                  threads: int | None = None, score_threshold: float | None = None,
+                  providers: list | None = None) -> dict:
+    """Run `artifact` on PNG files and write the outputs above; returns the detections dict.
+
+    Args:
+        providers: ONNX Runtime providers for an .onnx artifact (None: what loads here).
+    """
     import dataclasses
 
     from PIL import Image
@@ -26,7 +31,7 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
     from retinaunet_deploy.runtime import Predictor
     from retinaunet_deploy.visualize import overlay
 
-    predictor = Predictor.from_artifact(artifact, threads=threads)
+    predictor = Predictor.from_artifact(artifact, threads=threads, providers=providers)
     if score_threshold is not None:
         predictor.detection_config = dataclasses.replace(predictor.detection_config,
                                                          score_threshold=score_threshold)

@@ -7,13 +7,11 @@ from click.testing import CliRunner
 
 from retinaunet_deploy.cli import cli
 
-PLANNED = ["build-engine", "triton"]
-
 
 def test_help_lists_every_command():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in PLANNED + ["info", "train", "export", "predict", "calibrate", "check-trt", "bench"]:
+    for name in ["build-engine", "triton", "info", "train", "export", "predict", "calibrate", "check-trt", "bench"]:
         assert f"  {name} " in result.output
 
 
@@ -49,14 +47,6 @@ def test_invalid_size_is_one_line_error():
     assert result.output.strip() == ("Error: input height 100 is not a multiple of 16 "
                                      "(2**depth, depth=4); valid sizes are multiples of 16, "
                                      "e.g. 96 or 112")
-
-
-def test_planned_commands_exit_with_a_clear_message():
-    for name in PLANNED:
-        result = CliRunner().invoke(cli, [name, "some/run"])
-        assert result.exit_code == 1
-        assert f"'{name}' is not built yet" in result.output
-        assert "Traceback" not in result.output
 
 
 def test_unknown_preset_is_a_usage_error():

@@ -80,16 +80,14 @@ def machine_info(threads: int) -> dict:
 
 
 def tensorrt_unavailable() -> str | None:
-    """Why TensorRT rows cannot run here, or None when they can."""
-    from retinaunet_deploy.runtime.providers import cuda_device_count
+    """Why TensorRT rows cannot run here (the build-engine message), or None when they can."""
+    from retinaunet_deploy.errors import NotBuiltError
+    from retinaunet_deploy.export.tensorrt import require_tensorrt
 
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return ("TensorRT is not installed (pip install -e '.[tensorrt]' on a machine with an "
-                "NVIDIA GPU)")
-    if cuda_device_count() == 0:
-        return "no CUDA device on this machine"
+        require_tensorrt()
+    except NotBuiltError as error:
+        return str(error)
     return None
 
 
@@ -134,8 +132,7 @@ def _guard(row: Row, make):
 def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                calibration: np.ndarray | None) -> list[Row]:
     """Every row this run and machine allow, with runners (or failed/skipped reasons)."""
-    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
-    from retinaunet_deploy.runtime.providers import cuda_device_count
+    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend, TensorRTBackend
 
     rows = [_guard(Row(REFERENCE, "keras", "fp32", "model.keras"),
                    lambda: KerasFastest(run_dir / "model.keras", options.threads))]
@@ -153,27 +150,56 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                           notes=note)
                 rows.append(_guard(row, lambda n=name: OnnxRuntimeBackend(
                     run_dir / n, threads=options.threads, providers=["CPUExecutionProvider"])))
-        gpu_reason = None if cuda_device_count() else "no CUDA device on this machine"
-        for provider in ("CUDA", "TensorRT"):
-            if gpu_reason:
-                rows.append(Row(f"onnxruntime {provider} provider", "onnxruntime-gpu", "fp32",
-                                "model.onnx", status="skipped", reason=gpu_reason))
+        rows += _gpu_provider_rows(run_dir, options)
     if "tflite" in options.backends:
         rows += _tflite_rows(run_dir, card, options, out_dir, calibration)
     if "tensorrt" in options.backends:
         reason = tensorrt_unavailable()
-        for precision in ("fp16", "int8"):
+        for precision in ("fp32", "fp16", "int8"):
             plan = f"model.{precision}.plan"
+            if precision == "fp32" and not (run_dir / plan).exists():
+                continue  # fp32 engines are optional: a row only when one was built
+            row = Row(f"tensorrt {precision}", "tensorrt", precision, plan)
             if reason:
-                rows.append(Row(f"tensorrt {precision}", "tensorrt", precision, plan,
-                                status="skipped", reason=reason))
+                row.status, row.reason = "skipped", reason
             elif not (run_dir / plan).exists():
-                rows.append(Row(f"tensorrt {precision}", "tensorrt", precision, plan,
-                                status="skipped", reason=f"{plan} not built (build-engine)"))
+                row.status, row.reason = "skipped", (f"{plan} not built (retinaunet-deploy "
+                                                     f"build-engine --precision {precision})")
+            else:
+                _guard(row, lambda p=plan: TensorRTBackend(run_dir / p))
+            rows.append(row)
     for row in rows:
         path = run_dir / row.artifact  # an absolute artifact path (TFLite) stays as it is
         if path.exists():
             row.size_bytes = path.stat().st_size
+    return rows
+
+
+def _gpu_provider_rows(run_dir: Path, options: BenchOptions) -> list[Row]:
+    """ONNX Runtime's CUDA and TensorRT providers on each ONNX file that TensorRT takes."""
+    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+    from retinaunet_deploy.runtime.providers import (
+        CPU,
+        cuda_device_count,
+        cuda_provider,
+        tensorrt_provider,
+    )
+
+    if cuda_device_count() == 0:
+        return [Row(f"onnxruntime {name} provider", "onnxruntime-gpu", "fp32", "model.onnx",
+                    status="skipped", reason="no CUDA device on this machine")
+                for name in ("CUDA", "TensorRT")]
+    rows = []
+    for name, precision in (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16"),
+                            ("model.int8.onnx", "int8")):
+        if not (run_dir / name).exists():
+            continue
+        for label, provider in (("CUDA", cuda_provider()), ("TensorRT", tensorrt_provider(
+                cache_dir=run_dir / "ort_trt_cache"))):
+            row = Row(f"onnxruntime {label} {precision} ({name})", "onnxruntime-gpu", precision,
+                      name, notes=f"{label} execution provider")
+            rows.append(_guard(row, lambda n=name, p=provider: OnnxRuntimeBackend(
+                run_dir / n, threads=options.threads, providers=[p, CPU])))
     return rows
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.runtime.tensorrt import TensorRTBackend  # imports TensorRT lazily
 
 
 def load_keras_model(path: Path):
@@ -61,7 +62,13 @@ class OnnxRuntimeBackend:
     suffix = ".onnx"
 
     def __init__(self, path: Path, threads: int | None = None,
-                 providers: list[str] | None = None, optimize: bool = True):
+                 providers: list | None = None, optimize: bool = True):
+        """
+        Args:
+            providers: provider names, or (name, options) pairs such as
+                `providers.tensorrt_provider(fp16=True, cache_dir=...)`; None: every
+                provider that can load here (CUDA when a GPU is present, then CPU).
+        """
         import onnxruntime as ort
 
         from retinaunet_deploy.runtime.providers import check_providers, default_providers
@@ -102,7 +109,8 @@ class OnnxRuntimeBackend:
         return dict(zip(self.output_names, outputs))
 
 
-BACKENDS = {backend.suffix: backend for backend in (KerasBackend, OnnxRuntimeBackend)}
+BACKENDS = {backend.suffix: backend
+            for backend in (KerasBackend, OnnxRuntimeBackend, TensorRTBackend)}
 
 
 def _set_tf_threads(threads: int) -> None:

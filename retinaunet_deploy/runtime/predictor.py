@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.errors import ArtifactError, InputError
+from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
 
@@ -60,11 +60,13 @@ class Predictor:
     @classmethod
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
                       batch_size: int = 8) -> Predictor:
-        """Pick the backend from the suffix (.keras, .onnx) and read the model card.
+        """Pick the backend from the suffix (.keras, .onnx, .plan) and read the model card.
 
         Args:
             threads: intra-op threads of the backend (None: the library's default).
-            providers: ONNX Runtime providers (None: the ones that can load here).
+            providers: for .onnx, ONNX Runtime providers as names or (name, options)
+                pairs (`runtime.providers.tensorrt_provider()`...); None: the ones that
+                can load here.
         """
         from retinaunet_deploy.runtime.backends import BACKENDS
 
@@ -75,6 +77,9 @@ class Predictor:
         backend_class = BACKENDS[path.suffix]
         kwargs = {"threads": threads}
         if providers is not None:
+            if path.suffix != ".onnx":
+                raise ConfigError(f"{path}: execution providers apply to .onnx files only; "
+                                  f"drop the provider choice for a {path.suffix} artifact")
             kwargs["providers"] = providers
         backend = backend_class(path, **kwargs)
         card = backend.card()

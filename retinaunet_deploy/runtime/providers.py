@@ -42,15 +42,45 @@ def default_providers() -> list[str]:
     return providers + [CPU]
 
 
-def check_providers(requested: list[str]) -> list[str]:
-    """Refuse providers that cannot load here, naming what can."""
+def provider_name(entry) -> str:
+    """The name of a provider given as a name or as a (name, options) pair."""
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+def cuda_provider(device: int = 0) -> tuple[str, dict]:
+    """ONNX Runtime's CUDA provider on `device`, with its options."""
+    return CUDA, {"device_id": device}
+
+
+def tensorrt_provider(fp16: bool = False, cache_dir=None, device: int = 0) -> tuple[str, dict]:
+    """ONNX Runtime's TensorRT provider, with its options.
+
+    Args:
+        fp16: let TensorRT pick FP16 kernels for an fp32 file (the fp16 and int8
+            files carry their precision already).
+        cache_dir: keep built engines and timing caches here; the first session
+            builds the engine (minutes), later ones load it.
+    """
+    options = {"device_id": device, "trt_fp16_enable": fp16}
+    if cache_dir is not None:
+        options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
+                       trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
+    return TENSORRT, options
+
+
+def check_providers(requested: list) -> list:
+    """Refuse providers that cannot load here, naming what can.
+
+    Args:
+        requested: provider names or (name, options) pairs, in priority order.
+    """
     import onnxruntime as ort
 
     from retinaunet_deploy.errors import ConfigError
 
     available = ort.get_available_providers()
     usable = [p for p in available if p == CPU or cuda_device_count() > 0]
-    bad = [p for p in requested if p not in usable]
+    bad = [provider_name(p) for p in requested if provider_name(p) not in usable]
     if bad:
         raise ConfigError(f"execution provider(s) {bad} cannot load on this machine "
                           f"(usable: {usable}); GPU providers need an NVIDIA driver and device")

@@ -1,0 +1,114 @@
+// Image I/O for the RetinaUNet C++ example, following export/README.md's contract:
+// the engine takes raw pixel values as float32 NHWC; the mask is argmax over the
+// last axis of the `mask` output. No TensorRT or CUDA in this file, so it is
+// compiled and tested on machines without a GPU (tests/test_cpp_example.py).
+#pragma once
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace retinaunet {
+
+struct Image {
+    int height = 0;
+    int width = 0;
+    int channels = 0;
+    std::vector<float> pixels;  // row-major HWC, raw pixel values (0..maxval)
+};
+
+// Next header token of a PNM file, skipping whitespace and '#' comments.
+inline std::string pnm_token(std::istream& in) {
+    std::string token;
+    char c;
+    while (in.get(c)) {
+        if (c == '#') {
+            std::string comment;
+            std::getline(in, comment);
+        } else if (std::isspace(static_cast<unsigned char>(c))) {
+            if (!token.empty()) return token;
+        } else {
+            token += c;
+        }
+    }
+    return token;
+}
+
+// A binary PGM (P5, greyscale, 8-bit or 16-bit big-endian) as float pixel values.
+inline Image read_pgm(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error(path + ": cannot open");
+    if (pnm_token(in) != "P5") throw std::runtime_error(path + ": not a binary PGM (P5)");
+    Image image;
+    int maxval = 0;
+    try {
+        image.width = std::stoi(pnm_token(in));
+        image.height = std::stoi(pnm_token(in));
+        maxval = std::stoi(pnm_token(in));
+    } catch (const std::exception&) {
+        throw std::runtime_error(path + ": corrupt PGM header");
+    }
+    if (image.width <= 0 || image.height <= 0 || maxval <= 0 || maxval > 65535)
+        throw std::runtime_error(path + ": bad PGM size or maxval");
+    image.channels = 1;
+    const size_t count = static_cast<size_t>(image.width) * image.height;
+    const int bytes = maxval > 255 ? 2 : 1;
+    std::vector<unsigned char> raw(count * bytes);
+    if (!in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size())))
+        throw std::runtime_error(path + ": truncated PGM data");
+    image.pixels.resize(count);
+    for (size_t i = 0; i < count; ++i)
+        image.pixels[i] = bytes == 2 ? static_cast<float>((raw[2 * i] << 8) | raw[2 * i + 1])
+                                     : static_cast<float>(raw[i]);
+    return image;
+}
+
+// Raw little-endian float32 pixels, HWC, of a size the caller knows (the engine's input).
+inline Image read_raw_f32(const std::string& path, int height, int width, int channels) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) throw std::runtime_error(path + ": cannot open");
+    Image image{height, width, channels, {}};
+    const size_t count = static_cast<size_t>(height) * width * channels;
+    if (static_cast<size_t>(in.tellg()) != count * sizeof(float)) {
+        std::ostringstream message;
+        message << path << ": expected " << count * sizeof(float) << " bytes (" << height << "x"
+                << width << "x" << channels << " float32), got " << in.tellg();
+        throw std::runtime_error(message.str());
+    }
+    in.seekg(0);
+    image.pixels.resize(count);
+    in.read(reinterpret_cast<char*>(image.pixels.data()),
+            static_cast<std::streamsize>(count * sizeof(float)));
+    return image;
+}
+
+// Class index per pixel: argmax over the last axis of (H, W, classes) probabilities.
+inline std::vector<uint8_t> argmax_mask(const float* probabilities, int height, int width,
+                                        int classes) {
+    std::vector<uint8_t> mask(static_cast<size_t>(height) * width);
+    for (size_t p = 0; p < mask.size(); ++p) {
+        const float* row = probabilities + p * classes;
+        int best = 0;
+        for (int k = 1; k < classes; ++k)
+            if (row[k] > row[best]) best = k;  // ties keep the lower class, as numpy does
+        mask[p] = static_cast<uint8_t>(best);
+    }
+    return mask;
+}
+
+// An 8-bit binary PGM; `scale` multiplies values so class indices are visible (0 keeps them).
+inline void write_pgm(const std::string& path, const std::vector<uint8_t>& mask, int height,
+                      int width, int scale = 1) {
+    std::ofstream out(path, std::ios::binary);
+    if (!out) throw std::runtime_error(path + ": cannot write");
+    out << "P5\n" << width << " " << height << "\n255\n";
+    for (uint8_t value : mask) out.put(static_cast<char>(std::min(255, value * scale)));
+    if (!out) throw std::runtime_error(path + ": write failed");
+}
+
+}  // namespace retinaunet

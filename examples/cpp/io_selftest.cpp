@@ -1,0 +1,28 @@
+// Exercises image_io.hpp without TensorRT (run by tests/test_cpp_example.py):
+//   io_selftest IMAGE.pgm PIXELS_OUT.f32 PROBS.f32 H W K MASK_OUT.pgm
+// writes the PGM's pixels as float32 and the argmax mask of PROBS as a PGM.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+
+#include "image_io.hpp"
+
+int main(int argc, char** argv) {
+    if (argc != 8) {
+        std::cerr << "usage: io_selftest IMAGE.pgm PIXELS_OUT.f32 PROBS.f32 H W K MASK.pgm\n";
+        return 2;
+    }
+    try {
+        const retinaunet::Image image = retinaunet::read_pgm(argv[1]);
+        std::ofstream pixels(argv[2], std::ios::binary);
+        pixels.write(reinterpret_cast<const char*>(image.pixels.data()),
+                     static_cast<std::streamsize>(image.pixels.size() * sizeof(float)));
+        const int h = std::stoi(argv[4]), w = std::stoi(argv[5]), k = std::stoi(argv[6]);
+        const retinaunet::Image probs = retinaunet::read_raw_f32(argv[3], h, w, k);
+        retinaunet::write_pgm(argv[7], retinaunet::argmax_mask(probs.pixels.data(), h, w, k), h, w);
+    } catch (const std::exception& error) {
+        std::cerr << "error: " << error.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,256 @@
+"""Engine stage: an ONNX variant -> ``model.<precision>.plan`` with TensorRT.
+
+Precision is a property of the ONNX file (TensorRT 11 networks are always
+strongly typed and have no FP16/INT8 builder flags; on 10.x we ask for
+``STRONGLY_TYPED`` to get the same behaviour), so ``--precision`` only picks
+the file: fp32 -> model.onnx, fp16 -> model.fp16.onnx, int8 -> model.int8.onnx
+(the Q/DQ form; the QOperator CPU form is not for TensorRT).
+
+An engine only runs on the TensorRT version and GPU it was built for, so the
+manifest records both, and `check_engine_target` refuses a mismatch with that
+explanation before TensorRT is asked to deserialise anything.
+
+TensorRT and CUDA Python are imported lazily: this module imports (and its
+pure parts are tested) on machines without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from retinaunet_deploy.artifacts import (
+    MANIFEST_NAME,
+    atomic_path,
+    load_manifest,
+    record_artifact,
+    tool_versions,
+    verify_artifact,
+)
+from retinaunet_deploy.errors import ArtifactError, ConfigError, NotBuiltError
+
+ONNX_FOR_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+TIMING_CACHE_NAME = "tensorrt.timing.cache"
+INSTALL_HINT = ("TensorRT and an NVIDIA GPU are needed: on a machine with a GPU and its driver, "
+                "pip install -e '.[tensorrt]'")
+
+
+def plan_name(precision: str) -> str:
+    """The engine file for a precision: model.fp16.plan etc."""
+    return f"model.{precision}.plan"
+
+
+@dataclass
+class EngineOptions:
+    """Options of the engine build (recorded in the manifest).
+
+    Attributes:
+        precision: which ONNX variant to compile: fp32, fp16 or int8.
+        min_batch, opt_batch, max_batch: the optimisation profile on the batch axis
+            (TensorRT tunes kernels for opt_batch; the engine accepts min..max).
+        workspace_mib: the builder's scratch memory limit.
+        timing_cache: reuse and update RUN_DIR/tensorrt.timing.cache across builds.
+    """
+
+    precision: str = "fp16"
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_mib: int = 1024
+    timing_cache: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ONNX_FOR_PRECISION:
+            raise ConfigError(f"precision must be one of {sorted(ONNX_FOR_PRECISION)}, "
+                              f"got {self.precision!r}")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"need 1 <= min_batch <= opt_batch <= max_batch, got "
+                              f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
+        if self.workspace_mib < 1:
+            raise ConfigError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
+
+
+# === Lazy imports and the device ===
+
+def require_tensorrt():
+    """Import and return the `tensorrt` module, or raise one clear line."""
+    from retinaunet_deploy.runtime.providers import cuda_device_count
+
+    try:
+        import tensorrt
+    except ImportError:
+        raise NotBuiltError(f"TensorRT is not installed. {INSTALL_HINT}") from None
+    if cuda_device_count() == 0:
+        raise NotBuiltError(f"no CUDA device on this machine. {INSTALL_HINT}")
+    return tensorrt
+
+
+def cudart():
+    """CUDA Python's runtime module (`cuda.bindings.runtime`; `cuda.cudart` before 12.6)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError:
+            raise NotBuiltError(f"CUDA Python is not installed. {INSTALL_HINT}") from None
+    return runtime
+
+
+def cuda_call(result):
+    """Unpack a CUDA Python call's (error, *values); raise on an error code."""
+    runtime = cudart()
+    error, values = result[0], result[1:]
+    if error != runtime.cudaError_t.cudaSuccess:
+        name = runtime.cudaGetErrorName(error)[1]
+        raise ArtifactError(f"CUDA call failed: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else values
+
+
+def device_target(device: int = 0) -> dict:
+    """What an engine built or run here is tied to: TensorRT version, GPU, compute capability."""
+    trt = require_tensorrt()
+    props = cuda_call(cudart().cudaGetDeviceProperties(device))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return {"tensorrt": trt.__version__, "gpu": name.rstrip("\x00").strip(),
+            "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def engine_mismatch(recorded: dict, current: dict) -> str | None:
+    """Why an engine recorded with `recorded` target cannot run on `current`, or None.
+
+    TensorRT engines are specific to the TensorRT version and the GPU model
+    (compute capability), so both must match exactly.
+    """
+    problems = []
+    if recorded.get("tensorrt") != current.get("tensorrt"):
+        problems.append(f"built with TensorRT {recorded.get('tensorrt')}, this machine has "
+                        f"{current.get('tensorrt')}")
+    if (recorded.get("gpu"), recorded.get("compute_capability")) != (
+            current.get("gpu"), current.get("compute_capability")):
+        problems.append(f"built for {recorded.get('gpu')} (compute capability "
+                        f"{recorded.get('compute_capability')}), this machine has "
+                        f"{current.get('gpu')} ({current.get('compute_capability')})")
+    return "; ".join(problems) or None
+
+
+def check_engine_target(plan: Path, current: dict) -> dict:
+    """Refuse `plan` unless its manifest record matches `current`; return the record.
+
+    The record lives in the manifest beside the engine (its run folder).
+    """
+    plan = Path(plan)
+    precision = plan.name.split(".")[1] if plan.name.count(".") == 2 else "fp16"
+    remedy = f"retinaunet-deploy build-engine {plan.parent} --precision {precision}"
+    record = load_manifest(plan.parent)["artifacts"].get(plan.name)
+    if record is None or "target" not in record:
+        raise ArtifactError(f"{plan} has no build record in {plan.parent / MANIFEST_NAME}, so "
+                            f"its TensorRT version and GPU are unknown; rebuild it on this "
+                            f"machine with '{remedy}'")
+    verify_artifact(plan.parent, plan.name, remedy)
+    reason = engine_mismatch(record["target"], current)
+    if reason:
+        raise ArtifactError(f"{plan} cannot run here: {reason}. TensorRT engines only run on "
+                            f"the TensorRT version and GPU they were built for; rebuild with "
+                            f"'{remedy}'")
+    return record
+
+
+# === The build ===
+
+def _logger(trt):
+    """A TensorRT logger that keeps every message, so failures can quote the log."""
+
+    class RecordingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+
+        def log(self, severity, msg):
+            if severity <= trt.ILogger.Severity.WARNING:
+                self.messages.append(f"[{severity.name}] {msg}")
+
+        def tail(self, lines: int = 20) -> str:
+            return "\n".join(self.messages[-lines:]) or "(TensorRT logged nothing)"
+
+    return RecordingLogger()
+
+
+def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=None) -> dict:
+    """Compile RUN_DIR's ONNX variant for `options.precision` into model.<precision>.plan.
+
+    The input must match its manifest record (lineage) and pass the static
+    TensorRT import check; the engine is written atomically and recorded with
+    the TensorRT version, GPU and compute capability it is tied to.
+
+    Returns the manifest entry of the engine.
+    """
+    from retinaunet_deploy.export.trt_check import check_tensorrt_import
+
+    options = options or EngineOptions()
+    run_dir = Path(run_dir)
+    say = progress or (lambda message: None)
+    onnx_name = ONNX_FOR_PRECISION[options.precision]
+    remedy = ("retinaunet-deploy export" if options.precision == "fp32"
+              else "retinaunet-deploy calibrate")
+    verify_artifact(run_dir, onnx_name, f"{remedy} {run_dir}")
+    static = check_tensorrt_import(run_dir / onnx_name)
+    if not static.ok:
+        raise ArtifactError(f"{run_dir / onnx_name} would not import into TensorRT: "
+                            f"{static.problems[0]} ({len(static.problems)} problem(s); run "
+                            f"'retinaunet-deploy check-trt' for all)")
+    trt = require_tensorrt()
+    target = device_target()
+    logger = _logger(trt)
+
+    say(f"parsing {onnx_name} (TensorRT {trt.__version__}, {target['gpu']})")
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        # Required on 10.x for precision to come from the ONNX; ignored (always on) in 11.x.
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(run_dir / onnx_name)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ArtifactError(f"TensorRT could not parse {run_dir / onnx_name}: "
+                            + " | ".join(errors or [logger.tail()]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = tuple(tensor.shape)[1:]
+        if any(d < 0 for d in rest):
+            raise ArtifactError(f"{run_dir / onnx_name}: input {tensor.name} has dynamic "
+                                f"non-batch dims {tuple(tensor.shape)}; re-export it")
+        profile.set_shape(tensor.name, (options.min_batch, *rest), (options.opt_batch, *rest),
+                          (options.max_batch, *rest))
+    config.add_optimization_profile(profile)
+
+    cache_path = run_dir / TIMING_CACHE_NAME
+    if options.timing_cache:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+        # ignore_mismatch=True: a cache from another GPU is discarded, not an error.
+        config.set_timing_cache(cache, ignore_mismatch=True)
+
+    say(f"building the {options.precision} engine (batch {options.min_batch}.."
+        f"{options.max_batch}, tuned for {options.opt_batch}); this takes minutes")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ArtifactError(f"TensorRT failed to build an engine from {run_dir / onnx_name}; "
+                            f"builder log:\n{logger.tail()}")
+
+    target_name = plan_name(options.precision)
+    with atomic_path(run_dir / target_name) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    if options.timing_cache:
+        with atomic_path(cache_path) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    entry = record_artifact(run_dir, target_name, "build-engine", parent=onnx_name,
+                            options=asdict(options), tools=tool_versions("tensorrt",
+                                                                         "cuda-python"),
+                            target=target)
+    say(f"wrote {run_dir / target_name} ({entry['size'] / 2**20:.1f} MiB)")
+    return entry

@@ -1,0 +1,179 @@
+"""Triton stage: a run's ONNX file or TensorRT engine -> a Triton model repository.
+
+    OUT/retinaunet/config.pbtxt
+    OUT/retinaunet/model_card.json      (for clients: preprocessing, classes, anchors)
+    OUT/retinaunet/1/model.onnx         (platform onnxruntime_onnx), or
+    OUT/retinaunet/1/model.plan         (platform tensorrt_plan)
+
+The config's tensors come from the ONNX graph itself (for an engine: the ONNX
+it was built from), so names, dtypes and dims cannot drift from the model.
+Triton's dims leave out the batch axis; `max_batch_size` covers it. The
+repository is assembled in a temporary folder and renamed into place, so a
+failure never leaves a half-written model folder for Triton to load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from retinaunet_deploy.artifacts import load_manifest, verify_artifact
+from retinaunet_deploy.errors import ArtifactError, ConfigError
+
+MODEL_NAME = "retinaunet"
+# ONNX TensorProto element types -> Triton data types.
+TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16",
+                5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL",
+                10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
+INSTANCE_KINDS = ("auto", "gpu", "cpu")
+
+
+@dataclass
+class TritonOptions:
+    """What goes into config.pbtxt.
+
+    Attributes:
+        model: the run's file to serve: model.onnx (or another .onnx variant) or a .plan.
+        max_batch_size: largest batch Triton forms; an engine's profile caps it.
+        preferred_batch_sizes: batch sizes the dynamic batcher aims for.
+        max_queue_delay_us: how long a request may wait for others to batch with.
+        instances: model instances (each runs one batch at a time).
+        kind: auto (GPU if Triton has one, else CPU), gpu or cpu; a .plan is always gpu.
+    """
+
+    model: str = "model.onnx"
+    max_batch_size: int = 8
+    preferred_batch_sizes: tuple[int, ...] = (4, 8)
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    kind: str = "auto"
+
+    def __post_init__(self):
+        if not self.model.endswith((".onnx", ".plan")):
+            raise ConfigError(f"Triton serves a .onnx or .plan file of the run, got {self.model}")
+        if self.kind not in INSTANCE_KINDS:
+            raise ConfigError(f"kind must be one of {INSTANCE_KINDS}, got {self.kind!r}")
+        if self.max_batch_size < 1 or self.instances < 1:
+            raise ConfigError("max_batch_size and instances must be >= 1")
+        if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ConfigError(f"preferred batch sizes {self.preferred_batch_sizes} must lie in "
+                              f"1..max_batch_size ({self.max_batch_size})")
+
+
+def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of an ONNX graph: name, Triton data type, dims without batch."""
+    import onnx
+
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as error:  # protobuf raises several types for a bad file
+        raise ArtifactError(f"cannot read {path} as ONNX ({error}); re-create it") from error
+    initializers = {t.name for t in graph.initializer}
+
+    def describe(value):
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        if tensor.elem_type not in TRITON_TYPES:
+            raise ArtifactError(f"{path}: tensor {value.name} has ONNX type {tensor.elem_type}, "
+                                f"which Triton does not serve")
+        return {"name": value.name, "data_type": TRITON_TYPES[tensor.elem_type],
+                "dims": dims[1:]}
+
+    inputs = [describe(v) for v in graph.input if v.name not in initializers]
+    outputs = [describe(v) for v in graph.output]
+    for tensor in inputs + outputs:
+        if any(d < 0 for d in tensor["dims"]):
+            raise ArtifactError(f"{path}: tensor {tensor['name']} has a dynamic non-batch "
+                                f"dimension {tensor['dims']}; re-export it")
+    return inputs, outputs
+
+
+def _tensor_block(tensors: list[dict]) -> str:
+    entries = []
+    for tensor in tensors:
+        entries.append("  {\n"
+                       f"    name: \"{tensor['name']}\"\n"
+                       f"    data_type: {tensor['data_type']}\n"
+                       f"    dims: [ {', '.join(str(d) for d in tensor['dims'])} ]\n"
+                       "  }")
+    return ",\n".join(entries)
+
+
+def config_pbtxt(platform: str, inputs: list[dict], outputs: list[dict],
+                 options: TritonOptions, kind: str) -> str:
+    """The text of config.pbtxt (Triton's ModelConfig in protobuf text format)."""
+    preferred = ", ".join(str(b) for b in options.preferred_batch_sizes)
+    return (f"name: \"{MODEL_NAME}\"\n"
+            f"platform: \"{platform}\"\n"
+            f"max_batch_size: {options.max_batch_size}\n"
+            f"input [\n{_tensor_block(inputs)}\n]\n"
+            f"output [\n{_tensor_block(outputs)}\n]\n"
+            "dynamic_batching {\n"
+            f"  preferred_batch_size: [ {preferred} ]\n"
+            f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n"
+            "}\n"
+            "instance_group [\n"
+            f"  {{ count: {options.instances} kind: KIND_{kind.upper()} }}\n"
+            "]\n")
+
+
+def write_triton_repository(run_dir: Path, out_dir: Path,
+                            options: TritonOptions | None = None) -> Path:
+    """Write OUT/retinaunet/ for RUN_DIR's `options.model`; returns the model folder."""
+    options = options or TritonOptions()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model = options.model
+    is_plan = model.endswith(".plan")
+    stage = "build-engine" if is_plan else ("export" if model == "model.onnx" else "calibrate")
+    verify_artifact(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
+    kind = options.kind
+    if is_plan:
+        record = load_manifest(run_dir)["artifacts"][model]
+        onnx_source = record["parent"]["file"]
+        engine_max = record.get("options", {}).get("max_batch")
+        if engine_max is not None and options.max_batch_size > engine_max:
+            raise ConfigError(f"{run_dir / model} accepts batches up to {engine_max}; use "
+                              f"--max-batch-size {engine_max} or rebuild the engine with "
+                              f"--max-batch {options.max_batch_size}")
+        if kind == "cpu":
+            raise ConfigError("a TensorRT engine runs on a GPU only; use --kind gpu or serve an "
+                              ".onnx file on CPU")
+        kind = "gpu"
+        platform = "tensorrt_plan"
+    else:
+        onnx_source = model
+        platform = "onnxruntime_onnx"
+        if model == "model.int8.cpu.onnx" and kind == "auto":
+            kind = "cpu"  # the QOperator CPU form is tuned for ONNX Runtime's CPU kernels
+    inputs, outputs = onnx_io(run_dir / onnx_source)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.", dir=out_dir))
+    try:
+        (staging / "1").mkdir()
+        shutil.copyfile(run_dir / model, staging / "1" / ("model.plan" if is_plan else
+                                                          "model.onnx"))
+        card = run_dir / "model_card.json"
+        if card.exists():
+            shutil.copyfile(card, staging / "model_card.json")
+        (staging / "config.pbtxt").write_text(config_pbtxt(platform, inputs, outputs, options,
+                                                           kind))
+        (staging / "source.json").write_text(json.dumps(
+            {"run": str(run_dir), "file": model,
+             "sha256": load_manifest(run_dir)["artifacts"][model]["sha256"]}, indent=2) + "\n")
+        target = out_dir / MODEL_NAME
+        if target.exists():  # swap: the old folder is replaced only by a complete new one
+            old = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.old.", dir=out_dir))
+            os.replace(target, old / MODEL_NAME)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target

@@ -1,0 +1,140 @@
+"""The TensorRT backend: run a ``.plan`` engine on the GPU with CUDA Python.
+
+Same contract as the other backends: (N, H, W, C) float32 raw pixels in, a dict
+of float32 outputs by name out. Buffers are allocated once for the engine's
+largest batch (pinned host memory, so copies are asynchronous DMA); every call
+sets the input shape, copies in, runs `execute_async_v3` on the backend's own
+CUDA stream, copies out and synchronises before returning.
+
+Before deserialising, the engine's manifest record is checked against this
+machine's TensorRT version and GPU (`check_engine_target`): a mismatched engine
+is refused with the reason instead of failing inside TensorRT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.errors import ArtifactError, InputError
+
+
+class _Buffer:
+    """One I/O tensor: pinned host memory (as a numpy view) and device memory."""
+
+    def __init__(self, runtime, call, dtype: np.dtype, count: int):
+        self.dtype = np.dtype(dtype)
+        self.nbytes = count * self.dtype.itemsize
+        self.host_ptr = call(runtime.cudaMallocHost(self.nbytes))
+        self.device_ptr = call(runtime.cudaMalloc(self.nbytes))
+        raw = (ctypes.c_byte * self.nbytes).from_address(int(self.host_ptr))
+        self.host = np.frombuffer(raw, dtype=self.dtype, count=count)
+
+
+class TensorRTBackend:
+    """A `.plan` engine on CUDA device `device`."""
+
+    suffix = ".plan"
+
+    def __init__(self, path: Path, threads: int | None = None, device: int = 0):
+        from retinaunet_deploy.export.tensorrt import (
+            _logger,
+            check_engine_target,
+            cuda_call,
+            cudart,
+            device_target,
+            require_tensorrt,
+        )
+
+        del threads  # GPU inference: the host thread count does not apply
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path} not found; build it with 'retinaunet-deploy "
+                                f"build-engine'")
+        trt = require_tensorrt()
+        self._rt, self._call = cudart(), cuda_call
+        self._call(self._rt.cudaSetDevice(device))
+        check_engine_target(self.path, device_target(device))
+        self._logger = _logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"TensorRT could not deserialise {self.path}: "
+                                f"{self._logger.tail(5)}; rebuild it with build-engine")
+        self.context = self.engine.create_execution_context()
+        self.stream = self._call(self._rt.cudaStreamCreate())
+
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names
+                            if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
+        if len(self.input_names) != 1:
+            raise ArtifactError(f"{self.path} has inputs {self.input_names}; expected one "
+                                f"('image')")
+        self.input_name = self.input_names[0]
+        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.max_batch = int(max_shape[0])
+        self.input_shape = tuple(int(d) for d in max_shape[1:])
+        # Size every buffer for the largest batch: set that shape once to learn outputs'.
+        self.context.set_input_shape(self.input_name, tuple(max_shape))
+        self._buffers = {}
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+            self._buffers[name] = _Buffer(self._rt, self._call, dtype, int(np.prod(shape)))
+
+    def card(self) -> dict | None:
+        """The run's model card, beside the engine."""
+        from retinaunet_deploy.card import CARD_NAME, load_card
+
+        return load_card(self.path.parent) if (self.path.parent / CARD_NAME).exists() else None
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if batch.shape[1:] != self.input_shape:
+            raise InputError(f"{self.path} takes (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {batch.shape}")
+        if len(batch) > self.max_batch:  # the engine's profile ends here: run in chunks
+            chunks = [self.run(batch[i:i + self.max_batch])
+                      for i in range(0, len(batch), self.max_batch)]
+            return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        rt, call = self._rt, self._call
+        to_device = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        to_host = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        if not self.context.set_input_shape(self.input_name, batch.shape):
+            raise InputError(f"{self.path} refused input shape {batch.shape}")
+        source = self._buffers[self.input_name]
+        flat = np.ascontiguousarray(batch, dtype=source.dtype).ravel()
+        source.host[:flat.size] = flat
+        call(rt.cudaMemcpyAsync(source.device_ptr, source.host_ptr, flat.nbytes, to_device,
+                                self.stream))
+        for name, buffer in self._buffers.items():
+            self.context.set_tensor_address(name, int(buffer.device_ptr))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise ArtifactError(f"TensorRT failed to run {self.path}: {self._logger.tail(5)}")
+        shapes = {}
+        for name in self.output_names:
+            shapes[name] = tuple(self.context.get_tensor_shape(name))
+            buffer = self._buffers[name]
+            nbytes = int(np.prod(shapes[name])) * buffer.dtype.itemsize
+            call(rt.cudaMemcpyAsync(buffer.host_ptr, buffer.device_ptr, nbytes, to_host,
+                                    self.stream))
+        call(rt.cudaStreamSynchronize(self.stream))  # the clock and the caller see finished work
+        return {name: self._buffers[name].host[:int(np.prod(shape))].reshape(shape)
+                .astype(np.float32, copy=True) for name, shape in shapes.items()}
+
+    def close(self) -> None:
+        """Free device and pinned memory and the stream (also done at garbage collection)."""
+        buffers, self._buffers = getattr(self, "_buffers", {}), {}
+        for buffer in buffers.values():
+            self._rt.cudaFree(buffer.device_ptr)
+            self._rt.cudaFreeHost(buffer.host_ptr)
+        if getattr(self, "stream", None) is not None:
+            self._rt.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to
+            self.close()

@@ -1,0 +1,235 @@
+"""The GPU end, as far as it runs without a GPU: engine build refusal, engine target
+checks, Triton repository, ONNX Runtime GPU provider options."""
+
+import importlib
+
+import pytest
+from click.testing import CliRunner
+
+from retinaunet_deploy.artifacts import load_manifest, record_artifact
+from retinaunet_deploy.cli import cli
+from retinaunet_deploy.errors import ArtifactError, ConfigError
+
+try:
+    import tensorrt  # noqa: F401
+
+    HAVE_TENSORRT = True
+except ImportError:
+    HAVE_TENSORRT = False
+
+MODULES = ["retinaunet_deploy.export.tensorrt", "retinaunet_deploy.export.triton",
+           "retinaunet_deploy.runtime.tensorrt", "retinaunet_deploy.runtime.backends",
+           "retinaunet_deploy.runtime.providers", "retinaunet_deploy.bench.harness"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_gpu_module_imports_without_tensorrt(module):
+    importlib.import_module(module)
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT is installed here")
+def test_build_engine_without_tensorrt_is_one_clear_line(tiny_calibrated):
+    run, _ = tiny_calibrated
+    for precision in ("fp32", "fp16", "int8"):
+        result = CliRunner().invoke(cli, ["build-engine", str(run), "--precision", precision])
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert lines == [("Error: TensorRT is not installed. TensorRT and an NVIDIA GPU are "
+                          "needed: on a machine with a GPU and its driver, pip install -e "
+                          "'.[tensorrt]'")]
+    assert not list(run.glob("*.plan"))
+
+
+def test_build_engine_refuses_a_replaced_onnx_before_needing_tensorrt(run_copy):
+    (run_copy / "model.onnx").write_bytes((run_copy / "model.onnx").read_bytes() + b"\0")
+    result = CliRunner().invoke(cli, ["build-engine", str(run_copy), "--precision", "fp32"])
+    assert result.exit_code == 1
+    assert "model.onnx changed since 'export' recorded it" in result.output
+    assert "re-run 'retinaunet-deploy export" in result.output
+
+
+def test_build_engine_refuses_a_file_tensorrt_would_not_import(tiny_calibrated, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_calibrated[0], run)
+    # An ONNX Runtime-only fused op, which TensorRT's parser does not know.
+    import onnx
+
+    model = onnx.load(run / "model.int8.onnx")
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    conv.op_type, conv.domain = "FusedConv", "com.microsoft"
+    onnx.save(model, run / "model.int8.onnx")
+    record_artifact(run, "model.int8.onnx", "calibrate", parent="model.onnx")
+    result = CliRunner().invoke(cli, ["build-engine", str(run), "--precision", "int8"])
+    assert result.exit_code == 1
+    assert "would not import into TensorRT" in result.output
+
+
+@pytest.mark.parametrize("bad", [{"min_batch": 4, "opt_batch": 2}, {"precision": "int4"},
+                                 {"max_batch": 0}, {"workspace_mib": 0}])
+def test_engine_options_are_checked(bad):
+    from retinaunet_deploy.export.tensorrt import EngineOptions
+
+    with pytest.raises(ConfigError):
+        EngineOptions(**bad)
+
+
+TARGET = {"tensorrt": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
+
+
+def test_engine_mismatch_names_version_and_gpu():
+    from retinaunet_deploy.export.tensorrt import engine_mismatch
+
+    assert engine_mismatch(TARGET, dict(TARGET)) is None
+    version = engine_mismatch(TARGET, {**TARGET, "tensorrt": "11.1.0"})
+    assert version == "built with TensorRT 10.13.0, this machine has 11.1.0"
+    gpu = engine_mismatch(TARGET, {**TARGET, "gpu": "NVIDIA A100", "compute_capability": "8.0"})
+    assert gpu == ("built for NVIDIA L4 (compute capability 8.9), this machine has "
+                   "NVIDIA A100 (8.0)")
+
+
+def test_check_engine_target_refuses_mismatched_and_unrecorded_engines(tmp_path):
+    from retinaunet_deploy.export.tensorrt import check_engine_target
+
+    plan = tmp_path / "model.fp16.plan"
+    plan.write_bytes(b"not really an engine")
+    with pytest.raises(ArtifactError, match="has no build record"):
+        check_engine_target(plan, TARGET)
+    record_artifact(tmp_path, plan.name, "build-engine", target=TARGET)
+    assert check_engine_target(plan, TARGET)["target"] == TARGET
+    with pytest.raises(ArtifactError, match=r"cannot run here: built for NVIDIA L4 .*rebuild "
+                                            r"with 'retinaunet-deploy build-engine .* "
+                                            r"--precision fp16'"):
+        check_engine_target(plan, {**TARGET, "gpu": "Tesla T4", "compute_capability": "7.5"})
+    plan.write_bytes(b"replaced")
+    with pytest.raises(ArtifactError, match="changed since 'build-engine' recorded it"):
+        check_engine_target(plan, TARGET)
+
+
+def test_plan_is_a_predictor_artifact_that_needs_tensorrt(tmp_path):
+    from retinaunet_deploy.runtime import Predictor
+
+    plan = tmp_path / "model.fp16.plan"
+    plan.write_bytes(b"engine")
+    if HAVE_TENSORRT:
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(Exception, match="TensorRT is not installed"):
+        Predictor.from_artifact(plan)
+
+
+# === Triton ===
+
+def _model_config(text: str):
+    """Parse config.pbtxt with Triton's own ModelConfig schema (from tritonclient)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_triton_repository_matches_the_onnx_model(tiny_calibrated, tmp_path):
+    import onnx
+
+    run, _ = tiny_calibrated
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["triton", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    folder = out / "retinaunet"
+    assert (folder / "1" / "model.onnx").read_bytes() == (run / "model.onnx").read_bytes()
+    assert (folder / "model_card.json").exists()
+    config = _model_config((folder / "config.pbtxt").read_text())
+    assert config.name == "retinaunet" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 8
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.instance_group[0].count == 1
+
+    graph = onnx.load(run / "model.onnx").graph
+    triton_type = {onnx.TensorProto.FLOAT: "TYPE_FP32"}
+
+    def expected(values):
+        return [(v.name, triton_type[v.type.tensor_type.elem_type],
+                 [d.dim_value for d in v.type.tensor_type.shape.dim][1:]) for v in values]
+
+    def actual(tensors):
+        from tritonclient.grpc import model_config_pb2
+
+        return [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims))
+                for t in tensors]
+
+    assert actual(config.input) == expected(graph.input)
+    assert actual(config.output) == expected(graph.output)
+    assert sorted(name for name, _, _ in actual(config.output)) == ["box_deltas", "cls_logits", "mask"]
+    assert actual(config.input) == [("image", "TYPE_FP32", [64, 64, 1])]
+
+
+def test_triton_rewrite_replaces_the_whole_folder(tiny_calibrated, tmp_path):
+    from retinaunet_deploy.export.triton import TritonOptions, write_triton_repository
+
+    run, _ = tiny_calibrated
+    out = tmp_path / "repo"
+    write_triton_repository(run, out)
+    (out / "retinaunet" / "stale.txt").write_text("old")
+    folder = write_triton_repository(run, out, TritonOptions(model="model.int8.onnx",
+                                                             instances=2, kind="cpu"))
+    assert not (folder / "stale.txt").exists()
+    config = _model_config((folder / "config.pbtxt").read_text())
+    assert config.instance_group[0].count == 2
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+    assert sorted(p.name for p in out.iterdir()) == ["retinaunet"]  # no staging left
+
+
+def test_triton_refuses_bad_options_and_stale_files(run_copy, tmp_path):
+    from retinaunet_deploy.export.triton import TritonOptions, write_triton_repository
+
+    with pytest.raises(ConfigError, match="preferred batch sizes"):
+        TritonOptions(max_batch_size=4, preferred_batch_sizes=(8,))
+    with pytest.raises(ConfigError, match=r"\.onnx or \.plan"):
+        TritonOptions(model="model.keras")
+    (run_copy / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="changed since 'export' recorded it"):
+        write_triton_repository(run_copy, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "retinaunet").exists()
+
+
+def test_triton_plan_takes_engine_batch_limit(run_copy, tmp_path):
+    from retinaunet_deploy.export.triton import TritonOptions, write_triton_repository
+
+    plan = run_copy / "model.fp32.plan"
+    plan.write_bytes(b"engine bytes")
+    record_artifact(run_copy, plan.name, "build-engine", parent="model.onnx",
+                    options={"max_batch": 4}, target=TARGET)
+    with pytest.raises(ConfigError, match="accepts batches up to 4"):
+        write_triton_repository(run_copy, tmp_path / "repo", TritonOptions(model=plan.name))
+    folder = write_triton_repository(run_copy, tmp_path / "repo", TritonOptions(
+        model=plan.name, max_batch_size=4, preferred_batch_sizes=(2, 4)))
+    config = _model_config((folder / "config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan"
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    assert (folder / "1" / "model.plan").read_bytes() == b"engine bytes"
+    assert [t.name for t in config.input] == ["image"]
+
+
+# === ONNX Runtime GPU providers ===
+
+def test_gpu_provider_options_and_refusal_without_a_gpu():
+    from retinaunet_deploy.runtime.providers import (
+        CPU,
+        check_providers,
+        cuda_device_count,
+        tensorrt_provider,
+    )
+
+    name, options = tensorrt_provider(fp16=True, cache_dir="/tmp/cache")
+    assert name == "TensorrtExecutionProvider"
+    assert options["trt_fp16_enable"] and options["trt_engine_cache_path"] == "/tmp/cache"
+    assert check_providers([(CPU, {})]) == [(CPU, {})]
+    if cuda_device_count() == 0:
+        with pytest.raises(ConfigError, match=r"\['TensorrtExecutionProvider'\] cannot load"):
+            check_providers([tensorrt_provider(), CPU])
+
+
+def test_manifest_keeps_engine_target(tmp_path):
+    (tmp_path / "model.fp16.plan").write_bytes(b"x")
+    record_artifact(tmp_path, "model.fp16.plan", "build-engine", target=TARGET)
+    assert load_manifest(tmp_path)["artifacts"]["model.fp16.plan"]["target"] == TARGET
