@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def atomic_path(path: Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    # Temporary files of this artifact left by a killed writer: the new file supersedes them.
+    # (Two processes writing the same artifact at once is not supported.)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}")
+    for stale in path.parent.iterdir():
+        if pattern.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+
+
+def leftover_temporary_files(folder: Path) -> list[Path]:
+    """Temporary files of `atomic_path` that a killed process left in `folder`."""
+    return sorted(p for p in Path(folder).glob(".*.tmp*") if p.is_file())
 
 
 def write_json(path: Path, data) -> None:
@@ -136,6 +148,26 @@ def forget_artifact(run_dir: Path, name: str) -> None:
         write_json(run_dir / MANIFEST_NAME, manifest)
 
 
+def verify_lineage(run_dir: Path, name: str, remedy: str) -> str:
+    """`verify_artifact`, and that the file was made from its parent as it is now.
+
+    A variant made from an older parent (e.g. model.int8.onnx after model.onnx was
+    re-exported) is stale even if its own hash matches.
+    """
+    from retinaunet_deploy.errors import ArtifactError
+
+    actual = verify_artifact(run_dir, name, remedy)
+    artifacts = load_manifest(run_dir)["artifacts"]
+    parent = artifacts[name].get("parent")
+    if parent:
+        current = artifacts.get(parent["file"])
+        if current is None or current["sha256"] != parent["sha256"]:
+            raise ArtifactError(f"{Path(run_dir) / name} was made from an older "
+                                f"{parent['file']} (sha256 {parent['sha256'][:12]}); re-run "
+                                f"'{remedy}'")
+    return actual
+
+
 def verify_artifact(run_dir: Path, name: str, remedy: str) -> str:
     """Check `run_dir/name` exists and matches its manifest record; return its sha256.
 
@@ -156,3 +188,131 @@ def verify_artifact(run_dir: Path, name: str, remedy: str) -> str:
         raise ArtifactError(f"{path} changed since '{record['stage']}' recorded it (sha256 "
                             f"{actual[:12]} != {record['sha256'][:12]}); re-run '{remedy}'")
     return actual
+
+
+# === Lineage of a run ===
+
+ARTIFACT_SUFFIXES = (".keras", ".onnx", ".plan", ".json")
+
+
+def remedy_for(run_dir: Path, name: str, stage: str) -> str:
+    """The command that remakes artifact `name` of a run, made by `stage`."""
+    if stage == "build-engine":
+        return f"retinaunet-deploy build-engine {run_dir} --precision {name.split('.')[1]}"
+    if stage == "train":
+        return f"retinaunet-deploy train --out {run_dir}"
+    return f"retinaunet-deploy {stage} {run_dir}"
+
+
+def run_lineage(run_dir: Path) -> list[dict]:
+    """Every recorded artifact of a run, verified: its hash, and its parent's hash now.
+
+    Each row: file, stage, parent, sha256, size, status (ok | missing | changed |
+    stale | unrecorded | leftover) and, when not ok, problem (with the command to re-run).
+    Files that look like artifacts but have no record, and temporary files a
+    killed writer left, are listed too.
+    """
+    from retinaunet_deploy.errors import ArtifactError
+
+    run_dir = Path(run_dir)
+    artifacts = load_manifest(run_dir)["artifacts"]
+    rows = []
+    for name, record in artifacts.items():
+        row = {"file": name, "stage": record.get("stage"),
+               "parent": (record.get("parent") or {}).get("file"), "sha256": record["sha256"],
+               "size": record.get("size"), "status": "ok", "problem": None}
+        remedy = remedy_for(run_dir, name, record.get("stage", "train"))
+        try:
+            verify_lineage(run_dir, name, remedy)
+        except ArtifactError as error:
+            message = str(error)
+            row["problem"] = message
+            row["status"] = ("missing" if "not found" in message else
+                             "stale" if "made from an older" in message else "changed")
+        rows.append(row)
+    for path in sorted(run_dir.iterdir()):
+        if (path.suffix in ARTIFACT_SUFFIXES and path.name not in artifacts
+                and path.name != MANIFEST_NAME and not path.name.startswith(".")):
+            rows.append({"file": path.name, "stage": None, "parent": None,
+                         "sha256": sha256_file(path), "size": path.stat().st_size,
+                         "status": "unrecorded",
+                         "problem": f"{path} is not in {run_dir / MANIFEST_NAME}; nothing vouches "
+                                    f"for it: delete it or re-run the stage that makes it"})
+    for path in leftover_temporary_files(run_dir):
+        rows.append({"file": path.name, "stage": None, "parent": None, "sha256": None,
+                     "size": path.stat().st_size, "status": "leftover",
+                     "problem": f"{path} is a temporary file from an interrupted write; "
+                                f"delete it (the next write of that artifact also does)"})
+    return rows
+
+
+# === Untrusted ONNX files ===
+
+def _onnx_tensors(graph):
+    """Every TensorProto of a graph: initializers, Constant/attribute tensors, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _onnx_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _onnx_tensors(subgraph)
+
+
+def check_onnx_external_data(path: Path):
+    """Read an ONNX file's structure without its external data; refuse data outside its folder.
+
+    ONNX tensors may keep their bytes in other files named by a relative path.
+    A file from elsewhere could name `/etc/...` or `../../secret`; loading it
+    would read that file. Only plain paths inside the model's folder are allowed.
+
+    Returns the ModelProto (external tensors not loaded).
+    """
+    from pathlib import PurePath
+
+    import onnx
+
+    from retinaunet_deploy.errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as error:  # protobuf raises several types for a corrupt file
+        raise ArtifactError(f"cannot read {path} as ONNX ({str(error).splitlines()[0][:160]}); "
+                            f"it is corrupt or truncated: re-create it") from error
+    folder = path.parent.resolve()
+    for tensor in _onnx_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data
+                         if entry.key == "location"), "")
+        relative = PurePath(location)
+        inside = (bool(location) and not relative.is_absolute() and ".." not in relative.parts
+                  and (folder / relative).resolve().is_relative_to(folder))
+        if not inside:
+            raise ArtifactError(f"{path}: tensor {tensor.name!r} keeps its data at "
+                                f"{location!r}, outside the model's folder; refusing to load it. "
+                                f"Re-save the model with its external data beside it")
+    return model
+
+
+def load_onnx(path: Path):
+    """`onnx.load` for files that may come from elsewhere: external data checked first."""
+    import onnx
+
+    from retinaunet_deploy.errors import ArtifactError
+
+    check_onnx_external_data(path)
+    try:
+        return onnx.load(path)
+    except Exception as error:  # a missing or short external data file
+        raise ArtifactError(f"cannot load {path} ({str(error).splitlines()[0][:160]}); "
+                            f"re-create it") from error

@@ -2,7 +2,8 @@
 
 Nothing heavy is imported at module level, so `--help` answers instantly on a
 machine without a GPU. Toolkit errors (`RetinaUNetError`) become one-line
-messages with exit code 1; `--debug` shows the traceback instead.
+messages with exit code 1, usage errors exit 2; any other exception (a bug) is
+one line too, saying so. `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import click
 
 from retinaunet_deploy import __version__
-from retinaunet_deploy.errors import RetinaUNetError
+from retinaunet_deploy.errors import ArtifactError, RetinaUNetError
 from retinaunet_deploy.train import TrainOptions
 
 PRESET_NAMES = ("seed", "small", "tiny")  # retinaunet_deploy.model.PRESETS, kept import-free
@@ -26,10 +27,19 @@ class ToolkitGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
         except RetinaUNetError as error:
             if ctx.meta.get("retinaunet_deploy.debug"):
                 raise
             raise click.ClickException(str(error)) from error
+        except Exception as error:  # a bug, not bad input: still one line, with how to see more
+            if ctx.meta.get("retinaunet_deploy.debug"):
+                raise
+            first = (str(error).splitlines() or [""])[0][:300]
+            raise click.ClickException(
+                f"unexpected {type(error).__name__}: {first} (a bug in retinaunet-deploy; "
+                f"re-run with --debug for the traceback and report it)") from error
 
 
 @click.group(cls=ToolkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +57,8 @@ def cli(ctx, debug):
 
 
 @cli.command()
+@click.argument("run_dir", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="small", show_default=True,
               help="Architecture preset.")
 @click.option("--size", type=int, default=128, show_default=True,
@@ -55,11 +67,18 @@ def cli(ctx, debug):
 @click.option("--classes", "num_classes", type=int, default=3, show_default=True,
               help="Mask classes including background.")
 @click.option("--no-detection", is_flag=True, help="Drop the RetinaNet heads (plain U-Net).")
-def info(preset, size, channels, num_classes, no_detection):
-    """Show a preset's architecture: parameters, GFLOPs per image, outputs and anchors."""
+def info(run_dir, preset, size, channels, num_classes, no_detection):
+    """Show a preset's architecture: parameters, GFLOPs per image, outputs and anchors.
+
+    With RUN_DIR: show the run's artifacts and their lineage, verifying every hash;
+    exit 1 if any artifact is missing, changed, stale or unrecorded.
+    """
     from rich.console import Console
     from rich.table import Table
 
+    if run_dir is not None:
+        _show_lineage(run_dir)
+        return
     from retinaunet_deploy.model import RetinaUNet
 
     builder = RetinaUNet.from_preset(preset, (size, size, channels), num_classes,
@@ -89,6 +108,33 @@ def info(preset, size, channels, num_classes, no_detection):
         console.print(f"anchors: {summary.num_anchors:,} = {anchors.anchors_per_position} per "
                       f"position on strides {list(anchors.strides)} (scales "
                       f"{[round(s, 3) for s in anchors.scales]}, ratios {list(anchors.ratios)})")
+
+
+def _show_lineage(run_dir: Path):
+    from rich.console import Console
+    from rich.table import Table
+
+    from retinaunet_deploy.artifacts import run_lineage
+
+    rows = run_lineage(run_dir)
+    console = Console() if Console().is_terminal else Console(width=160)
+    table = Table(title=f"{run_dir}: artifacts and lineage (every hash verified now)")
+    for column in ("file", "made by", "from", "sha256", "MB", "status"):
+        table.add_column(column)
+    for row in rows:
+        size = f"{row['size'] / 1e6:.2f}" if row["size"] is not None else ""
+        table.add_row(row["file"], row["stage"] or "", row["parent"] or "",
+                      (row["sha256"] or "")[:12], size,
+                      row["status"] if row["status"] == "ok" else f"[red]{row['status']}[/red]")
+    console.print(table)
+    problems = [row for row in rows if row["status"] != "ok"]
+    for row in problems:
+        console.print(f"{row['file']}: {row['problem']}", markup=False)
+    if not rows:
+        raise ArtifactError(f"{run_dir} has no recorded artifacts; train a model into it first")
+    if problems:
+        raise ArtifactError(f"{len(problems)} of {len(rows)} artifact(s) in {run_dir} failed "
+                            f"verification (see above)")
 
 
 @cli.command()

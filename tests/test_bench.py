@@ -80,9 +80,35 @@ def test_a_broken_artifact_becomes_a_failed_row(tiny_calibrated, tmp_path):
                        BenchOptions(images=2, batch_sizes=(1,), rounds=1, min_seconds=0.0,
                                     backends=("keras", "onnxruntime")))
     row = next(r for r in report["rows"] if r["artifact"] == "model.fp16.onnx")
-    assert row["status"] == "failed" and "cannot load" in row["reason"]
+    assert row["status"] == "failed"
+    assert "model.fp16.onnx changed since 'calibrate' recorded it" in row["reason"]
+    assert f"re-run 'retinaunet-deploy calibrate {copy}'" in row["reason"]
     healthy = {r["name"]: r["status"] for r in report["rows"]}
     assert healthy["keras fp32"] == healthy["onnxruntime fp32 (model.onnx)"] == "ok"
+
+
+def test_a_variant_of_an_older_onnx_becomes_a_failed_row(tiny_calibrated, tmp_path):
+    from retinaunet_deploy.artifacts import record_artifact
+
+    run, _ = tiny_calibrated
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    # model.onnx re-made after calibration (here: the same graph with one more metadata entry).
+    import onnx
+
+    model = onnx.load(copy / "model.onnx")
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "re-exported": "yes"})
+    onnx.save(model, copy / "model.onnx")
+    record_artifact(copy, "model.onnx", "export", parent="model.keras")
+    report = run_bench(copy, tmp_path / "out",
+                       BenchOptions(images=2, batch_sizes=(1,), rounds=1, min_seconds=0.0,
+                                    backends=("keras", "onnxruntime")))
+    status = {r["artifact"]: (r["status"], r["reason"]) for r in report["rows"]
+              if r["backend"] == "onnxruntime"}
+    assert status["model.onnx"][0] == "ok"
+    assert status["model.int8.onnx"][0] == "failed"
+    assert "was made from an older model.onnx" in status["model.int8.onnx"][1]
 
 
 def test_a_broken_reference_fails_the_bench(tiny_calibrated, tmp_path):

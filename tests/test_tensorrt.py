@@ -107,15 +107,22 @@ def test_check_engine_target_refuses_mismatched_and_unrecorded_engines(tmp_path)
         check_engine_target(plan, TARGET)
 
 
-def test_plan_is_a_predictor_artifact_that_needs_tensorrt(tmp_path):
+def test_plan_is_a_predictor_artifact_checked_before_tensorrt(tmp_path):
+    from retinaunet_deploy.errors import NotBuiltError
     from retinaunet_deploy.runtime import Predictor
 
     plan = tmp_path / "model.fp16.plan"
     plan.write_bytes(b"engine")
-    if HAVE_TENSORRT:
-        pytest.skip("TensorRT is installed here")
-    with pytest.raises(Exception, match="TensorRT is not installed"):
+    with pytest.raises(ArtifactError, match="has no build record"):
         Predictor.from_artifact(plan)
+    record_artifact(tmp_path, plan.name, "build-engine", target=TARGET)
+    plan.write_bytes(b"engi")  # truncated after the build
+    with pytest.raises(ArtifactError, match="changed since 'build-engine' recorded it"):
+        Predictor.from_artifact(plan)
+    if not HAVE_TENSORRT:
+        plan.write_bytes(b"engine")
+        with pytest.raises(NotBuiltError, match="TensorRT is not installed"):
+            Predictor.from_artifact(plan)
 
 
 # === Triton ===

@@ -132,10 +132,17 @@ def _guard(row: Row, make):
 def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                calibration: np.ndarray | None) -> list[Row]:
     """Every row this run and machine allow, with runners (or failed/skipped reasons)."""
+    from retinaunet_deploy.artifacts import load_manifest, remedy_for, verify_lineage
     from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend, TensorRTBackend
 
+    def verified(name: str) -> Path:
+        """The run's file, refused if it changed since its stage or its parent moved on."""
+        stage = load_manifest(run_dir)["artifacts"].get(name, {}).get("stage", "train")
+        verify_lineage(run_dir, name, remedy_for(run_dir, name, stage))
+        return run_dir / name
+
     rows = [_guard(Row(REFERENCE, "keras", "fp32", "model.keras"),
-                   lambda: KerasFastest(run_dir / "model.keras", options.threads))]
+                   lambda: KerasFastest(verified("model.keras"), options.threads))]
     if rows[0].status == "ok":
         rows[0].notes = f"timed as {rows[0].runner.mode}"
     if "onnxruntime" in options.backends:
@@ -149,7 +156,7 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                 row = Row(f"onnxruntime {precision} ({name})", "onnxruntime", precision, name,
                           notes=note)
                 rows.append(_guard(row, lambda n=name: OnnxRuntimeBackend(
-                    run_dir / n, threads=options.threads, providers=["CPUExecutionProvider"])))
+                    verified(n), threads=options.threads, providers=["CPUExecutionProvider"])))
         rows += _gpu_provider_rows(run_dir, options)
     if "tflite" in options.backends:
         rows += _tflite_rows(run_dir, card, options, out_dir, calibration)
@@ -166,7 +173,7 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                 row.status, row.reason = "skipped", (f"{plan} not built (retinaunet-deploy "
                                                      f"build-engine --precision {precision})")
             else:
-                _guard(row, lambda p=plan: TensorRTBackend(run_dir / p))
+                _guard(row, lambda p=plan: TensorRTBackend(verified(p)))
             rows.append(row)
     for row in rows:
         path = run_dir / row.artifact  # an absolute artifact path (TFLite) stays as it is

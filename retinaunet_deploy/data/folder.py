@@ -47,7 +47,8 @@ def _read_png(path: Path):
         with Image.open(path) as image:
             image.load()
             return image.mode, image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as error:
         raise DataError(f"cannot read {path}: {error}; replace it with a valid PNG") from error
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from retinaunet_deploy.artifacts import (
     atomic_path,
     forget_artifact,
+    load_onnx,
     record_artifact,
     tool_versions,
     verify_artifact,
@@ -201,7 +202,6 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
     QOperator U8S8, per-channel. Activation ranges are calibrated once per form
     into `cache_dir`, then reused by every later call with the same folder.
     """
-    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     cache = Path(cache_dir) / f"ranges-{'asymmetric' if cpu_form else 'symmetric'}.json"
@@ -211,7 +211,7 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
              # TensorRT's Q/DQ import takes int8 only: conv biases stay float (it
              # fuses them itself), rather than ONNX Runtime's int32 bias + DQ.
              "QuantizeBias": cpu_form}
-    proto = onnx.load(source)
+    proto = load_onnx(source)
     # The input normalisation stays float: it is elementwise and cheap, and
     # quantising raw pixels to 8 bits would throw away half of their levels.
     exclude = tuple(exclude) + tuple(preprocess_node_names(proto))
@@ -294,11 +294,10 @@ def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray,
     gain = pixel agreement + Dice vs float + confident-box match fraction gained,
     largest first.
     """
-    import onnx
 
     trial = work / "leave-one-out.onnx"
     scores = []
-    for node in onnx.load(prepared).graph.node:
+    for node in load_onnx(prepared).graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
         quantize(prepared, trial, calib, options, cache, exclude=(node.name,))
@@ -363,7 +362,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
 
     work = Path(tempfile.mkdtemp(prefix="calibrate-"))
     try:
-        source = onnx.load(run_dir / ONNX_NAME)
+        source = load_onnx(run_dir / ONNX_NAME)
 
         if fp16:
             _say(progress, "FP16: converting and measuring")
@@ -428,7 +427,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                                 f"{len(kept_float)} layer(s) in float: {agreement.summary()}; "
                                 f"try --method entropy or percentile, or more calibration "
                                 f"images; {run_dir / INT8_NAME} was not written")
-        proto = onnx.load(qdq)
+        proto = load_onnx(qdq)
         check_standard_ops(proto, str(run_dir / INT8_NAME))
         trt = check_tensorrt_import(qdq)
         if not trt.ok:

@@ -134,20 +134,36 @@ def engine_mismatch(recorded: dict, current: dict) -> str | None:
     return "; ".join(problems) or None
 
 
-def check_engine_target(plan: Path, current: dict) -> dict:
-    """Refuse `plan` unless its manifest record matches `current`; return the record.
+def _rebuild_command(plan: Path) -> str:
+    precision = plan.name.split(".")[1] if plan.name.count(".") == 2 else "fp16"
+    return f"retinaunet-deploy build-engine {plan.parent} --precision {precision}"
 
-    The record lives in the manifest beside the engine (its run folder).
+
+def engine_record(plan: Path) -> dict:
+    """The engine's manifest record, after checking the file still has its recorded hash.
+
+    Needs no TensorRT, so a replaced, truncated or unrecorded engine is refused
+    on any machine.
     """
     plan = Path(plan)
-    precision = plan.name.split(".")[1] if plan.name.count(".") == 2 else "fp16"
-    remedy = f"retinaunet-deploy build-engine {plan.parent} --precision {precision}"
+    remedy = _rebuild_command(plan)
     record = load_manifest(plan.parent)["artifacts"].get(plan.name)
     if record is None or "target" not in record:
         raise ArtifactError(f"{plan} has no build record in {plan.parent / MANIFEST_NAME}, so "
                             f"its TensorRT version and GPU are unknown; rebuild it on this "
                             f"machine with '{remedy}'")
     verify_artifact(plan.parent, plan.name, remedy)
+    return record
+
+
+def check_engine_target(plan: Path, current: dict) -> dict:
+    """Refuse `plan` unless its manifest record matches `current`; return the record.
+
+    The record lives in the manifest beside the engine (its run folder).
+    """
+    plan = Path(plan)
+    remedy = _rebuild_command(plan)
+    record = engine_record(plan)
     reason = engine_mismatch(record["target"], current)
     if reason:
         raise ArtifactError(f"{plan} cannot run here: {reason}. TensorRT engines only run on "

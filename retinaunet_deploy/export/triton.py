@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from retinaunet_deploy.artifacts import load_manifest, verify_artifact
+from retinaunet_deploy.artifacts import check_onnx_external_data, load_manifest, verify_artifact
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 
 MODEL_NAME = "retinaunet"
@@ -66,12 +66,7 @@ class TritonOptions:
 
 def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     """Inputs and outputs of an ONNX graph: name, Triton data type, dims without batch."""
-    import onnx
-
-    try:
-        graph = onnx.load(path, load_external_data=False).graph
-    except Exception as error:  # protobuf raises several types for a bad file
-        raise ArtifactError(f"cannot read {path} as ONNX ({error}); re-create it") from error
+    graph = check_onnx_external_data(path).graph  # names, types and dims need no weights
     initializers = {t.name for t in graph.initializer}
 
     def describe(value):

@@ -62,13 +62,10 @@ def check_tensorrt_import(path: Path) -> TrtCheck:
     import onnx
     from onnx import numpy_helper
 
-    from retinaunet_deploy.errors import ArtifactError
+    from retinaunet_deploy.artifacts import load_onnx
 
     path = Path(path)
-    try:
-        model = onnx.load(path)
-    except Exception as error:  # protobuf raises several types for a bad file
-        raise ArtifactError(f"cannot read {path} as ONNX ({error}); re-create it") from error
+    model = load_onnx(path)
     graph = model.graph
     result = TrtCheck(str(path), op_types=sorted({n.op_type for n in graph.node}))
     init = {t.name: t for t in graph.initializer}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.artifacts import check_onnx_external_data
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.runtime.tensorrt import TensorRTBackend  # imports TensorRT lazily
 
@@ -83,6 +84,7 @@ class OnnxRuntimeBackend:
             options.inter_op_num_threads = 1
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        check_onnx_external_data(self.path)  # before ONNX Runtime reads anything it names
         providers = check_providers(providers) if providers else default_providers()
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)

@@ -46,6 +46,7 @@ class TensorRTBackend:
             cuda_call,
             cudart,
             device_target,
+            engine_record,
             require_tensorrt,
         )
 
@@ -54,6 +55,7 @@ class TensorRTBackend:
         if not self.path.is_file():
             raise ArtifactError(f"{self.path} not found; build it with 'retinaunet-deploy "
                                 f"build-engine'")
+        engine_record(self.path)  # a replaced or unrecorded engine is refused before anything
         trt = require_tensorrt()
         self._rt, self._call = cudart(), cuda_call
         self._call(self._rt.cudaSetDevice(device))
