@@ -128,8 +128,8 @@ def _show_lineage(run_dir: Path):
                       row["status"] if row["status"] == "ok" else f"[red]{row['status']}[/red]")
     console.print(table)
     problems = [row for row in rows if row["status"] != "ok"]
-    for row in problems:
-        console.print(f"{row['file']}: {row['problem']}", markup=False)
+    for row in problems:  # plain echo: one unwrapped line per problem, for logs and grep
+        click.echo(f"{row['file']}: {row['problem']}")
     if not rows:
         raise ArtifactError(f"{run_dir} has no recorded artifacts; train a model into it first")
     if problems:

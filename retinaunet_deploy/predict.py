@@ -36,13 +36,19 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
         predictor.detection_config = dataclasses.replace(predictor.detection_config,
                                                          score_threshold=score_threshold)
     out_dir = Path(out_dir)
-    results = {}
+    # Read and check every image before writing anything, so one bad file in a list
+    # leaves no partial set of outputs behind.
+    images = {}
     for path in image_paths:
         image = read_image(Path(path))
         try:
-            prediction = predictor.predict(image)
+            predictor.prepare(image)
         except InputError as error:
             raise InputError(f"{path}: {error}") from error
+        images[path] = image
+    results = {}
+    for path, image in images.items():
+        prediction = predictor.predict(image)
         stem = Path(path).stem
         with atomic_path(out_dir / "masks" / f"{stem}.png") as tmp:
             Image.fromarray(prediction.mask).save(tmp)
