@@ -76,8 +76,8 @@ def _fails_cleanly(args, *expected, code=1):
     ("truncated.onnx", ["truncated.onnx", "corrupt or truncated: re-create it"]),
     ("random.onnx", ["random.onnx", "corrupt or truncated: re-create it"]),
     ("empty.onnx", ["cannot load", "empty.onnx", "re-run 'retinaunet-deploy export'"]),
-    ("text.plan", ["text.plan has no build record", "rebuild it on this machine with "
-                   "'retinaunet-deploy build-engine"]),
+    ("text.plan", ["text.plan has no build record",
+                   "rebuild it on this machine with 'retinaunet-deploy build-engine"]),
 ])
 def test_corrupt_artifacts_given_to_predict(corpus, tmp_path, name, expected):
     _, bad = corpus
@@ -303,7 +303,7 @@ def test_debug_shows_the_traceback(corpus, tmp_path):
 
 
 def test_an_unexpected_exception_is_one_line_naming_debug(monkeypatch, tmp_path):
-    import retinaunet_deploy.model as model
+    from retinaunet_deploy import model
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")

@@ -181,9 +181,11 @@ def _logger(trt):
         def __init__(self):
             trt.ILogger.__init__(self)
             self.messages: list[str] = []
+            severity = trt.ILogger.Severity
+            self.kept = {severity.INTERNAL_ERROR, severity.ERROR, severity.WARNING}
 
         def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.WARNING:
+            if severity in self.kept:
                 self.messages.append(f"[{severity.name}] {msg}")
 
         def tail(self, lines: int = 20) -> str:

@@ -1,0 +1,102 @@
+"""Crash safety: an export killed while it writes model.onnx leaves the previous run intact.
+
+Each round starts `retinaunet-deploy export` in a subprocess, waits until its
+temporary ONNX file appears (the write and the parity check on it are under
+way), then kills it (SIGKILL: no cleanup at all; every other round SIGINT, which
+runs Python's cleanup). The previous model.onnx (deliberately different bytes:
+exported without simplification) and manifest.json must be byte-for-byte
+unchanged, verify against each other, and load and run. 20 rounds, two at a time.
+"""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROUNDS = int(os.environ.get("RETINAUNET_KILL_ROUNDS", "20"))
+CLI = [sys.executable, "-c", "from retinaunet_deploy.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def previous_run(tiny_exported, tmp_path_factory):
+    """The tiny run whose model.onnx was exported without simplification."""
+    from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
+
+    run = tmp_path_factory.mktemp("crash") / "run"
+    shutil.copytree(tiny_exported[0], run)
+    export_onnx(run, ExportOptions(simplify=False, parity_images=4))
+    return run
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir()
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def _kill_mid_write(run: Path, sig: int, seed: int) -> int:
+    """Start an export of `run`, kill it with `sig` once its temporary ONNX exists."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(CLI + ["export", str(run), "--parity-images", "8"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(run.glob(".model.*.tmp.onnx")):
+                time.sleep(random.Random(seed).uniform(0, 0.03))  # somewhere in the write
+                process.send_signal(sig)
+                break
+            time.sleep(0.002)
+        return process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _one_round(previous_run: Path, root: Path, index: int) -> str | None:
+    """One kill; returns a description of what broke, or None."""
+    from retinaunet_deploy.artifacts import load_manifest, verify_lineage
+    from retinaunet_deploy.runtime import Predictor
+
+    run = root / f"round{index}"
+    shutil.copytree(previous_run, run)
+    before = _snapshot(run)
+    sig = signal.SIGKILL if index % 2 == 0 else signal.SIGINT
+    code = _kill_mid_write(run, sig, index)
+    if code == 0:
+        return f"round {index}: the export finished before the signal"
+    after = _snapshot(run)
+    if after != before:
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        return f"round {index} ({sig.name}): files changed: {changed}"
+    load_manifest(run)
+    verify_lineage(run, "model.onnx", "export")
+    predictor = Predictor.from_artifact(run / "model.onnx", threads=1)
+    result = predictor.predict(np.zeros((64, 64), np.uint8))
+    if result.mask.shape != (64, 64):
+        return f"round {index}: the previous model.onnx does not run"
+    return None
+
+
+def test_killed_export_leaves_previous_artifact_and_manifest_intact(previous_run, tmp_path):
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = list(pool.map(lambda i: _one_round(previous_run, tmp_path, i),
+                                 range(ROUNDS)))
+    assert [f for f in failures if f] == []
+
+    # A later export over a killed one succeeds and sweeps the temporary files it left.
+    from retinaunet_deploy.artifacts import leftover_temporary_files
+    from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
+
+    run = tmp_path / "round0"  # SIGKILL: its temporary file is still there
+    assert leftover_temporary_files(run)
+    export_onnx(run, ExportOptions(parity_images=4))
+    assert leftover_temporary_files(run) == []
+    assert (run / "model.onnx").read_bytes() != (previous_run / "model.onnx").read_bytes()
