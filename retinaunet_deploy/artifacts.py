@@ -201,6 +201,8 @@ def remedy_for(run_dir: Path, name: str, stage: str) -> str:
         return f"retinaunet-deploy build-engine {run_dir} --precision {name.split('.')[1]}"
     if stage == "train":
         return f"retinaunet-deploy train --out {run_dir}"
+    if stage == "latency-sweep":
+        return "retinaunet-deploy bench --latency-only (it re-creates this folder)"
     return f"retinaunet-deploy {stage} {run_dir}"
 
 

@@ -78,7 +78,8 @@ def test_artifact_errors(tmp_path, run_copy):
     with pytest.raises(ArtifactError, match=r"cannot load .*model.keras .*re-run"):
         Predictor.from_artifact(run_copy / "model.keras")
     (run_copy / "model.onnx").write_bytes(b"\x08\x07garbage")
-    with pytest.raises(ArtifactError, match=r"cannot load .*model.onnx .*re-run"):
+    with pytest.raises(ArtifactError, match=r"cannot read .*model.onnx as ONNX .*corrupt or "
+                                            r"truncated: re-create it"):
         Predictor.from_artifact(run_copy / "model.onnx")
     with pytest.raises(ArtifactError, match=r"not found"):
         Predictor.from_artifact(tmp_path / "missing.onnx")

@@ -379,6 +379,7 @@ def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0) -> di
     import onnxslim
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from retinaunet_deploy.artifacts import record_artifact
     from retinaunet_deploy.card import save_card
     from retinaunet_deploy.data.synthetic import CLASS_NAMES, SyntheticConfig, synthetic_dataset
     from retinaunet_deploy.export.calibration import CalibrationOptions, quantize
@@ -412,6 +413,11 @@ def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0) -> di
     options = CalibrationOptions(calibration_images=32)
     quantize(prepared, run_dir / "model.int8.onnx", calib, options, run_dir)
     quantize(prepared, run_dir / "model.int8.cpu.onnx", calib, options, run_dir, cpu_form=True)
+    # Recorded like any run, so the rows pass the same lineage checks.
+    record_artifact(run_dir, "model.keras", "latency-sweep")
+    for name in ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):
+        record_artifact(run_dir, name, "latency-sweep",
+                        parent="model.keras" if name == "model.onnx" else "model.onnx")
     return card
 
 
