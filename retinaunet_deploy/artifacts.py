@@ -29,6 +29,8 @@ def atomic_path(path: Path):
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file 0600; give it the mode a plain open() would have had.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -38,6 +40,12 @@ def atomic_path(path: Path):
     for stale in path.parent.iterdir():
         if pattern.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def leftover_temporary_files(folder: Path) -> list[Path]:

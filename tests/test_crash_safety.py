@@ -100,3 +100,24 @@ def test_killed_export_leaves_previous_artifact_and_manifest_intact(previous_run
     export_onnx(run, ExportOptions(parity_images=4))
     assert leftover_temporary_files(run) == []
     assert (run / "model.onnx").read_bytes() != (previous_run / "model.onnx").read_bytes()
+
+
+def test_atomic_write_keeps_nothing_on_error_and_makes_a_normal_file(tmp_path):
+    import stat
+
+    from retinaunet_deploy.artifacts import atomic_path
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("the stage failed")
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    mask = os.umask(0)
+    os.umask(mask)
+    # Readable like any file this user writes (mkstemp alone would leave 0600).
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask

@@ -148,6 +148,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.", dir=out_dir))
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the model from Triton's user
     try:
         (staging / "1").mkdir()
         shutil.copyfile(run_dir / model, staging / "1" / ("model.plan" if is_plan else
