@@ -22,7 +22,10 @@ import numpy as np
 import pytest
 
 ROUNDS = int(os.environ.get("RETINAUNET_KILL_ROUNDS", "20"))
-CLI = [sys.executable, "-c", "from retinaunet_deploy.cli import main; main()"]
+# A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it;
+# restore Ctrl-C's usual meaning (KeyboardInterrupt) as in a terminal.
+CLI = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, "
+       "signal.default_int_handler); from retinaunet_deploy.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
