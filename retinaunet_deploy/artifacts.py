@@ -214,6 +214,24 @@ def remedy_for(run_dir: Path, name: str, stage: str) -> str:
     return f"retinaunet-deploy {stage} {run_dir}"
 
 
+def headline_figure(record: dict) -> str:
+    """The one figure that says whether an artifact is good, from its manifest record."""
+    figures = record.get("figures") or {}
+    if "test" in figures:  # a trained model, against ground truth
+        test = figures["test"]
+        text = f"test Dice {test['mean_dice']:.4f}"
+        return text + (f", mAP@0.1 {test['map@0.1']:.3f}" if "map@0.1" in test else "")
+    if "parity" in figures:
+        parity = figures["parity"]
+        return (f"max |ONNX - Keras| {parity['max_abs_error_all']:.1e}, argmax "
+                f"{parity['mask_argmax_agreement']:.2%}")
+    if "agreement" in figures:
+        agreement = figures["agreement"]
+        return (f"pixels {agreement['pixel_agreement']:.4%}, Dice vs float "
+                f"{agreement['mean_dice_vs_reference']:.4f}")
+    return ""
+
+
 def run_lineage(run_dir: Path) -> list[dict]:
     """Every recorded artifact of a run, verified: its hash, and its parent's hash now.
 
@@ -230,7 +248,8 @@ def run_lineage(run_dir: Path) -> list[dict]:
     for name, record in artifacts.items():
         row = {"file": name, "stage": record.get("stage"),
                "parent": (record.get("parent") or {}).get("file"), "sha256": record["sha256"],
-               "size": record.get("size"), "status": "ok", "problem": None}
+               "size": record.get("size"), "status": "ok", "problem": None,
+               "figure": headline_figure(record)}
         remedy = remedy_for(run_dir, name, record.get("stage", "train"))
         try:
             verify_lineage(run_dir, name, remedy)
@@ -245,12 +264,12 @@ def run_lineage(run_dir: Path) -> list[dict]:
                 and path.name != MANIFEST_NAME and not path.name.startswith(".")):
             rows.append({"file": path.name, "stage": None, "parent": None,
                          "sha256": sha256_file(path), "size": path.stat().st_size,
-                         "status": "unrecorded",
+                         "status": "unrecorded", "figure": "",
                          "problem": f"{path} is not in {run_dir / MANIFEST_NAME}; nothing vouches "
                                     f"for it: delete it or re-run the stage that makes it"})
     for path in leftover_temporary_files(run_dir):
         rows.append({"file": path.name, "stage": None, "parent": None, "sha256": None,
-                     "size": path.stat().st_size, "status": "leftover",
+                     "size": path.stat().st_size, "status": "leftover", "figure": "",
                      "problem": f"{path} is a temporary file from an interrupted write; "
                                 f"delete it (the next write of that artifact also does)"})
     return rows

@@ -119,12 +119,12 @@ def _show_lineage(run_dir: Path):
     rows = run_lineage(run_dir)
     console = Console() if Console().is_terminal else Console(width=160)
     table = Table(title=f"{run_dir}: artifacts and lineage (every hash verified now)")
-    for column in ("file", "made by", "from", "sha256", "MB", "status"):
+    for column in ("file", "made by", "from", "sha256", "MB", "measured", "status"):
         table.add_column(column)
     for row in rows:
         size = f"{row['size'] / 1e6:.2f}" if row["size"] is not None else ""
         table.add_row(row["file"], row["stage"] or "", row["parent"] or "",
-                      (row["sha256"] or "")[:12], size,
+                      (row["sha256"] or "")[:12], size, row["figure"],
                       row["status"] if row["status"] == "ok" else f"[red]{row['status']}[/red]")
     console.print(table)
     problems = [row for row in rows if row["status"] != "ok"]

@@ -175,6 +175,7 @@ def test_info_verifies_every_hash_and_names_the_stage_to_rerun(corpus, tmp_path)
     assert result.exit_code == 0, result.output
     for name in ("model.keras", "model.onnx", "model.int8.onnx", "calibration.json"):
         assert name in result.output
+    assert "max |ONNX - Keras|" in result.output and "Dice vs float" in result.output
     (run / "calibration.json").write_text("{}")  # edited by hand
     (run / ".model.abcd1234.tmp.onnx").write_bytes(b"half")  # a killed writer's leftover
     (run / "extra.onnx").write_bytes(b"?")

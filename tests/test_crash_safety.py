@@ -24,8 +24,8 @@ import pytest
 ROUNDS = int(os.environ.get("RETINAUNET_KILL_ROUNDS", "20"))
 # A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it;
 # restore Ctrl-C's usual meaning (KeyboardInterrupt) as in a terminal.
-CLI = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, "
-       "signal.default_int_handler); from retinaunet_deploy.cli import main; main()"]
+RESTORE_CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+CLI = [sys.executable, "-c", f"{RESTORE_CTRL_C}; from retinaunet_deploy.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
