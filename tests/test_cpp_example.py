@@ -76,3 +76,69 @@ def test_bad_inputs_are_one_line_errors(selftest, tmp_path):
                      probs=np.zeros((8, 8, 2), np.float32))
     assert result.returncode == 1
     assert "expected 768 bytes (8x8x3 float32), got 512" in result.stderr
+
+
+# === Detection decoding (detections.hpp) against retinaunet_deploy.postprocess ===
+
+@pytest.fixture(scope="module")
+def det_selftest(tmp_path_factory):
+    if COMPILER is None:
+        pytest.skip("no C++ compiler on this machine")
+    binary = tmp_path_factory.mktemp("cpp") / "det_selftest"
+    subprocess.run([COMPILER, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1", "-o",
+                    str(binary), str(EXAMPLE / "det_selftest.cpp")], check=True)
+    return binary
+
+
+def _cpp_detections(binary, card_path, logits, deltas, size, tmp_path):
+    n, a, c = logits.shape
+    (tmp_path / "logits.f32").write_bytes(logits.astype("<f4").tobytes())
+    (tmp_path / "deltas.f32").write_bytes(deltas.astype("<f4").tobytes())
+    subprocess.run([str(binary), str(card_path), str(tmp_path / "logits.f32"),
+                    str(tmp_path / "deltas.f32"), str(n), str(size), str(size), str(c),
+                    str(tmp_path / "anchors.f32"), str(tmp_path / "dets.txt")], check=True)
+    rows = [line.split() for line in (tmp_path / "dets.txt").read_text().splitlines()]
+    anchors = np.fromfile(tmp_path / "anchors.f32", "<f4").reshape(-1, 4)
+    per_image = [[r for r in rows if int(r[0]) == i] for i in range(n)]
+    return anchors, [np.asarray([[float(v) for v in r[1:6]] for r in image]).reshape(-1, 5)
+                     for image in per_image], [[int(r[6]) for r in image] for image in per_image]
+
+
+@pytest.mark.parametrize("source", ["tiny model outputs", "random outputs"])
+def test_cpp_decoding_matches_the_python_postprocess(det_selftest, tiny_exported, tmp_path,
+                                                     source):
+    import json
+
+    from retinaunet_deploy.export.calibration import held_out_set
+    from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
+    from retinaunet_deploy.postprocess import DetectionConfig, decode_detections
+    from retinaunet_deploy.runtime import Predictor
+
+    run, _ = tiny_exported
+    card = json.loads((run / "model_card.json").read_text())
+    size = card["input"]["height"]
+    anchors = generate_anchors(AnchorConfig.from_dict(card["anchors"]), (size, size))
+    if source == "tiny model outputs":
+        predictor = Predictor.from_artifact(run / "model.onnx", threads=1)
+        outputs = predictor.run(predictor.prepare(held_out_set(card, 6)[0])[0])
+        logits, deltas = outputs["cls_logits"], outputs["box_deltas"]
+        card["postprocess"]["score_threshold"] = 0.001  # the tiny model is barely trained
+    else:  # many overlapping candidates, extreme deltas, some NaN
+        rng = np.random.default_rng(3)
+        logits = rng.normal(-1, 3, (3, len(anchors), 2)).astype(np.float32)
+        deltas = rng.normal(0, 5, (3, len(anchors), 4)).astype(np.float32)
+        deltas[0, :50] = np.nan
+    # The top-k cut is only defined up to ties in Python (argpartition); keep it out of play.
+    card["postprocess"]["pre_nms_top_k"] = logits.shape[1] * logits.shape[2]
+    (tmp_path / "card.json").write_text(json.dumps(card, indent=2))
+    config = DetectionConfig(**card["postprocess"])
+
+    cpp_anchors, cpp_boxes, cpp_classes = _cpp_detections(det_selftest, tmp_path / "card.json",
+                                                          logits, deltas, size, tmp_path)
+    np.testing.assert_allclose(cpp_anchors, anchors, atol=1e-5)
+    expected = decode_detections(logits, deltas, anchors, (size, size), config)
+    assert sum(len(d) for d in expected) >= 10
+    for python, boxes, classes in zip(expected, cpp_boxes, cpp_classes):
+        assert classes == python.classes.tolist()
+        np.testing.assert_allclose(boxes[:, :4], python.boxes, atol=1e-3)
+        np.testing.assert_allclose(boxes[:, 4], python.scores, atol=1e-6)

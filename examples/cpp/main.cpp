@@ -5,9 +5,9 @@
 // The I/O contract is export/README.md's: input `image` (N, H, W, C) float32 raw
 // pixel values (normalisation is inside the engine), output `mask` (N, H, W, K)
 // float32 softmax; the class mask is the argmax over K. A .f32 input is raw
-// little-endian float32 HWC of the engine's H, W, C. Detections (`cls_logits`,
-// `box_deltas`) are copied back too; decode them with the anchor order and box
-// formula of export/README.md.
+// little-endian float32 HWC of the engine's H, W, C. When the engine has detection
+// heads (`cls_logits`, `box_deltas`), they are decoded with detections.hpp using the
+// anchors and thresholds of model_card.json beside the engine, and printed.
 //
 // Written to the TensorRT 10/11 name-based API: deserializeCudaEngine,
 // setInputShape, setTensorAddress, enqueueV3.
@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "detections.hpp"
 #include "image_io.hpp"
 
 namespace {
@@ -131,6 +132,22 @@ int main(int argc, char** argv) {
                   << "class:";
         for (int k = 0; k < classes; ++k) std::cout << " " << k << "=" << counts[k];
         std::cout << "\n";
+        if (host.count("cls_logits")) {
+            const std::string folder = engine_path.substr(0, engine_path.find_last_of('/') + 1);
+            retinaunet::AnchorConfig anchor_config;
+            retinaunet::DetectionConfig post;
+            retinaunet::read_card(folder + "model_card.json", anchor_config, post);
+            const std::vector<float> anchors =
+                retinaunet::generate_anchors(anchor_config, height, width);
+            const int det_classes =
+                static_cast<int>(context->getTensorShape("cls_logits").d[2]);
+            for (const auto& d : retinaunet::decode_detections(
+                     host["cls_logits"].data(), host["box_deltas"].data(), anchors, det_classes,
+                     height, width, post))
+                std::cout << "detection: class " << d.cls << " score " << d.score << " box (y1 "
+                          << d.y1 << ", x1 " << d.x1 << ", y2 " << d.y2 << ", x2 " << d.x2
+                          << ")\n";
+        }
         for (auto& [name, pointer] : device) cudaFree(pointer);
         cudaStreamDestroy(stream);
     } catch (const std::exception& error) {
