@@ -91,7 +91,7 @@ def det_selftest(tmp_path_factory):
 
 
 def _cpp_detections(binary, card_path, logits, deltas, size, tmp_path):
-    n, a, c = logits.shape
+    n, _, c = logits.shape
     (tmp_path / "logits.f32").write_bytes(logits.astype("<f4").tobytes())
     (tmp_path / "deltas.f32").write_bytes(deltas.astype("<f4").tobytes())
     subprocess.run([str(binary), str(card_path), str(tmp_path / "logits.f32"),
