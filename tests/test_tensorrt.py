@@ -48,6 +48,19 @@ def test_build_engine_refuses_a_replaced_onnx_before_needing_tensorrt(run_copy):
     assert "re-run 'retinaunet-deploy export" in result.output
 
 
+def test_build_engine_refuses_a_variant_of_an_older_onnx(tiny_calibrated, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_calibrated[0], run)
+    (run / "model.onnx").write_bytes((run / "model.onnx").read_bytes() + b" ")
+    record_artifact(run, "model.onnx", "export", parent="model.keras")  # re-exported
+    result = CliRunner().invoke(cli, ["build-engine", str(run), "--precision", "fp16"])
+    assert result.exit_code == 1
+    assert "model.fp16.onnx was made from an older model.onnx" in result.output
+    assert f"re-run 'retinaunet-deploy calibrate {run}'" in result.output
+
+
 def test_build_engine_refuses_a_file_tensorrt_would_not_import(tiny_calibrated, tmp_path):
     import shutil
 

@@ -26,6 +26,7 @@ from retinaunet_deploy.artifacts import (
     record_artifact,
     tool_versions,
     verify_artifact,
+    verify_lineage,
 )
 from retinaunet_deploy.errors import ArtifactError, ConfigError, NotBuiltError
 
@@ -211,7 +212,7 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
     onnx_name = ONNX_FOR_PRECISION[options.precision]
     remedy = ("retinaunet-deploy export" if options.precision == "fp32"
               else "retinaunet-deploy calibrate")
-    verify_artifact(run_dir, onnx_name, f"{remedy} {run_dir}")
+    verify_lineage(run_dir, onnx_name, f"{remedy} {run_dir}")  # changed, or of an older parent
     static = check_tensorrt_import(run_dir / onnx_name)
     if not static.ok:
         raise ArtifactError(f"{run_dir / onnx_name} would not import into TensorRT: "
@@ -250,8 +251,10 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
     cache_path = run_dir / TIMING_CACHE_NAME
     if options.timing_cache:
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-        # ignore_mismatch=True: a cache from another GPU is discarded, not an error.
-        config.set_timing_cache(cache, ignore_mismatch=True)
+        # A cache timed on another GPU would mislead kernel choice: refuse it, start afresh.
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            say(f"{cache_path} was timed on another GPU or TensorRT; starting a new cache")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     say(f"building the {options.precision} engine (batch {options.min_batch}.."
         f"{options.max_batch}, tuned for {options.opt_batch}); this takes minutes")

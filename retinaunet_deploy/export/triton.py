@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from retinaunet_deploy.artifacts import check_onnx_external_data, load_manifest, verify_artifact
+from retinaunet_deploy.artifacts import check_onnx_external_data, load_manifest, verify_lineage
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 
 MODEL_NAME = "retinaunet"
@@ -124,7 +124,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     model = options.model
     is_plan = model.endswith(".plan")
     stage = "build-engine" if is_plan else ("export" if model == "model.onnx" else "calibrate")
-    verify_artifact(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
+    verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
     kind = options.kind
     if is_plan:
         record = load_manifest(run_dir)["artifacts"][model]
