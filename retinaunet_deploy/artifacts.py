@@ -205,8 +205,10 @@ ARTIFACT_SUFFIXES = (".keras", ".onnx", ".plan", ".json")
 
 def remedy_for(run_dir: Path, name: str, stage: str) -> str:
     """The command that remakes artifact `name` of a run, made by `stage`."""
-    if stage == "build-engine":
-        return f"retinaunet-deploy build-engine {run_dir} --precision {name.split('.')[1]}"
+    if stage == "build-engine":  # model.<precision>.plan
+        parts = name.split(".")
+        precision = parts[1] if len(parts) == 3 else "fp16"
+        return f"retinaunet-deploy build-engine {run_dir} --precision {precision}"
     if stage == "train":
         return f"retinaunet-deploy train --out {run_dir}"
     if stage == "latency-sweep":

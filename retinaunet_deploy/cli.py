@@ -110,14 +110,21 @@ def info(run_dir, preset, size, channels, num_classes, no_detection):
                       f"{[round(s, 3) for s in anchors.scales]}, ratios {list(anchors.ratios)})")
 
 
-def _show_lineage(run_dir: Path):
+def _console():
+    """A rich console; in logs and CI (not a terminal) wide enough that tables do not wrap."""
     from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=170)
+
+
+def _show_lineage(run_dir: Path):
     from rich.table import Table
 
     from retinaunet_deploy.artifacts import run_lineage
 
     rows = run_lineage(run_dir)
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = _console()
     table = Table(title=f"{run_dir}: artifacts and lineage (every hash verified now)")
     for column in ("file", "made by", "from", "sha256", "MB", "measured", "status"):
         table.add_column(column)
@@ -362,7 +369,6 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
     """
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
@@ -376,9 +382,7 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
                            rounds=rounds, min_seconds=min_seconds,
                            backends=tuple(b.strip() for b in backends.split(",")))
     out_dir = out_dir or Path("bench/default" if run_dir else f"bench/{preset}-latency")
-    console = Console()
-    if not console.is_terminal:  # logs and CI: wide enough for the table, no wrapping
-        console = Console(width=170)
+    console = _console()
     if latency_only:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("sweep", total=None)

@@ -17,14 +17,19 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cpp"
 COMPILER = shutil.which("g++") or shutil.which("clang++")
 
 
-@pytest.fixture(scope="module")
-def selftest(tmp_path_factory):
+def _compile(name: str, tmp_path_factory) -> Path:
+    """Build examples/cpp/NAME.cpp with warnings as errors; skip without a compiler."""
     if COMPILER is None:
         pytest.skip("no C++ compiler on this machine")
-    binary = tmp_path_factory.mktemp("cpp") / "io_selftest"
+    binary = tmp_path_factory.mktemp("cpp") / name
     subprocess.run([COMPILER, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1", "-o",
-                    str(binary), str(EXAMPLE / "io_selftest.cpp")], check=True)
+                    str(binary), str(EXAMPLE / f"{name}.cpp")], check=True)
     return binary
+
+
+@pytest.fixture(scope="module")
+def selftest(tmp_path_factory):
+    return _compile("io_selftest", tmp_path_factory)
 
 
 def _run(binary, pgm, probs_shape, tmp_path, probs=None):
@@ -82,12 +87,7 @@ def test_bad_inputs_are_one_line_errors(selftest, tmp_path):
 
 @pytest.fixture(scope="module")
 def det_selftest(tmp_path_factory):
-    if COMPILER is None:
-        pytest.skip("no C++ compiler on this machine")
-    binary = tmp_path_factory.mktemp("cpp") / "det_selftest"
-    subprocess.run([COMPILER, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1", "-o",
-                    str(binary), str(EXAMPLE / "det_selftest.cpp")], check=True)
-    return binary
+    return _compile("det_selftest", tmp_path_factory)
 
 
 def _cpp_detections(binary, card_path, logits, deltas, size, tmp_path):

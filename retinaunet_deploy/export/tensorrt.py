@@ -16,6 +16,7 @@ pure parts are tested) on machines without them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from retinaunet_deploy.artifacts import (
     atomic_path,
     load_manifest,
     record_artifact,
+    remedy_for,
     tool_versions,
     verify_artifact,
     verify_lineage,
@@ -86,6 +88,7 @@ def require_tensorrt():
     return tensorrt
 
 
+@functools.lru_cache(maxsize=1)  # cuda_call uses it on every copy of the hot path
 def cudart():
     """CUDA Python's runtime module (`cuda.bindings.runtime`; `cuda.cudart` before 12.6)."""
     try:
@@ -135,11 +138,6 @@ def engine_mismatch(recorded: dict, current: dict) -> str | None:
     return "; ".join(problems) or None
 
 
-def _rebuild_command(plan: Path) -> str:
-    precision = plan.name.split(".")[1] if plan.name.count(".") == 2 else "fp16"
-    return f"retinaunet-deploy build-engine {plan.parent} --precision {precision}"
-
-
 def engine_record(plan: Path) -> dict:
     """The engine's manifest record, after checking the file still has its recorded hash.
 
@@ -147,7 +145,7 @@ def engine_record(plan: Path) -> dict:
     on any machine.
     """
     plan = Path(plan)
-    remedy = _rebuild_command(plan)
+    remedy = remedy_for(plan.parent, plan.name, "build-engine")
     record = load_manifest(plan.parent)["artifacts"].get(plan.name)
     if record is None or "target" not in record:
         raise ArtifactError(f"{plan} has no build record in {plan.parent / MANIFEST_NAME}, so "
@@ -157,14 +155,15 @@ def engine_record(plan: Path) -> dict:
     return record
 
 
-def check_engine_target(plan: Path, current: dict) -> dict:
+def check_engine_target(plan: Path, current: dict, record: dict | None = None) -> dict:
     """Refuse `plan` unless its manifest record matches `current`; return the record.
 
-    The record lives in the manifest beside the engine (its run folder).
+    The record lives in the manifest beside the engine (its run folder); pass the
+    one `engine_record` returned to avoid hashing the engine a second time.
     """
     plan = Path(plan)
-    remedy = _rebuild_command(plan)
-    record = engine_record(plan)
+    remedy = remedy_for(plan.parent, plan.name, "build-engine")
+    record = record or engine_record(plan)
     reason = engine_mismatch(record["target"], current)
     if reason:
         raise ArtifactError(f"{plan} cannot run here: {reason}. TensorRT engines only run on "
@@ -175,7 +174,7 @@ def check_engine_target(plan: Path, current: dict) -> dict:
 
 # === The build ===
 
-def _logger(trt):
+def recording_logger(trt):
     """A TensorRT logger that keeps every message, so failures can quote the log."""
 
     class RecordingLogger(trt.ILogger):
@@ -220,7 +219,7 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
                             f"'retinaunet-deploy check-trt' for all)")
     trt = require_tensorrt()
     target = device_target()
-    logger = _logger(trt)
+    logger = recording_logger(trt)
 
     say(f"parsing {onnx_name} (TensorRT {trt.__version__}, {target['gpu']})")
     builder = trt.Builder(logger)

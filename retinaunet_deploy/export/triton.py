@@ -124,7 +124,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     model = options.model
     is_plan = model.endswith(".plan")
     stage = "build-engine" if is_plan else ("export" if model == "model.onnx" else "calibrate")
-    verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
+    sha256 = verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
     kind = options.kind
     if is_plan:
         record = load_manifest(run_dir)["artifacts"][model]
@@ -159,8 +159,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
         (staging / "config.pbtxt").write_text(config_pbtxt(platform, inputs, outputs, options,
                                                            kind))
         (staging / "source.json").write_text(json.dumps(
-            {"run": str(run_dir), "file": model,
-             "sha256": load_manifest(run_dir)["artifacts"][model]["sha256"]}, indent=2) + "\n")
+            {"run": str(run_dir), "file": model, "sha256": sha256}, indent=2) + "\n")
         target = out_dir / MODEL_NAME
         if target.exists():  # swap: the old folder is replaced only by a complete new one
             old = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.old.", dir=out_dir))

@@ -41,12 +41,12 @@ class TensorRTBackend:
 
     def __init__(self, path: Path, threads: int | None = None, device: int = 0):
         from retinaunet_deploy.export.tensorrt import (
-            _logger,
             check_engine_target,
             cuda_call,
             cudart,
             device_target,
             engine_record,
+            recording_logger,
             require_tensorrt,
         )
 
@@ -55,12 +55,12 @@ class TensorRTBackend:
         if not self.path.is_file():
             raise ArtifactError(f"{self.path} not found; build it with 'retinaunet-deploy "
                                 f"build-engine'")
-        engine_record(self.path)  # a replaced or unrecorded engine is refused before anything
+        record = engine_record(self.path)  # a replaced or unrecorded engine: refused first
         trt = require_tensorrt()
         self._rt, self._call = cudart(), cuda_call
         self._call(self._rt.cudaSetDevice(device))
-        check_engine_target(self.path, device_target(device))
-        self._logger = _logger(trt)
+        check_engine_target(self.path, device_target(device), record)
+        self._logger = recording_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:

@@ -3,14 +3,10 @@
 import pytest
 
 
-def _gpu_missing() -> str | None:
+def pytest_collection_modifyitems(config, items):
     from retinaunet_deploy.bench.harness import tensorrt_unavailable
 
-    return tensorrt_unavailable()
-
-
-def pytest_collection_modifyitems(config, items):
-    reason = _gpu_missing()
+    reason = tensorrt_unavailable()
     for item in items:
         if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.gpu)
