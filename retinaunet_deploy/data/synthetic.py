@@ -1,11 +1,16 @@
 """The embedded synthetic dataset, in the spirit of Retina U-Net's toy experiments.
 
-Each image is a noisy background with 1-3 bright, non-overlapping disks. Two
-foreground classes are told apart only by shape:
+Each image is a noisy background with a smooth intensity drift, carrying bright
+objects of two foreground classes told apart only by shape:
 
 * class 1, ``disk``: a solid disk;
 * class 2, ``ring``: a disk with a concentric hole. The hole is background in the
   mask and shows background intensity in the image.
+
+It is made hard enough that the float model does not score 1.000, so that a worse
+variant shows: images vary in height and width (larger than the training patch),
+about half of the objects touch or overlap an earlier one (the later one lies on
+top; instance labels keep them apart), and contrast, blur and noise vary per image.
 
 Image ``i`` of split ``s`` is drawn from its own generator seeded with
 ``(seed, s, i)``, so any image can be made alone, a larger dataset starts with
@@ -29,87 +34,126 @@ SPLITS = {"train": 0, "val": 1, "test": 2, "calibration": 3}
 class SyntheticConfig:
     """Parameters of the synthetic images (recorded in the model card).
 
-    Radii are fractions of the image size so the task looks the same at any size.
+    Lengths are fractions of `size` (the training patch), so the task looks the
+    same at any size. Image sides are drawn independently in `side_range` x size.
     """
 
     size: int = 128
-    min_objects: int = 1
-    max_objects: int = 3
-    min_radius: float = 0.07      # x size: 9 px at 128
-    max_radius: float = 0.16      # x size: 20 px at 128
-    hole_fraction: tuple[float, float] = (0.45, 0.6)   # hole radius / disk radius
-    contrast: tuple[float, float] = (50.0, 100.0)      # object minus background, grey levels
-    noise_sigma: tuple[float, float] = (6.0, 14.0)
+    side_range: tuple[float, float] = (1.25, 2.5)
+    objects_per_patch: tuple[float, float] = (1.0, 3.0)   # per size x size of image area
+    radius: tuple[float, float] = (0.06, 0.14)             # x size: 8-18 px at 128
+    touching_probability: float = 0.5
+    hole_fraction: tuple[float, float] = (0.45, 0.6)       # hole radius / disk radius
+    contrast: tuple[float, float] = (25.0, 90.0)           # object minus background
+    blur_sigma: tuple[float, float] = (0.0, 1.5)           # px
+    noise_sigma: tuple[float, float] = (6.0, 16.0)
+    drift: tuple[float, float] = (0.0, 40.0)               # grey levels across the image
     ring_probability: float = 0.5
 
     def __post_init__(self):
         if self.size < 32:
             raise ConfigError(f"synthetic image size must be >= 32, got {self.size}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ConfigError(f"need 1 <= min_objects <= max_objects, got "
-                              f"{self.min_objects}, {self.max_objects}")
+        if not 0 < self.side_range[0] <= self.side_range[1]:
+            raise ConfigError(f"need 0 < side_range[0] <= side_range[1], got {self.side_range}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, config: dict) -> SyntheticConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
-def _disk_area(yy, xx, cy, cx, radius):
+
+def _disk(yy, xx, cy, cx, radius):
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
 
 
+def _place(rng, placed, radius, height, width, touching: bool):
+    """A centre for a new object: touching/overlapping an earlier one, or free."""
+    for _ in range(50):
+        if touching and placed:
+            py, px, pr = placed[int(rng.integers(len(placed)))]
+            angle = rng.uniform(0, 2 * np.pi)
+            distance = pr + radius - rng.uniform(0, 0.3) * min(pr, radius)
+            cy, cx = py + distance * np.sin(angle), px + distance * np.cos(angle)
+        else:
+            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        inside = radius + 1 <= cy <= height - radius - 1 and radius + 1 <= cx <= width - radius - 1
+        if not inside:
+            continue
+        if touching or all((cy - py) ** 2 + (cx - px) ** 2 > (radius + pr + 3) ** 2
+                           for py, px, pr in placed):
+            return cy, cx
+    return None
+
+
 def synthetic_sample(config: SyntheticConfig, seed: int, split: str, index: int):
-    """One synthetic image and its mask.
+    """One synthetic image with its labels.
 
     Returns:
-        image: (size, size) uint8 grey levels.
-        mask: (size, size) uint8 class indices in {0, 1, 2} (`CLASS_NAMES`).
+        `folder.Sample` with image (H, W, 1) uint8, mask (H, W) uint8 in {0, 1, 2}
+        (`CLASS_NAMES`) and instances (H, W) int32 (0 = background).
     """
+    from scipy import ndimage
+
+    from retinaunet_deploy.data.folder import Sample
+
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
     rng = np.random.default_rng([seed, SPLITS[split], index])
     size = config.size
+    height, width = (int(rng.uniform(*config.side_range) * size) for _ in range(2))
     # Pixel centres, so a disk of radius r covers about pi r^2 pixels.
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
 
     background = rng.uniform(50, 100)
     angle = rng.uniform(0, 2 * np.pi)
-    gradient = rng.uniform(0, 30) * ((np.cos(angle) * yy + np.sin(angle) * xx) / size - 0.5)
-    image = np.full((size, size), background, np.float32) + gradient
-    mask = np.zeros((size, size), np.uint8)
+    ramp = (np.cos(angle) * yy + np.sin(angle) * xx) / max(height, width) - 0.5
+    by, bx, bs = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.3, 0.8) * size * 2
+    bump = np.exp(-((yy - by) ** 2 + (xx - bx) ** 2) / (2 * bs**2))
+    image = background + rng.uniform(*config.drift) * (ramp + rng.uniform(-0.5, 0.5) * bump)
+    image = image.astype(np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    instances = np.zeros((height, width), np.int32)
 
     placed: list[tuple[float, float, float]] = []
-    wanted = int(rng.integers(config.min_objects, config.max_objects + 1))
-    for _ in range(50 * wanted):  # rejection sampling for non-overlapping disks
-        if len(placed) == wanted:
-            break
-        radius = rng.uniform(config.min_radius, config.max_radius) * size
-        cy, cx = rng.uniform(radius + 2, size - radius - 2, size=2)
-        if any((cy - py) ** 2 + (cx - px) ** 2 < (radius + pr + 3) ** 2 for py, px, pr in placed):
+    area = height * width / size**2
+    wanted = max(1, round(rng.uniform(*config.objects_per_patch) * area))
+    for _ in range(wanted):
+        radius = rng.uniform(*config.radius) * size
+        centre = _place(rng, placed, radius, height, width,
+                        touching=rng.random() < config.touching_probability)
+        if centre is None:
             continue
+        cy, cx = centre
         placed.append((cy, cx, radius))
-        area = _disk_area(yy, xx, cy, cx, radius)
-        cls = 1
+        disk = _disk(yy, xx, cy, cx, radius)
+        cls, hole = 1, np.zeros_like(disk)
         if rng.random() < config.ring_probability:
             cls = 2
-            area &= ~_disk_area(yy, xx, cy, cx, radius * rng.uniform(*config.hole_fraction))
-        image[area] += rng.uniform(*config.contrast)
-        mask[area] = cls
+            hole = _disk(yy, xx, cy, cx, radius * rng.uniform(*config.hole_fraction))
+        # The later object lies on top: it owns its pixels, its hole shows background.
+        mask[disk] = 0
+        instances[disk] = 0
+        mask[disk & ~hole] = cls
+        instances[disk & ~hole] = len(placed)
+        image[disk] = background + rng.uniform(*config.contrast)
+        image[hole] = background
 
+    # An earlier object cut in two by a later one is still one instance; drop the
+    # crumbs an overlap can leave (under 4 px) from the labels.
+    for label in np.unique(instances[instances > 0]):
+        if np.count_nonzero(instances == label) < 4:
+            mask[instances == label] = 0
+            instances[instances == label] = 0
+    image = ndimage.gaussian_filter(image, rng.uniform(*config.blur_sigma))
     image += rng.normal(0, rng.uniform(*config.noise_sigma), size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+    pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)[..., None]
+    return Sample(f"synthetic-{split}-{index:05d}.png", pixels, mask, instances)
 
 
-def synthetic_dataset(config: SyntheticConfig, count: int, seed: int = 0, split: str = "train"):
-    """`count` images of one split.
-
-    Returns:
-        images: (count, size, size, 1) uint8 NHWC.
-        masks: (count, size, size) uint8 class indices.
-    """
+def synthetic_samples(config: SyntheticConfig, count: int, seed: int = 0, split: str = "train"):
+    """`count` samples of one split (a list of `folder.Sample`)."""
     if count < 1:
         raise ConfigError(f"synthetic image count must be >= 1, got {count}")
-    images = np.empty((count, config.size, config.size, 1), np.uint8)
-    masks = np.empty((count, config.size, config.size), np.uint8)
-    for i in range(count):
-        images[i, ..., 0], masks[i] = synthetic_sample(config, seed, split, i)
-    return images, masks
+    return [synthetic_sample(config, seed, split, i) for i in range(count)]
