@@ -115,28 +115,34 @@ def match_detections(reference: Detections, candidate: Detections, min_score: fl
     return ious, len(ref_boxes)
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-            class_names, reference_detections=None, candidate_detections=None,
-            truths=None, targets: Targets | None = None, match_score: float = 0.5) -> Agreement:
-    """Compare a candidate's raw outputs (and decoded detections) with the reference's.
+def compare(reference, candidate, class_names, truths=None, targets: Targets | None = None,
+            match_score: float = 0.5, num_det_classes: int | None = None) -> Agreement:
+    """Compare a candidate's per-image predictions with the reference's.
 
     Args:
-        reference, candidate: output name -> array; `mask` (N, H, W, K) is required.
+        reference, candidate: per image, objects with ``probabilities`` (H, W, K) and
+            ``detections`` (`Detections` or None), e.g. `runtime.Prediction` made with
+            ``probabilities=True``; image i of both has the same size.
         class_names: K mask class names, background first.
-        reference_detections, candidate_detections: per-image `Detections`, optional.
         truths: per-image (boxes, classes) ground truth, optional (for AP).
+        num_det_classes: detection classes (the model card's); default K - 1.
     """
-    ref_probs = reference["mask"].astype(np.float32)
-    cand_probs = candidate["mask"].astype(np.float32)
-    if ref_probs.shape != cand_probs.shape:
-        raise ValueError(f"mask shapes differ: reference {ref_probs.shape}, "
-                         f"candidate {cand_probs.shape}")
-    ref_mask, cand_mask = ref_probs.argmax(-1), cand_probs.argmax(-1)
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(reference)} reference images but {len(candidate)} candidate")
     num_classes = len(class_names)
+    for i, (ref, cand) in enumerate(zip(reference, candidate)):
+        if ref.probabilities.shape != cand.probabilities.shape:
+            raise ValueError(f"image {i}: mask shapes differ: reference "
+                             f"{ref.probabilities.shape}, candidate {cand.probabilities.shape}")
+    ref_probs = np.concatenate([r.probabilities.reshape(-1, num_classes) for r in reference])
+    cand_probs = np.concatenate([c.probabilities.reshape(-1, num_classes) for c in candidate])
+    ref_mask, cand_mask = ref_probs.argmax(-1), cand_probs.argmax(-1)
     dice = dice_per_class(cand_mask, ref_mask, num_classes)[1:]
     diff = np.abs(cand_probs - ref_probs)
     detections = {}
-    if reference_detections is not None and candidate_detections is not None:
+    reference_detections = [r.detections for r in reference]
+    candidate_detections = [c.detections for c in candidate]
+    if reference and reference_detections[0] is not None and candidate_detections[0] is not None:
         ious, confident = [], 0
         for ref, cand in zip(reference_detections, candidate_detections):
             matched, count = match_detections(ref, cand, match_score)
@@ -148,7 +154,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
             "mean_matched_iou": float(np.mean(ious)) if ious else float("nan"),
         }
         if truths is not None:
-            num_det = max(1, num_classes - 1)
+            num_det = num_det_classes or max(1, num_classes - 1)
             for threshold in (0.1, 0.5):
                 ref_ap = nan_mean(average_precision(reference_detections, truths, num_det,
                                                     threshold))
@@ -157,7 +163,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
                 detections[f"map@{threshold}"] = cand_ap
                 detections[f"map@{threshold}_diff"] = cand_ap - ref_ap
     return Agreement(
-        images=len(ref_mask),
+        images=len(reference),
         pixel_agreement=float(np.mean(ref_mask == cand_mask)),
         dice_vs_reference=dict(zip(class_names[1:], np.round(dice, 5).tolist())),
         mean_dice_vs_reference=float(dice.mean()),

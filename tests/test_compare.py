@@ -5,28 +5,37 @@ import pytest
 
 from retinaunet_deploy.compare import Agreement, Targets, compare, match_detections
 from retinaunet_deploy.postprocess import Detections
+from retinaunet_deploy.runtime.predictor import Prediction
 
 NAMES = ["background", "disk", "ring"]
 
 
-def _probs(mask, k=3):
-    return np.eye(k, dtype=np.float32)[mask]
+def _predictions(masks, k=3):
+    """Per-image predictions (probabilities one-hot) of masks of any sizes."""
+    return [Prediction(m, None, np.eye(k, dtype=np.float32)[m]) for m in masks]
 
 
-def test_identical_outputs_agree_exactly():
-    mask = np.random.default_rng(0).integers(0, 3, (2, 8, 8))
-    outputs = {"mask": _probs(mask)}
-    result = compare(outputs, outputs, NAMES)
+def test_identical_outputs_agree_exactly_on_images_of_different_sizes():
+    rng = np.random.default_rng(0)
+    masks = [rng.integers(0, 3, (8, 8)), rng.integers(0, 3, (5, 12))]
+    result = compare(_predictions(masks), _predictions(masks), NAMES)
+    assert result.images == 2
     assert result.pixel_agreement == 1.0 and result.mean_dice_vs_reference == 1.0
     assert result.max_abs_prob_diff == 0.0 and result.passed and result.failures == []
 
 
+def test_mismatched_sizes_are_refused():
+    with pytest.raises(ValueError, match=r"image 0: mask shapes differ"):
+        compare(_predictions([np.zeros((4, 4), int)]), _predictions([np.zeros((4, 5), int)]),
+                NAMES)
+
+
 def test_disagreement_by_hand():
-    reference = np.zeros((1, 4, 4), int)
-    reference[0, :2, :2] = 1            # 4 disk pixels
+    reference = np.zeros((4, 4), int)
+    reference[:2, :2] = 1               # 4 disk pixels
     candidate = reference.copy()
-    candidate[0, 0, 0] = 0              # one disk pixel lost
-    result = compare({"mask": _probs(reference)}, {"mask": _probs(candidate)}, NAMES)
+    candidate[0, 0] = 0                 # one disk pixel lost
+    result = compare(_predictions([reference]), _predictions([candidate]), NAMES)
     assert result.pixel_agreement == 15 / 16
     assert result.dice_vs_reference["disk"] == round(2 * 3 / (3 + 4), 5)
     assert not result.passed and result.failures[0].startswith("pixel agreement 93.7500%")

@@ -24,8 +24,8 @@ from retinaunet_deploy.runtime.predictor import Predictor
 
 SIZE = 32
 ANCHORS = AnchorConfig()
-CARD = {"input": {"height": SIZE, "width": SIZE, "channels": 1, "pixel_dtype": "uint8",
-                  "pixel_max": 255},
+CARD = {"input": {"height": None, "width": None, "channels": 1, "stride": 16,
+                  "pixel_dtype": "uint8", "pixel_max": 255},
         "class_names": ["background", "disk", "ring"], "det_class_names": ["disk", "ring"],
         "anchors": ANCHORS.to_dict(), "postprocess": DetectionConfig().to_dict()}
 NUM_ANCHORS = len(generate_anchors(ANCHORS, (SIZE, SIZE)))
@@ -38,11 +38,13 @@ class RandomHeads:
 
     def run(self, batch):
         rng = np.random.default_rng(int(batch.sum()) % 2**32)
-        n = len(batch)
-        logits = rng.normal(0, 4, (n, SIZE, SIZE, 3)).astype(np.float32)
+        n, h, w = batch.shape[:3]
+        assert h % 16 == 0 and w % 16 == 0, "the Predictor pads to the stride"
+        logits = rng.normal(0, 4, (n, h, w, 3)).astype(np.float32)
         mask = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-        return {"mask": mask, "cls_logits": rng.normal(-2, 3, (n, NUM_ANCHORS, 2)),
-                "box_deltas": rng.normal(0, 2, (n, NUM_ANCHORS, 4))}
+        anchors = ANCHORS.num_anchors((h, w))
+        return {"mask": mask, "cls_logits": rng.normal(-2, 3, (n, anchors, 2)),
+                "box_deltas": rng.normal(0, 2, (n, anchors, 4))}
 
 
 PREDICTOR = Predictor(RandomHeads(), CARD)
@@ -67,8 +69,11 @@ def images(draw):
 
 
 def _is_valid(array: np.ndarray) -> bool:
-    shape_ok = (array.shape in {(SIZE, SIZE), (SIZE, SIZE, 1)}
-                or (array.ndim == 4 and array.shape[1:] == (SIZE, SIZE, 1) and len(array)))
+    """Any height and width of at least one stride (16), one channel, a non-empty batch."""
+    image = {2: array.shape + (1,), 3: array.shape}.get(array.ndim)
+    if array.ndim == 4:
+        image = array.shape[1:] if len(array) else None
+    shape_ok = image is not None and image[2] == 1 and min(image[:2]) >= 16
     if array.dtype == np.uint8:
         return shape_ok
     return shape_ok and array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
@@ -83,7 +88,7 @@ def test_prepare_accepts_exactly_the_contract(array):
         assert not _is_valid(array), f"valid input refused: {array.dtype} {array.shape}"
         return
     assert _is_valid(array), f"invalid input accepted: {array.dtype} {array.shape}"
-    assert batch.dtype == np.float32 and batch.shape[1:] == (SIZE, SIZE, 1)
+    assert batch.dtype == np.float32 and batch.shape[3] == 1 and min(batch.shape[1:3]) >= 16
     assert single == (array.ndim in (2, 3))
 
 
@@ -94,8 +99,11 @@ def test_predict_never_fails_except_with_input_error(array):
         result = PREDICTOR.predict(array)
     except InputError:
         return
+    batch_shape = PREDICTOR.prepare(array)[0].shape[1:3]   # the image's own size
     for prediction in (result if isinstance(result, list) else [result]):
-        assert prediction.mask.shape == (SIZE, SIZE) and prediction.mask.dtype == np.uint8
+        boxes = prediction.detections.boxes
+        assert np.all(boxes[:, 2] <= batch_shape[0]) and np.all(boxes[:, 3] <= batch_shape[1])
+        assert prediction.mask.shape == batch_shape and prediction.mask.dtype == np.uint8
         assert prediction.detections is not None
 
 

@@ -1,5 +1,7 @@
-"""Predictor: same results across backends, input contract errors, predict command."""
+"""Predictor: any-size input (padding, tiling), same results across backends, input
+contract errors, the predict command."""
 
+import itertools
 import json
 
 import numpy as np
@@ -7,16 +9,20 @@ import pytest
 from click.testing import CliRunner
 
 from retinaunet_deploy.cli import cli
-from retinaunet_deploy.data.folder import write_folder_dataset
-from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+from retinaunet_deploy.compare import match_detections
+from retinaunet_deploy.data.folder import Sample, write_folder_dataset
+from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_sample, synthetic_samples
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.runtime import Predictor
 from retinaunet_deploy.runtime.providers import check_providers, cuda_device_count
+from retinaunet_deploy.runtime.tiling import axis_layout, core_bounds, gaussian_weights, tile_grid
 
 
 @pytest.fixture(scope="module")
 def images():
-    return synthetic_dataset(SyntheticConfig(size=64), 6, seed=0, split="test")[0]
+    """Six test images of different sizes (80-160 px a side, mostly not multiples of 16)."""
+    return [s.image for s in synthetic_samples(SyntheticConfig(size=64), 6, seed=0,
+                                               split="test")]
 
 
 @pytest.fixture(scope="module")
@@ -26,49 +32,102 @@ def predictors(tiny_exported):
             Predictor.from_artifact(run_dir / "model.onnx", threads=2))
 
 
-def test_keras_and_onnx_predictions_are_identical(predictors, images):
+def test_keras_and_onnx_predictions_are_identical_at_any_size(predictors, images):
     keras_results, onnx_results = (p.predict(images) for p in predictors)
     assert len(keras_results) == len(onnx_results) == 6
-    for k, o in zip(keras_results, onnx_results):
+    for image, k, o in zip(images, keras_results, onnx_results):
+        assert k.mask.shape == o.mask.shape == image.shape[:2]
         np.testing.assert_array_equal(k.mask, o.mask)
         np.testing.assert_array_equal(k.detections.classes, o.detections.classes)
         np.testing.assert_allclose(k.detections.boxes, o.detections.boxes, atol=1e-3)
         np.testing.assert_allclose(k.detections.scores, o.detections.scores, atol=1e-5)
 
 
-def test_single_image_forms_and_probabilities(predictors, images):
+def test_padding_and_cropping_round_trip(predictors, images):
+    """An image padded by the Predictor gives exactly what the graph gives on the same
+    image padded by hand, cropped back; boxes stay inside the image."""
     _, predictor = predictors
-    batch_result = predictor.predict(images[:1])[0]
-    for single in (images[0], images[0, :, :, 0], images[0].astype(np.float32)):
+    image = next(im for im in images if im.shape[0] % 16 and im.shape[1] % 16)
+    h, w = image.shape[:2]
+    result = predictor.predict(image, probabilities=True)
+    padded = np.pad(image.astype(np.float32), [(0, -h % 16), (0, -w % 16), (0, 0)],
+                    constant_values=predictor.pad_value)
+    raw = predictor.run(padded[None])
+    np.testing.assert_allclose(result.probabilities, raw["mask"][0, :h, :w], atol=1e-6)
+    assert result.mask.shape == (h, w)
+    boxes = result.detections.boxes
+    assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= h) and np.all(boxes[:, 3] <= w)
+
+
+def test_single_image_forms_batches_and_probabilities(predictors, images):
+    _, predictor = predictors
+    image = images[1]
+    batch_result = predictor.predict(np.stack([image] * 10))   # 10 > batch_size 8
+    for single in (image, image[:, :, 0], image.astype(np.float32)):
         result = predictor.predict(single, probabilities=True)
-        np.testing.assert_array_equal(result.mask, batch_result.mask)
-        assert result.probabilities.shape == (64, 64, 3)
+        np.testing.assert_array_equal(result.mask, batch_result[9].mask)
+        assert result.probabilities.shape == (*image.shape[:2], 3)
         np.testing.assert_allclose(result.probabilities.sum(-1), 1, rtol=1e-5)
-    assert predictor.predict(images[0]).probabilities is None
+    assert predictor.predict(image).probabilities is None
 
 
-def test_batches_larger_than_the_chunk_size(predictors, images):
-    _, predictor = predictors
-    many = np.concatenate([images, images, images])  # 18 > batch_size 8
-    results = predictor.predict(many)
-    np.testing.assert_array_equal(results[12].mask, predictor.predict(images[0]).mask)
+def test_tile_layout_covers_aligns_and_keeps_the_overlap():
+    for length, tile in ((1024, 512), (1040, 256), (4096, 1024), (208, 128)):
+        size, starts = axis_layout(length, tile, 0.25, 16)
+        assert size <= tile and size % 16 == 0 and all(s % 16 == 0 for s in starts)
+        assert starts[0] == 0 and starts[-1] + size == length
+        overlaps = [size - (b - a) for a, b in itertools.pairwise(starts)]
+        assert min(overlaps) >= 0.2 * size          # 0.25, less stride rounding
+        bounds = core_bounds(starts, size, length)
+        assert bounds[0][0] == 0 and bounds[-1][1] == length
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    # 1024 at tile 512: 3 tiles of 416, not 3 of 512.
+    assert axis_layout(1024, 512, 0.25, 16) == (416, [0, 304, 608])
+    assert tile_grid(96, 80, 128, 0.25, 16) == (96, 80, [(0, 0)])
+    weights = gaussian_weights(64, 48)
+    assert weights.shape == (64, 48) and weights.max() == 1 and weights.min() >= 1e-3
+
+
+def test_tiled_matches_whole_image_on_a_large_image(tiny_exported):
+    """Tiled vs whole-image inference on a 1024x1024 image: the same masks and boxes."""
+    run_dir, _ = tiny_exported
+    sample = synthetic_sample(SyntheticConfig(size=64, side_range=(16.0, 16.0)), 0, "test", 0)
+    assert sample.image.shape[:2] == (1024, 1024)
+    whole = Predictor.from_artifact(run_dir / "model.onnx", threads=2, tile=1024)
+    tiled = Predictor.from_artifact(run_dir / "model.onnx", threads=2, tile=256, overlap=0.25)
+    assert whole.fits_whole(1024, 1024) and not tiled.fits_whole(1024, 1024)
+    a, b = whole.predict(sample.image), tiled.predict(sample.image)
+    assert b.mask.shape == (1024, 1024)
+    assert np.mean(a.mask == b.mask) >= 0.995
+    score = 0.2  # the tiny model is barely trained: its boxes score low
+    ious, reference = match_detections(a.detections, b.detections, score)
+    assert reference >= 10
+    assert sum(iou >= 0.5 for iou in ious) >= 0.95 * reference
 
 
 @pytest.mark.parametrize("make_input, message", [
-    (lambda im: im[None], r"expected one image \(H, W\) or \(H, W, C\) or a batch"),
-    (lambda im: im[:, :32], r"image size 32x64 does not match the model's 64x64; resize"),
+    (lambda im: im[None, None], r"expected one image \(H, W\) or \(H, W, C\) or a batch"),
+    (lambda im: im[:12], r"image size 12x\d+ is smaller than one network stride \(16 px\)"),
     (lambda im: np.repeat(im, 3, axis=-1), r"image has 3 channel\(s\), the model takes 1"),
     (lambda im: im.astype(np.uint16), r"integer images must be uint8 .* got uint16"),
     (lambda im: im.astype(bool), r"unsupported image dtype bool"),
     (lambda im: np.where(im > 100, np.nan, im.astype(np.float32)), r"NaN or Inf"),
     (lambda im: np.full(im.shape, np.inf, np.float32), r"NaN or Inf"),
-    (lambda im: im[:0], r"the batch is empty"),
+    (lambda im: im[None][:0], r"the batch is empty"),
     (lambda im: im.tolist(), r"images must be a numpy array, got list"),
 ])
 def test_bad_inputs_get_clear_errors(predictors, images, make_input, message):
     for predictor in predictors:
         with pytest.raises(InputError, match=message):
-            predictor.predict(make_input(images))
+            predictor.predict(make_input(images[0]))
+
+
+def test_bad_tiling_options(tiny_exported):
+    run_dir, _ = tiny_exported
+    with pytest.raises(ConfigError, match="tile 100 must be a positive multiple of the stride 16"):
+        Predictor.from_artifact(run_dir / "model.onnx", tile=100)
+    with pytest.raises(ConfigError, match=r"overlap must be in \[0, 1\), got 1.0"):
+        Predictor.from_artifact(run_dir / "model.onnx", overlap=1.0)
 
 
 def test_artifact_errors(tmp_path, run_copy):
@@ -92,37 +151,64 @@ def test_gpu_providers_are_refused_without_a_gpu():
     assert check_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
-def test_predict_command_writes_masks_overlays_and_detections(tiny_exported, tmp_path, images):
+def test_predict_command_writes_outputs_at_each_images_size(tiny_exported, tmp_path, images):
+    """Non-square images of other sizes, and two same-named files from different folders."""
     from PIL import Image
 
     run_dir, _ = tiny_exported
-    write_folder_dataset(tmp_path / "in", images[:2], np.zeros((2, 64, 64), np.uint8))
-    inputs = sorted(str(p) for p in (tmp_path / "in" / "images").glob("*.png"))
+    for folder, picked in (("a", images[:2]), ("b", images[2:3])):
+        write_folder_dataset(tmp_path / folder, [
+            Sample(f"img{i}.png", im, np.zeros(im.shape[:2], np.uint8),
+                   np.zeros(im.shape[:2], np.int32)) for i, im in enumerate(picked)])
+    inputs = sorted(str(p) for p in tmp_path.glob("*/images/*.png"))
+    assert [p.rsplit("/", 1)[1] for p in inputs] == ["img0.png", "img1.png", "img0.png"]
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["predict", str(run_dir / "model.onnx"), *inputs,
                                       "--out", str(out), "--score-threshold", "0.05"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "detections.json").read_text())
     assert sorted(report["images"]) == inputs
-    for path in inputs:
-        stem = path.rsplit("/", 1)[1][:-4]
-        mask = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
-        assert mask.shape == (64, 64) and mask.max() < 3
-        overlay = Image.open(out / "overlays" / f"{stem}.png")
-        assert overlay.size == (256, 256) and overlay.mode == "RGB"
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert masks == ["a__images__img0.png", "b__images__img0.png", "img1.png"]
+    for path, image in zip(inputs, [images[0], images[1], images[2]]):
         entry = report["images"][path]
-        assert sum(entry["class_pixels"].values()) == 64 * 64
+        h, w = image.shape[:2]
+        assert entry["size"] == [h, w] and not entry["tiled"]
+        mask = np.asarray(Image.open(out / entry["mask"]))
+        assert mask.shape == (h, w) and mask.max() < 3
+        assert Image.open(out / entry["overlay"]).size == (w * 4, h * 4)
+        assert sum(entry["class_pixels"].values()) == h * w
         for det in entry["detections"]:
+            y1, x1, y2, x2 = det["box"]
+            assert 0 <= y1 < y2 <= h and 0 <= x1 < x2 <= w
             assert det["class"] in ("disk", "ring") and det["score"] >= 0.05
 
 
-def test_predict_command_reports_a_wrong_size_image(tiny_exported, tmp_path):
+def test_predict_command_tiles_large_images(tiny_exported, tmp_path):
+    import tifffile
+
     run_dir, _ = tiny_exported
-    big = synthetic_dataset(SyntheticConfig(size=96), 1, seed=0)
-    write_folder_dataset(tmp_path / "in", *big)
-    path = tmp_path / "in" / "images" / "00000.png"
+    image = synthetic_sample(SyntheticConfig(size=64, side_range=(4.0, 5.0)), 1, "test",
+                             0).image
+    path = tmp_path / "large.tif"
+    tifffile.imwrite(path, image[..., 0])
+    result = CliRunner().invoke(cli, ["predict", str(run_dir / "model.onnx"), str(path),
+                                      "--out", str(tmp_path / "out"), "--tile", "128"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "out" / "detections.json").read_text())["images"][str(path)]
+    assert entry["tiled"] and entry["size"] == list(image.shape[:2])
+    assert f"({image.shape[0]}x{image.shape[1]}, tiled)" in result.output
+
+
+def test_predict_command_reports_a_too_small_image(tiny_exported, tmp_path):
+    from PIL import Image
+
+    run_dir, _ = tiny_exported
+    path = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((10, 40), np.uint8)).save(path)
     result = CliRunner().invoke(cli, ["predict", str(run_dir / "model.onnx"), str(path),
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {path}: image size 96x96 does not match the "
-                                     f"model's 64x64; resize or crop the image first")
+    assert result.output.strip() == (f"Error: {path}: image size 10x40 is smaller than one "
+                                     f"network stride (16 px); use a larger image")
+    assert not (tmp_path / "out").exists()

@@ -205,11 +205,24 @@ class RetinaUNet:
 
     # === Functional wiring ===
 
-    def build_model(self):
-        """Build the Keras 3 functional model (see the class docstring for outputs)."""
+    @property
+    def stride(self) -> int:
+        """Total stride 2**depth: any input height and width must be a multiple of it."""
+        return 2**self.depth
+
+    def build_model(self, any_size: bool = False):
+        """Build the Keras 3 functional model (see the class docstring for outputs).
+
+        Args:
+            any_size: input (None, None, C): the fully convolutional network then takes
+                any height and width that are multiples of `stride` (what training,
+                export and every runtime use). False keeps `input_shape` fixed (the
+                seed's form, used for summaries).
+        """
         import keras
 
-        inputs = keras.Input(self.input_shape, name=INPUT_NAME)
+        shape = (None, None, self.input_shape[2]) if any_size else self.input_shape
+        inputs = keras.Input(shape, name=INPUT_NAME)
 
         x = inputs
         if self.input_scale is not None:

@@ -33,24 +33,47 @@ def load_keras_model(path: Path):
                             f"'retinaunet-deploy train' to rewrite it") from error
 
 
+def traced_call(model, jit_compile: bool = False):
+    """`model(x, training=False)` as one tf.function for every batch, height and width.
+
+    The signature's symbolic (None) axes give a single trace that serves any input
+    size, instead of a retrace per new image size.
+    """
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, None, None, model.input_shape[-1]), tf.float32)]
+    return tf.function(lambda x: model(x, training=False), input_signature=signature,
+                       jit_compile=jit_compile)
+
+
 class KerasBackend:
     """The float reference: the Keras model in a compiled tf.function."""
 
     suffix = ".keras"
 
     def __init__(self, path: Path, threads: int | None = None):
-        import tensorflow as tf
 
         if threads:
             _set_tf_threads(threads)
         self.path = Path(path)
         self.model = load_keras_model(self.path)
-        self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._card = None
+        self._call = traced_call(self.model)
+
+    @classmethod
+    def from_model(cls, model, card: dict) -> KerasBackend:
+        """A backend over an in-memory Keras model (validation while training)."""
+        backend = cls.__new__(cls)
+        backend.path, backend.model, backend._card = None, model, card
+        backend._call = traced_call(model)
+        return backend
 
     def card(self) -> dict | None:
         """The run's model card, beside the model."""
         from retinaunet_deploy.card import CARD_NAME, load_card
 
+        if self._card is not None:
+            return self._card
         return load_card(self.path.parent) if (self.path.parent / CARD_NAME).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

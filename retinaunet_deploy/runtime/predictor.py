@@ -5,9 +5,17 @@
     result.mask, result.detections.boxes, result.detections.scores, result.detections.classes
 
 Input contract (the model card's `input`): raw pixel values, uint8/uint16 of the
-card's pixel dtype or float in [0, pixel_max], of exactly the model's height,
-width and channels. The normalisation is inside the graph, so no other
-preprocessing is applied; anything else is an `InputError` naming the fix.
+card's pixel dtype or float in [0, pixel_max], with the model's channel count,
+of any height and width of at least one stride. The normalisation is inside the
+graph, so no other preprocessing is applied; anything else is an `InputError`.
+
+How an image runs: it is padded at the bottom and right to a multiple of the
+network's stride with the training mean (which the in-graph normalisation maps
+to 0, as in training), run, and the outputs are cropped back; anchors are made
+for the padded size, boxes clipped to the image. An image whose padded height
+or width exceeds `tile` (and, for an engine, its optimisation profile) runs as
+a sliding window (`runtime.tiling`). Masks and boxes are always in the image's
+own pixels.
 """
 
 from __future__ import annotations
@@ -20,17 +28,20 @@ import numpy as np
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
+from retinaunet_deploy.runtime import tiling
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 0.25
 
 
 @dataclass
 class Prediction:
-    """The result for one image.
+    """The result for one image, at the image's own size.
 
     Attributes:
         mask: (H, W) uint8 class indices (argmax of the probabilities).
-        detections: boxes/scores/classes, or None for a model without heads.
+        detections: boxes/scores/classes in image pixels, or None without heads.
         probabilities: (H, W, K) float32 softmax, only when asked for.
     """
 
@@ -39,27 +50,51 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-class Predictor:
-    """Validate, run in batches, postprocess; the backend only runs the graph."""
+def card_stride(card: dict) -> int:
+    """The network's total stride (2**depth) from a model card."""
+    return int(card["input"].get("stride") or 2 ** card["builder"]["depth"])
 
-    def __init__(self, backend, card: dict, batch_size: int = 8):
+
+class Predictor:
+    """Validate, pad or tile, run in batches, postprocess; the backend only runs the graph.
+
+    Args:
+        tile: images whose padded height or width exceeds this run as a sliding window
+            of tiles at most this large (a stride multiple).
+        overlap: fraction of a tile shared with its neighbour.
+    """
+
+    def __init__(self, backend, card: dict, batch_size: int = 8, tile: int = DEFAULT_TILE,
+                 overlap: float = DEFAULT_OVERLAP):
         self.backend = backend
         self.card = card
         self.batch_size = batch_size
         spec = card["input"]
-        self.height, self.width, self.channels = spec["height"], spec["width"], spec["channels"]
+        self.channels = spec["channels"]
+        self.stride = card_stride(card)
         self.pixel_dtype = np.dtype(spec.get("pixel_dtype", "uint8"))
         self.pixel_max = spec.get("pixel_max", 255)
+        self.pad_value = float(card.get("normalization", {}).get("mean", 0.0))
         self.class_names = card["class_names"]
         self.det_class_names = card.get("det_class_names") or []
         self.anchor_config = AnchorConfig.from_dict(card["anchors"]) if card.get("anchors") else None
         self.detection_config = DetectionConfig(**(card.get("postprocess") or {}))
-        self.anchors = (generate_anchors(self.anchor_config, (self.height, self.width))
-                        if self.anchor_config else None)
+        # An engine's optimisation profile bounds the tile and the smallest input.
+        limit = getattr(backend, "max_size", None)
+        tile = min(tile, limit) if limit else tile
+        self.min_input = max(self.stride, getattr(backend, "min_size", 0) or 0)
+        if tile < self.stride or tile % self.stride:
+            raise ConfigError(f"tile {tile} must be a positive multiple of the stride "
+                              f"{self.stride}")
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+        self.tile, self.overlap = tile, overlap
+        self._anchors: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
-                      batch_size: int = 8) -> Predictor:
+                      batch_size: int = 8, tile: int = DEFAULT_TILE,
+                      overlap: float = DEFAULT_OVERLAP) -> Predictor:
         """Pick the backend from the suffix (.keras, .onnx, .plan) and read the model card.
 
         Args:
@@ -86,7 +121,7 @@ class Predictor:
         if card is None:
             raise ArtifactError(f"{path} has no model card (embedded or model_card.json beside "
                                 f"it); export it from a trained run")
-        return cls(backend, card, batch_size=batch_size)
+        return cls(backend, card, batch_size=batch_size, tile=tile, overlap=overlap)
 
     # === Input validation ===
 
@@ -108,9 +143,9 @@ class Predictor:
         n, h, w, c = images.shape
         if n == 0:
             raise InputError("the batch is empty (N = 0)")
-        if (h, w) != (self.height, self.width):
-            raise InputError(f"image size {h}x{w} does not match the model's "
-                             f"{self.height}x{self.width}; resize or crop the image first")
+        if min(h, w) < self.stride:
+            raise InputError(f"image size {h}x{w} is smaller than one network stride "
+                             f"({self.stride} px); use a larger image")
         if c != self.channels:
             raise InputError(f"image has {c} channel(s), the model takes {self.channels}; "
                              f"convert the image first")
@@ -129,29 +164,99 @@ class Predictor:
 
     # === Running ===
 
+    def anchors_for(self, height: int, width: int) -> np.ndarray | None:
+        """Anchors of a (padded) input size, cached per size."""
+        if self.anchor_config is None:
+            return None
+        if (height, width) not in self._anchors:
+            self._anchors[(height, width)] = generate_anchors(self.anchor_config, (height, width))
+        return self._anchors[(height, width)]
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs of the graph for a prepared (N, H, W, C) float32 batch, in chunks."""
+        """Raw outputs of the graph for an (N, H, W, C) float32 batch whose H and W are
+        stride multiples, in chunks of `batch_size`."""
         chunks = [self.backend.run(batch[i:i + self.batch_size])
                   for i in range(0, len(batch), self.batch_size)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
-    def decode(self, outputs: dict[str, np.ndarray]) -> list[Detections] | None:
-        """Per-image detections from raw outputs (the shared postprocess), or None
-        for a model without detection heads."""
-        if self.anchors is None or "cls_logits" not in outputs:
+    def decode(self, outputs: dict[str, np.ndarray],
+               image_size: tuple[int, int] | None = None) -> list[Detections] | None:
+        """Per-image detections from raw outputs of one input size (the shared postprocess),
+        boxes clipped to `image_size` (default: the input size); None without heads."""
+        if self.anchor_config is None or "cls_logits" not in outputs:
             return None
-        return decode_detections(outputs["cls_logits"], outputs["box_deltas"], self.anchors,
-                                 (self.height, self.width), self.detection_config)
+        height, width = outputs["mask"].shape[1:3]
+        return decode_detections(outputs["cls_logits"], outputs["box_deltas"],
+                                 self.anchors_for(height, width), image_size or (height, width),
+                                 self.detection_config)
+
+    def _padded(self, batch: np.ndarray) -> np.ndarray:
+        h, w = batch.shape[1:3]
+        ph, pw = (max(self.min_input, -(-d // self.stride) * self.stride) for d in (h, w))
+        if (ph, pw) == (h, w):
+            return batch
+        return np.pad(batch, [(0, 0), (0, ph - h), (0, pw - w), (0, 0)],
+                      constant_values=self.pad_value)
+
+    def fits_whole(self, height: int, width: int) -> bool:
+        padded = [-(-d // self.stride) * self.stride for d in (height, width)]
+        return max(padded) <= self.tile
+
+    def _whole(self, batch: np.ndarray):
+        """(probabilities (N, H, W, K), detections or None) for a same-size batch."""
+        h, w = batch.shape[1:3]
+        outputs = self.run(self._padded(batch))
+        detections = self.decode(outputs, (h, w))
+        return outputs["mask"][:, :h, :w], detections
+
+    def _tiled(self, image: np.ndarray):
+        """(probabilities (H, W, K), detections or None) of one (H, W, C) image, by tiles."""
+        h, w = image.shape[:2]
+        padded = self._padded(image[None])[0]
+        ph, pw = padded.shape[:2]
+        tile_h, tile_w, origins = tiling.tile_grid(ph, pw, self.tile, self.overlap, self.stride)
+        weights = tiling.gaussian_weights(tile_h, tile_w)[..., None]
+        total = np.zeros((ph, pw, len(self.class_names)), np.float32)
+        norm = np.zeros((ph, pw, 1), np.float32)
+        per_tile: list[Detections] = []
+        for first in range(0, len(origins), self.batch_size):
+            chunk = origins[first:first + self.batch_size]
+            tiles = np.stack([padded[t:t + tile_h, l:l + tile_w] for t, l in chunk])
+            outputs = self.backend.run(tiles)
+            for (top, left), probs in zip(chunk, outputs["mask"]):
+                total[top:top + tile_h, left:left + tile_w] += probs * weights
+                norm[top:top + tile_h, left:left + tile_w] += weights
+            per_tile += self.decode(outputs) or []
+        probabilities = (total / norm)[:h, :w]
+        if not per_tile:
+            return probabilities, None
+        tops = sorted({t for t, _ in origins})
+        lefts = sorted({left for _, left in origins})
+        rows = dict(zip(tops, tiling.core_bounds(tops, tile_h, ph)))
+        cols = dict(zip(lefts, tiling.core_bounds(lefts, tile_w, pw)))
+        cores = [(*rows[t], *cols[left]) for t, left in origins]
+        merged = tiling.merge_tile_detections(
+            per_tile, origins, cores, (h, w), self.detection_config.iou_threshold,
+            self.detection_config.max_detections)
+        return probabilities, merged
 
     def predict(self, images, probabilities: bool = False):
-        """Masks and detections for one image or a batch.
+        """Masks and detections for one image, a batch, or a list of images of any sizes.
 
-        Returns a `Prediction` for a single image, a list of them for a batch.
+        Returns a `Prediction` for a single image, a list of them otherwise.
         """
+        if isinstance(images, (list, tuple)):
+            return [self.predict(image, probabilities) for image in images]
         batch, single = self.prepare(images)
-        outputs = self.run(batch)
-        masks = outputs["mask"].argmax(-1).astype(np.uint8)
-        detections = self.decode(outputs) or [None] * len(batch)
-        results = [Prediction(mask, dets, probs.astype(np.float32) if probabilities else None)
-                   for mask, dets, probs in zip(masks, detections, outputs["mask"])]
+        h, w = batch.shape[1:3]
+        if self.fits_whole(h, w):
+            probs, detections = self._whole(batch)
+            detections = detections or [None] * len(batch)
+        else:
+            pairs = [self._tiled(image) for image in batch]
+            probs = [p for p, _ in pairs]
+            detections = [d for _, d in pairs]
+        results = [Prediction(p.argmax(-1).astype(np.uint8), dets,
+                              np.asarray(p, np.float32) if probabilities else None)
+                   for p, dets in zip(probs, detections)]
         return results[0] if single else results

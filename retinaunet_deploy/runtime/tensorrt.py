@@ -77,9 +77,12 @@ class TensorRTBackend:
             raise ArtifactError(f"{self.path} has inputs {self.input_names}; expected one "
                                 f"('image')")
         self.input_name = self.input_names[0]
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.max_batch = int(max_shape[0])
-        self.input_shape = tuple(int(d) for d in max_shape[1:])
+        # The Predictor pads images up to min_size and tiles beyond max_size.
+        self.min_size = int(max(min_shape[1], min_shape[2]))
+        self.max_size = int(min(max_shape[1], max_shape[2]))
+        self.channels = int(max_shape[3])
         # Size every buffer for the largest batch: set that shape once to learn outputs'.
         self.context.set_input_shape(self.input_name, tuple(max_shape))
         self._buffers = {}
@@ -95,9 +98,11 @@ class TensorRTBackend:
         return load_card(self.path.parent) if (self.path.parent / CARD_NAME).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if batch.shape[1:] != self.input_shape:
-            raise InputError(f"{self.path} takes (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {batch.shape}")
+        h, w, c = batch.shape[1:]
+        if c != self.channels or not (self.min_size <= min(h, w) and max(h, w) <= self.max_size):
+            raise InputError(f"{self.path} takes (N, H, W, {self.channels}) with H and W in "
+                             f"{self.min_size}..{self.max_size} (its optimisation profile), got "
+                             f"{batch.shape}; rebuild it with other --min-size/--max-size")
         if len(batch) > self.max_batch:  # the engine's profile ends here: run in chunks
             chunks = [self.run(batch[i:i + self.max_batch])
                       for i in range(0, len(batch), self.max_batch)]

@@ -49,19 +49,19 @@ class TFLiteBackend:
             warnings.simplefilter("ignore")
             self.interpreter = tf.lite.Interpreter(model_path=str(self.path),
                                                    num_threads=threads)
-        self._batch = None
+        self._shape = None
         self.output_names = list(output_names)
 
-    def _resize(self, batch_size: int) -> None:
-        if self._batch != batch_size:
+    def _resize(self, shape: tuple[int, ...]) -> None:
+        # The model has symbolic batch, height and width: size the tensors per input shape.
+        if self._shape != shape:
             detail = self.interpreter.get_input_details()[0]
-            self.interpreter.resize_tensor_input(detail["index"],
-                                                 [batch_size, *detail["shape"][1:]])
+            self.interpreter.resize_tensor_input(detail["index"], list(shape))
             self.interpreter.allocate_tensors()
-            self._batch = batch_size
+            self._shape = shape
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self._resize(len(batch))
+        self._resize(tuple(batch.shape))
         self.interpreter.set_tensor(self.interpreter.get_input_details()[0]["index"], batch)
         self.interpreter.invoke()
         outputs = {}

@@ -1,0 +1,98 @@
+"""Sliding-window inference geometry (numpy): tile layout, Gaussian weights, detection merge.
+
+An image too large to run whole is covered by tiles of one size, multiples of
+the network stride and placed on stride multiples, so every tile sees the same
+pixel grid as the whole image would. Neighbouring tiles overlap by at least
+`overlap` x tile; when the image needs n tiles along an axis, the tile is
+shrunk to the smallest stride multiple that still gives that overlap, which
+keeps the extra cost near its floor (e.g. 1024 px at tile 512, overlap 0.25:
+3 tiles of 416 px, 1.22x the pixels per axis instead of 1.5x).
+
+Mask probabilities are blended with Gaussian weights (sigma = tile / 8, as
+nnU-Net does), so tile borders, where the network sees least context, count
+least. Each tile's detections are kept only where the box centre lies in the
+tile's core (the part of the image closer to this tile's centre than to its
+neighbours'), shifted to image coordinates, then one NMS runs over all of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from retinaunet_deploy.errors import ConfigError
+from retinaunet_deploy.postprocess import Detections, batched_nms
+
+
+def axis_layout(length: int, tile: int, overlap: float, stride: int) -> tuple[int, list[int]]:
+    """Tile length and start offsets covering `length` (a stride multiple) along one axis."""
+    if length <= tile:
+        return length, [0]
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+    count = math.ceil((length - overlap * tile) / ((1 - overlap) * tile))
+    # The smallest stride multiple that covers `length` with `count` tiles at `overlap`.
+    size = min(tile, stride * math.ceil(length / (count - overlap * (count - 1)) / stride))
+    while size * count - (count - 1) * int(overlap * size) < length:  # rounding guard
+        size += stride
+    size = min(size, tile)
+    span = length - size
+    starts = [round(span * i / (count - 1) / stride) * stride for i in range(count)]
+    return size, starts
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: float, stride: int):
+    """(tile height, tile width, [(top, left), ...]) for a padded (height, width) image."""
+    tile_h, tops = axis_layout(height, tile, overlap, stride)
+    tile_w, lefts = axis_layout(width, tile, overlap, stride)
+    return tile_h, tile_w, [(top, left) for top in tops for left in lefts]
+
+
+def gaussian_weights(height: int, width: int, sigma_fraction: float = 1 / 8) -> np.ndarray:
+    """(height, width) float32 Gaussian centred on the tile, peak 1, floored at 1e-3."""
+    def axis(n):
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        return np.exp(-(x**2) / (2 * (sigma_fraction * n) ** 2))
+
+    weights = np.outer(axis(height), axis(width))
+    return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
+
+
+def core_bounds(starts: list[int], size: int, length: int) -> list[tuple[float, float]]:
+    """Per tile along one axis, the [lo, hi) part of the image that it owns."""
+    centres = [s + size / 2 for s in starts]
+    bounds = []
+    for i in range(len(starts)):
+        lo = 0.0 if i == 0 else (centres[i - 1] + centres[i]) / 2
+        hi = float(length) if i == len(starts) - 1 else (centres[i] + centres[i + 1]) / 2
+        bounds.append((lo, hi))
+    return bounds
+
+
+def merge_tile_detections(per_tile: list[Detections], origins: list[tuple[int, int]],
+                          cores: list[tuple[float, float, float, float]],
+                          image_size: tuple[int, int], iou_threshold: float,
+                          max_detections: int) -> Detections:
+    """One image's detections from its tiles' (tile coordinates) detections.
+
+    Args:
+        origins: (top, left) of each tile in the image.
+        cores: (y_lo, y_hi, x_lo, x_hi) of the part of the image each tile owns.
+    """
+    boxes, scores, classes = [], [], []
+    for dets, (top, left), (y_lo, y_hi, x_lo, x_hi) in zip(per_tile, origins, cores):
+        shifted = dets.boxes + np.array([top, left, top, left], np.float32)
+        cy = (shifted[:, 0] + shifted[:, 2]) / 2
+        cx = (shifted[:, 1] + shifted[:, 3]) / 2
+        own = (cy >= y_lo) & (cy < y_hi) & (cx >= x_lo) & (cx < x_hi)
+        boxes.append(shifted[own])
+        scores.append(dets.scores[own])
+        classes.append(dets.classes[own])
+    boxes = np.concatenate(boxes).reshape(-1, 4)
+    scores = np.concatenate(scores).astype(np.float32)
+    classes = np.concatenate(classes).astype(np.int32)
+    height, width = image_size
+    boxes = np.clip(boxes, 0, np.array([height, width, height, width], np.float32))
+    keep = batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]
+    return Detections(boxes[keep].astype(np.float32), scores[keep], classes[keep])
