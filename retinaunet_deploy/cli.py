@@ -146,34 +146,64 @@ def _show_lineage(run_dir: Path):
 
 @cli.command()
 @click.option("--data", default="synthetic", show_default=True,
-              help="'synthetic' (embedded, generated from --seed) or a folder with images/ "
-                   "and masks/ PNGs of matching names.")
+              help="'synthetic' (embedded, generated from --seed) or a folder with images/, "
+                   "masks/ and optional instances/ (PNG or TIFF, any sizes, matching names).")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="small", show_default=True)
-@click.option("--size", type=int, default=None,
-              help="Synthetic image size [default: 128]; a folder keeps its images' size.")
+@click.option("--size", type=int, default=TRAIN_DEFAULTS.size, show_default=True,
+              help="Training patch height and width (a multiple of 16); images of any size "
+                   "are cut into patches of this size.")
 @click.option("--epochs", type=int, default=TRAIN_DEFAULTS.epochs, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=TRAIN_DEFAULTS.steps_per_epoch,
+              show_default=True, help="Batches per epoch, whatever the dataset's size.")
 @click.option("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size, show_default=True)
 @click.option("--train-images", type=int, default=TRAIN_DEFAULTS.train_images, show_default=True,
               help="Synthetic training images (validation and test splits are separate).")
+@click.option("--val-images", type=int, default=TRAIN_DEFAULTS.val_images, show_default=True,
+              help="Synthetic validation images.")
+@click.option("--test-images", type=int, default=TRAIN_DEFAULTS.test_images, show_default=True,
+              help="Synthetic test images.")
+@click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help='A folder dataset\'s splits as JSON {"train": [names], '
+                                 '"val": [...], "test": [...]} [default: a seeded shuffle].')
 @click.option("--lr", "learning_rate", type=float, default=TRAIN_DEFAULTS.learning_rate,
               show_default=True, help="Peak learning rate (Adam, cosine decay).")
 @click.option("--seed", type=int, default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--no-detection", is_flag=True, help="Train the plain U-Net, without heads.")
-@click.option("--no-flips", is_flag=True, help="No random flips.")
+@click.option("--no-flips", is_flag=True, help="No random flips or 90-degree rotations.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("export/default"), show_default=True, help="Run folder to write.")
-def train(data, preset, size, epochs, batch_size, train_images, learning_rate, seed,
-          no_detection, no_flips, out_dir):
+def train(data, preset, size, epochs, steps_per_epoch, batch_size, train_images, val_images,
+          test_images, splits_file, learning_rate, seed, no_detection, no_flips, out_dir):
     """Train a RetinaUNet; write OUT/model.keras and OUT/model_card.json."""
     from retinaunet_deploy.train import TrainOptions
     from retinaunet_deploy.train import train as run_training
 
     options = TrainOptions(data=data, preset=preset, size=size, epochs=epochs,
-                           batch_size=batch_size, train_images=train_images,
+                           steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                           train_images=train_images, val_images=val_images,
+                           test_images=test_images, splits=splits_file,
                            learning_rate=learning_rate, seed=seed, detection=not no_detection,
-                           flips=not no_flips)
+                           flips=not no_flips, rotations=not no_flips)
     card = run_training(options, out_dir)
     _print_evaluation(card, out_dir)
+
+
+@cli.command("import-data")
+@click.argument("source", type=click.Choice(["stardist-nuclei"]))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def import_data(source, out_dir):
+    """Write a real labelled image set that ships inside a package as a folder dataset.
+
+    stardist-nuclei: the DSB 2018 fluorescence nuclei image (512x512, 16-bit
+    instance labels) shipped in StarDist's wheel (pip install -e '.[realdata]'),
+    cut into crops of mixed sizes.
+    """
+    from retinaunet_deploy.data.real import import_stardist_nuclei
+
+    written = import_stardist_nuclei(out_dir)
+    click.echo(f"wrote {len(written)} image(s) with masks and instance labels to {out_dir}/ "
+               f"(sizes {', '.join(sorted({f'{h}x{w}' for h, w in written.values()}))}); "
+               f"train with: retinaunet-deploy train --data {out_dir}")
 
 
 def _print_evaluation(card: dict, out_dir: Path):
@@ -181,7 +211,8 @@ def _print_evaluation(card: dict, out_dir: Path):
     from rich.table import Table
 
     evaluation = card["evaluation"]
-    table = Table(title=f"held-out {evaluation['split']} split, {evaluation['images']} images")
+    table = Table(title=f"held-out {evaluation['split']} split, {evaluation['images']} whole "
+                        f"images, {evaluation.get('objects', 0)} objects")
     columns = ["dice", "iou"] + [k for k in evaluation if k.startswith("ap@")]
     table.add_column("class")
     for column in columns:
@@ -194,6 +225,8 @@ def _print_evaluation(card: dict, out_dir: Path):
     table.add_row("mean", *(f"{v:.3f}" for v in means))
     console = Console()
     console.print(table)
+    for warning in card.get("warnings", []):
+        console.print(f"[bold yellow]{warning}[/bold yellow]")
     console.print(f"trained {card['training']['epochs_run']} epochs in "
                   f"{card['training']['seconds']:.0f} s; wrote {out_dir / 'model.keras'} and "
                   f"{out_dir / 'model_card.json'}")
@@ -234,9 +267,14 @@ def export(run_dir, opset, parity_images, tolerance, no_simplify):
               default="auto", show_default=True,
               help="ONNX Runtime execution provider for an .onnx ARTIFACT (auto: CUDA when a "
                    "GPU is present, else CPU). 'tensorrt' caches its engines beside ARTIFACT.")
-def predict(artifact, images, out_dir, threads, score_threshold, provider):
-    """Run ARTIFACT (.keras, .onnx or .plan) on PNG IMAGES; write masks, overlays and
-    detections.json."""
+@click.option("--tile", type=int, default=1024, show_default=True,
+              help="Images larger than this (padded height or width) run as a sliding window "
+                   "of tiles at most this large (a multiple of 16; an engine's profile caps it).")
+@click.option("--overlap", type=float, default=0.25, show_default=True,
+              help="Fraction of a tile shared with its neighbour.")
+def predict(artifact, images, out_dir, threads, score_threshold, provider, tile, overlap):
+    """Run ARTIFACT (.keras, .onnx or .plan) on PNG or TIFF IMAGES of any size; write masks,
+    overlays and detections.json."""
     from retinaunet_deploy.predict import predict_files
     from retinaunet_deploy.runtime import providers as ort_providers
 
@@ -244,11 +282,14 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider):
               "cuda": [ort_providers.cuda_provider(), ort_providers.CPU],
               "tensorrt": [ort_providers.tensorrt_provider(
                   cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
-    results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen)
+    results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
+                            tile, overlap)
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
-        click.echo(f"{path}: {len(found)} detection(s){': ' + summary if found else ''}")
+        size = "x".join(map(str, entry["size"])) + (", tiled" if entry["tiled"] else "")
+        click.echo(f"{path} ({size}): {len(found)} detection(s)"
+                   f"{': ' + summary if found else ''}")
     click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/ and {out_dir}/detections.json")
 
 
@@ -259,9 +300,9 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider):
 @click.option("--percentile", type=float, default=99.999, show_default=True,
               help="Percentile kept by --method percentile.")
 @click.option("--calibration-images", type=int, default=128, show_default=True,
-              help="Training images used to calibrate activation ranges.")
-@click.option("--eval-images", type=int, default=256, show_default=True,
-              help="Held-out images measuring agreement with the float model.")
+              help="Training patches used to calibrate activation ranges.")
+@click.option("--eval-images", type=int, default=64, show_default=True,
+              help="Whole held-out test images measuring agreement with the float model.")
 @click.option("--target", "pixel_agreement", type=float, default=0.995, show_default=True,
               help="Pixel agreement with the float mask each INT8 variant must reach.")
 @click.option("--min-dice", "mean_dice", type=float, default=0.98, show_default=True,
@@ -372,8 +413,9 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     from rich.progress import Progress
     from rich.table import Table
 
-    from retinaunet_deploy.bench.harness import BenchOptions, latency_sweep, run_bench
+    from retinaunet_deploy.bench.harness import BenchOptions, run_bench
     from retinaunet_deploy.bench.report import header, table_rows
+    from retinaunet_deploy.bench.sweep import latency_sweep
 
     if latency_only != (preset is not None) or latency_only == (run_dir is not None):
         raise click.UsageError("give either RUN_DIR, or --latency-only with --preset")
@@ -417,18 +459,25 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
 @click.option("--opt-batch", type=int, default=1, show_default=True,
               help="The batch size TensorRT tunes kernels for.")
 @click.option("--max-batch", type=int, default=8, show_default=True)
+@click.option("--min-size", type=int, default=64, show_default=True,
+              help="Smallest height/width the engine takes (smaller images are padded).")
+@click.option("--opt-size", type=int, default=256, show_default=True,
+              help="The height/width TensorRT tunes kernels for.")
+@click.option("--max-size", type=int, default=1024, show_default=True,
+              help="Largest height/width the engine takes (larger images run as tiles).")
 @click.option("--workspace-mib", type=int, default=1024, show_default=True,
               help="Builder scratch memory limit.")
 @click.option("--no-timing-cache", is_flag=True,
               help="Do not reuse or update RUN_DIR/tensorrt.timing.cache.")
-def build_engine(run_dir, precision, min_batch, opt_batch, max_batch, workspace_mib,
-                 no_timing_cache):
+def build_engine(run_dir, precision, min_batch, opt_batch, max_batch, min_size, opt_size,
+                 max_size, workspace_mib, no_timing_cache):
     """Compile RUN_DIR's ONNX variant into a TensorRT engine, model.<precision>.plan (GPU)."""
     from retinaunet_deploy.export.tensorrt import EngineOptions
     from retinaunet_deploy.export.tensorrt import build_engine as run_build
 
     options = EngineOptions(precision=precision, min_batch=min_batch, opt_batch=opt_batch,
-                            max_batch=max_batch, workspace_mib=workspace_mib,
+                            max_batch=max_batch, min_size=min_size, opt_size=opt_size,
+                            max_size=max_size, workspace_mib=workspace_mib,
                             timing_cache=not no_timing_cache)
     entry = run_build(run_dir, options, progress=click.echo)
     target = entry["target"]

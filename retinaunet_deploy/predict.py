@@ -1,8 +1,14 @@
 """Predict stage: an artifact + image files -> mask PNGs, overlay PNGs, detections JSON.
 
-    OUT/masks/<name>.png      class indices (8-bit greyscale PNG, 0 = background)
-    OUT/overlays/<name>.png   image, mask colours, boxes with class and score (x4 scale)
-    OUT/detections.json       per image: boxes (y1, x1, y2, x2 pixels), scores, classes
+    OUT/masks/<name>.png      class indices at the image's own size (8-bit PNG, 0 = background)
+    OUT/overlays/<name>.png   image, mask colours, boxes with class and score
+    OUT/detections.json       per image: its size, boxes (y1, x1, y2, x2 image pixels),
+                              scores, classes
+
+Images (PNG or TIFF) may have any size: the Predictor pads them to the stride,
+and tiles the ones larger than `tile`. `<name>` is the file's stem; when two
+inputs share a stem (``a/x.png`` and ``b/x.png``), their names carry the
+folders that tell them apart (``a__x``, ``b__x``), so no output overwrites another.
 """
 
 from __future__ import annotations
@@ -13,14 +19,44 @@ import numpy as np
 
 from retinaunet_deploy.artifacts import atomic_path, write_json
 
+OVERLAY_MAX_SIDE = 2048   # overlays are upscaled (small crops) or kept at 1x, never huge
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """A distinct output name per input path: the stem, or with its folders when stems clash."""
+    paths = [Path(p).resolve() for p in paths]
+    stems = [p.stem for p in paths]
+    names = []
+    for path, stem in zip(paths, stems):
+        if stems.count(stem) == 1:
+            names.append(stem)
+            continue
+        twins = [p for p, s in zip(paths, stems) if s == stem]
+        common = Path(*Path(twins[0]).parts[:_shared_prefix([t.parts for t in twins])])
+        relative = path.relative_to(common).with_suffix("")
+        names.append("__".join(relative.parts) + ("" if path.suffix == ".png"
+                                                  else "_" + path.suffix.lstrip(".")))
+    return names
+
+
+def _shared_prefix(parts_lists) -> int:
+    count = 0
+    for items in zip(*parts_lists):
+        if len(set(items)) != 1:
+            break
+        count += 1
+    return min(count, min(len(p) for p in parts_lists) - 1)
+
 
 def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                   threads: int | None = None, score_threshold: float | None = None,
-                  providers: list | None = None) -> dict:
-    """Run `artifact` on PNG files and write the outputs above; returns the detections dict.
+                  providers: list | None = None, tile: int | None = None,
+                  overlap: float | None = None) -> dict:
+    """Run `artifact` on image files and write the outputs above; returns the detections dict.
 
     Args:
         providers: ONNX Runtime providers for an .onnx artifact (None: what loads here).
+        tile, overlap: the sliding window (None: the Predictor's defaults).
     """
     import dataclasses
 
@@ -29,9 +65,12 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
     from retinaunet_deploy.data.folder import read_image
     from retinaunet_deploy.errors import InputError
     from retinaunet_deploy.runtime import Predictor
+    from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
     from retinaunet_deploy.visualize import overlay
 
-    predictor = Predictor.from_artifact(artifact, threads=threads, providers=providers)
+    predictor = Predictor.from_artifact(artifact, threads=threads, providers=providers,
+                                        tile=tile or DEFAULT_TILE,
+                                        overlap=DEFAULT_OVERLAP if overlap is None else overlap)
     if score_threshold is not None:
         predictor.detection_config = dataclasses.replace(predictor.detection_config,
                                                          score_threshold=score_threshold)
@@ -47,16 +86,19 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             raise InputError(f"{path}: {error}") from error
         images[path] = image
     results = {}
-    for path, image in images.items():
+    for (path, image), name in zip(images.items(), output_names(list(images))):
         prediction = predictor.predict(image)
-        stem = Path(path).stem
-        with atomic_path(out_dir / "masks" / f"{stem}.png") as tmp:
+        with atomic_path(out_dir / "masks" / f"{name}.png") as tmp:
             Image.fromarray(prediction.mask).save(tmp)
+        scale = max(1, min(4, OVERLAY_MAX_SIDE // max(image.shape[:2])))
         picture = overlay(image, prediction.mask, prediction.detections, predictor.class_names,
-                          predictor.det_class_names, pixel_max=predictor.pixel_max)
-        with atomic_path(out_dir / "overlays" / f"{stem}.png") as tmp:
+                          predictor.det_class_names, pixel_max=predictor.pixel_max, scale=scale)
+        with atomic_path(out_dir / "overlays" / f"{name}.png") as tmp:
             picture.save(tmp)
-        entry = {"mask": f"masks/{stem}.png", "overlay": f"overlays/{stem}.png",
+        height, width = image.shape[:2]
+        entry = {"size": [height, width], "mask": f"masks/{name}.png",
+                 "overlay": f"overlays/{name}.png",
+                 "tiled": not predictor.fits_whole(height, width),
                  "class_pixels": {name: int(np.sum(prediction.mask == i))
                                   for i, name in enumerate(predictor.class_names)}}
         if prediction.detections is not None:

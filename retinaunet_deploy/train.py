@@ -1,9 +1,15 @@
 """Training stage: data -> ``model.keras`` + ``model_card.json`` in a run folder.
 
-The run folder receives an uncompiled inference model (built-in layers only, so
-it loads with ``safe_mode=True`` without this package) and its model card with
-the held-out evaluation. Both are written atomically at the end; nothing under
-those names exists while training runs.
+Training reads patches of `size` cut from images of any size (`data.patches`);
+an epoch is `steps_per_epoch` batches whatever the dataset's size. Validation
+(best-epoch choice) and the test figures score whole images through the same
+`Predictor` that apps use. The splits are decided here, once, and recorded in
+the model card (`data.splits`); every later stage reads them back.
+
+The run folder receives an uncompiled inference model with symbolic height and
+width (built-in layers only, so it loads with ``safe_mode=True`` without this
+package) and its model card. Both are written atomically at the end; nothing
+under those names exists while training runs.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 
 from retinaunet_deploy.artifacts import record_artifact, tool_versions
 from retinaunet_deploy.card import CARD_NAME, save_card
-from retinaunet_deploy.errors import ConfigError, DataError
+from retinaunet_deploy.errors import ConfigError
 
 MODEL_NAME = "model.keras"
 
@@ -28,88 +34,111 @@ class TrainOptions:
 
     `data` is "synthetic" or a folder path; the synthetic counts apply to the
     embedded dataset only. A folder dataset is split by a seeded shuffle into
-    train / validation (`val_fraction`) / test (`test_fraction`).
+    train / validation (`val_fraction`) / test (`test_fraction`), or as the JSON
+    file `splits` says.
     """
 
     data: str = "synthetic"
     preset: str = "small"
-    size: int | None = None       # synthetic: 128 when None; folder: the images' own size
+    size: int = 128                # training patch height and width (a multiple of 16)
     detection: bool = True
     epochs: int = 8
+    steps_per_epoch: int = 80
     batch_size: int = 8
-    train_images: int = 640
-    val_images: int = 64
-    test_images: int = 128
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    train_images: int = 160
+    val_images: int = 32
+    test_images: int = 64
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    splits: str | None = None
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
     loss_weights: dict = field(default_factory=lambda: {"mask": 1.0, "cls_logits": 1.0,
                                                         "box_deltas": 1.0})
     flips: bool = True
+    rotations: bool = True
+    foreground_fraction: float = 1 / 3
+    intensity_jitter: float = 0.1
     patience: int = 4
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "train_images", "val_images", "test_images"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "train_images", "val_images",
+                     "test_images", "size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, "
                                   f"got {getattr(self, name)}")
+        if self.size % 16:
+            raise ConfigError(f"--size must be a multiple of 16 (the network's stride), got "
+                              f"{self.size}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning rate must be in (0, 1), got {self.learning_rate}")
+        if not 0 <= self.foreground_fraction <= 1:
+            raise ConfigError(f"foreground fraction must be in [0, 1], got "
+                              f"{self.foreground_fraction}")
 
 
 @dataclass
 class Splits:
-    """Raw uint8/uint16 NHWC images and (N, H, W) masks per split, plus their description."""
+    """The samples of each split (`folder.Sample`), plus the card's ``data`` block."""
 
-    train: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray]
+    train: list
+    val: list
+    test: list
     class_names: list[str]
     description: dict
 
 
 def load_splits(options: TrainOptions) -> Splits:
-    """The embedded synthetic splits, or a folder dataset split by a seeded shuffle."""
+    """The embedded synthetic splits, or a folder dataset split once and recorded."""
+    from retinaunet_deploy.data import splits as split_module
+
     if options.data == "synthetic":
         from retinaunet_deploy.data.synthetic import (
             CLASS_NAMES,
             SyntheticConfig,
-            synthetic_dataset,
+            synthetic_samples,
         )
 
-        config = SyntheticConfig(size=options.size or 128)
-        splits = {name: synthetic_dataset(config, count, options.seed, name) for name, count in
-                  (("train", options.train_images), ("val", options.val_images),
-                   ("test", options.test_images))}
+        config = SyntheticConfig(size=options.size)
+        parts = {name: synthetic_samples(config, count, options.seed, name) for name, count in
+                 (("train", options.train_images), ("val", options.val_images),
+                  ("test", options.test_images))}
         description = {"kind": "synthetic", "seed": options.seed, "config": config.to_dict(),
-                       "counts": {name: len(s[1]) for name, s in splits.items()}}
-        return Splits(splits["train"], splits["val"], splits["test"], list(CLASS_NAMES),
+                       "instances": True,
+                       "counts": {name: len(s) for name, s in parts.items()}}
+        return Splits(parts["train"], parts["val"], parts["test"], list(CLASS_NAMES),
                       description)
 
-    from retinaunet_deploy.data.folder import load_folder_dataset
+    from retinaunet_deploy.data.folder import list_folder, load_folder_dataset
 
-    dataset = load_folder_dataset(Path(options.data))
-    n = len(dataset.names)
-    n_val = max(1, round(n * options.val_fraction))
-    n_test = max(1, round(n * options.test_fraction))
-    if n - n_val - n_test < 1:
-        raise DataError(f"{options.data} has {n} image pairs; training needs at least 3 "
-                        f"(train, validation and test each get one or more)")
-    order = np.random.default_rng(options.seed).permutation(n)
-    parts = np.split(order, [n - n_val - n_test, n - n_test])
-    pick = [(dataset.images[idx], dataset.masks[idx]) for idx in parts]
-    class_names = ["background"] + [f"class_{c}" for c in range(1, dataset.num_classes)]
-    description = {"kind": "folder", "path": str(Path(options.data).resolve()),
-                   "seed": options.seed,
-                   "files": {name: [dataset.names[i] for i in idx]
-                             for name, idx in zip(("train", "val", "test"), parts)}}
-    return Splits(pick[0], pick[1], pick[2], class_names, description)
+    root = Path(options.data)
+    names = sorted(list_folder(root))
+    if options.splits:
+        chosen = split_module.read_splits_file(Path(options.splits), names)
+    else:
+        chosen = split_module.decide_splits(names, options.seed, options.val_fraction,
+                                            options.test_fraction)
+    samples = load_folder_dataset(root, [n for part in chosen.values() for n in part])
+    by_name = {s.name: s for s in samples}
+    num_classes = max(2, max(int(s.mask.max()) for s in samples) + 1)
+    class_names = ["background"] + [f"class_{c}" for c in range(1, num_classes)]
+    parts = {split: [by_name[n] for n in part] for split, part in chosen.items()}
+    return Splits(parts["train"], parts["val"], parts["test"], class_names,
+                  split_module.folder_description(root, chosen, samples))
 
 
-def _evaluation_callback(model_outputs, val_images, val_masks, class_names, anchor_config):
-    """Keras callback: validation figures into the epoch logs; keeps the best weights.
+def whole_image_figures(predictor, samples, class_names, num_det_classes) -> dict:
+    """Figures of a predictor on whole images (the path apps use)."""
+    from retinaunet_deploy.evaluate import evaluate_predictions
+
+    predictions = predictor.predict([s.image for s in samples])
+    return evaluate_predictions(predictions, samples, class_names, num_det_classes)
+
+
+def _validation_callback(card: dict, val_samples, num_det_classes):
+    """Keras callback: whole-image validation figures into the epoch logs; keeps the best
+    weights.
 
     The selection score is the validation mean foreground Dice, averaged with
     mAP@0.1 when the model has detection heads: Dice saturates epochs before the
@@ -117,16 +146,20 @@ def _evaluation_callback(model_outputs, val_images, val_masks, class_names, anch
     """
     import keras
 
-    from retinaunet_deploy.evaluate import evaluate_outputs
+    from retinaunet_deploy.runtime.backends import KerasBackend
+    from retinaunet_deploy.runtime.predictor import Predictor
 
     class ValidationFigures(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.best_score, self.best_epoch, self.best_weights = -1.0, -1, None
+            self.predictor = None
 
         def on_epoch_end(self, epoch, logs=None):
-            report = evaluate_outputs(model_outputs(self.model, val_images), val_masks,
-                                      class_names, anchor_config)
+            if self.predictor is None:  # one traced function for every epoch
+                self.predictor = Predictor(KerasBackend.from_model(self.model, card), card)
+            report = whole_image_figures(self.predictor, val_samples, card["class_names"],
+                                         num_det_classes)
             logs["val_dice"] = report["mean_dice"]
             logs["val_score"] = report["mean_dice"]
             if "map@0.1" in report:
@@ -139,95 +172,121 @@ def _evaluation_callback(model_outputs, val_images, val_masks, class_names, anch
     return ValidationFigures()
 
 
+def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> list[str]:
+    """What a user must know about the figures: small splits, boxes that merge, silence."""
+    from retinaunet_deploy.data.splits import few_images_warning
+
+    warnings = [w for w in (few_images_warning(len(splits.val), "validation (best epoch)"),
+                            few_images_warning(len(splits.test), "the test figures"))
+                if w]
+    if not splits.description.get("instances"):
+        warnings.append("no instances/ folder: boxes are connected components of the mask, so "
+                        "touching objects of one class share one box; add 16-bit instance "
+                        "labels to separate them")
+    if "map@0.1" in evaluation and evaluation.get("objects") and evaluation["map@0.1"] == 0:
+        warnings.append(f"the detector found none of the {evaluation['objects']} test objects "
+                        f"(AP@0.1 = 0): train longer (--epochs, --steps-per-epoch) or check "
+                        f"the labels")
+    return warnings
+
+
 def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> dict:
     """Train a RetinaUNet and write ``out_dir/model.keras`` and ``model_card.json``.
 
-    Returns the model card (a dict), whose ``evaluation`` holds the test-split figures.
-    `verbose` is Keras's: None shows a progress bar on a terminal and one line per
-    epoch otherwise (logs, CI).
+    Returns the model card (a dict), whose ``evaluation`` holds the whole-image
+    test-split figures. `verbose` is Keras's: None shows a progress bar on a
+    terminal and one line per epoch otherwise (logs, CI).
     """
     import keras
     import tensorflow as tf
 
     from retinaunet_deploy.artifacts import atomic_path
-    from retinaunet_deploy.data.pipeline import make_dataset
-    from retinaunet_deploy.evaluate import evaluate_outputs, keras_outputs
+    from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
     from retinaunet_deploy.model import RetinaUNet
+    from retinaunet_deploy.model.anchors import generate_anchors
     from retinaunet_deploy.model.losses import FocalLoss, MaskLoss, SmoothL1Loss
     from retinaunet_deploy.postprocess import DetectionConfig
+    from retinaunet_deploy.runtime.backends import KerasBackend
+    from retinaunet_deploy.runtime.predictor import Predictor
 
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
     keras.utils.set_random_seed(options.seed)
     splits = load_splits(options)
-    train_images, train_masks = splits.train
-    height, width, channels = train_images.shape[1:]
-    if options.data != "synthetic" and options.size is not None and options.size != height:
-        raise DataError(f"images in {options.data} are {height}x{width} but --size is "
-                        f"{options.size}; omit --size to train at the images' own size")
+    first = splits.train[0].image
+    channels, pixel_dtype = first.shape[2], first.dtype
     num_classes = len(splits.class_names)
 
     # Normalisation from the training pixels, applied in-graph: x * scale + offset.
-    pixels = train_images.astype(np.float64)
+    pixels = np.concatenate([s.image.reshape(-1).astype(np.float64) for s in splits.train])
     mean, std = float(pixels.mean()), float(pixels.std()) or 1.0
-    builder = RetinaUNet.from_preset(options.preset, (height, width, channels), num_classes,
-                                     detection=options.detection, input_scale=1.0 / std,
-                                     input_offset=-mean / std)
+    del pixels
+    builder = RetinaUNet.from_preset(options.preset, (options.size, options.size, channels),
+                                     num_classes, detection=options.detection,
+                                     input_scale=1.0 / std, input_offset=-mean / std)
     anchor_config = builder.anchor_config
+    card = {
+        "preset": options.preset,
+        "builder": builder.get_config(),
+        "class_names": splits.class_names,
+        "det_class_names": splits.class_names[1:] if builder.has_detection else [],
+        "input": {"name": "image", "layout": "NHWC", "height": None, "width": None,
+                  "channels": channels, "dtype": "float32", "stride": builder.stride,
+                  "patch_size": options.size, "pixel_dtype": str(pixel_dtype),
+                  "pixel_max": int(np.iinfo(pixel_dtype).max)},
+        "normalization": {"in_graph": True, "mean": mean, "std": std,
+                          "scale": builder.input_scale, "offset": builder.input_offset},
+        "anchors": anchor_config.to_dict() if anchor_config else None,
+        "postprocess": DetectionConfig().to_dict() if anchor_config else None,
+        "data": splits.description,
+    }
 
     gpus = tf.config.list_physical_devices("GPU")
     strategy = (tf.distribute.MirroredStrategy() if len(gpus) > 1
                 else tf.distribute.get_strategy())
-    steps_per_epoch = int(np.ceil(len(train_images) / options.batch_size))
     with strategy.scope():
-        model = builder.build_model()
+        model = builder.build_model(any_size=True)
         schedule = keras.optimizers.schedules.CosineDecay(
-            options.learning_rate, decay_steps=steps_per_epoch * options.epochs, alpha=0.02,
-            warmup_target=None)
+            options.learning_rate, decay_steps=options.steps_per_epoch * options.epochs,
+            alpha=0.02, warmup_target=None)
         losses = {"mask": MaskLoss(num_classes, options.dice_weight)}
         if builder.has_detection:
             losses.update(cls_logits=FocalLoss(), box_deltas=SmoothL1Loss())
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses,
                       loss_weights={k: options.loss_weights[k] for k in losses})
 
-    dataset = make_dataset(train_images, train_masks, num_classes, options.batch_size,
-                           anchor_config, builder.num_det_classes, flips=options.flips,
+    patch_options = PatchOptions(options.size, options.foreground_fraction, options.flips,
+                                 options.rotations, options.intensity_jitter)
+    anchors = (generate_anchors(anchor_config, (options.size, options.size))
+               if anchor_config else None)
+    batches = PatchBatches(splits.train, patch_options, options.batch_size, anchors,
+                           builder.num_det_classes, mean, std, np.iinfo(pixel_dtype).max,
                            seed=options.seed)
-    figures = _evaluation_callback(keras_outputs, *splits.val, splits.class_names, anchor_config)
+    figures = _validation_callback(card, splits.val, builder.num_det_classes)
     early_stop = keras.callbacks.EarlyStopping(monitor="val_score", mode="max",
                                                patience=options.patience)
-    history = model.fit(dataset, epochs=options.epochs, callbacks=[figures, early_stop],
-                        shuffle=False,  # the tf.data pipeline shuffles, seeded
-                        verbose=verbose)
+    history = model.fit(batches.dataset(options.steps_per_epoch * options.epochs),
+                        epochs=options.epochs, steps_per_epoch=options.steps_per_epoch,
+                        callbacks=[figures, early_stop], shuffle=False, verbose=verbose)
     train_seconds = time.perf_counter() - started
 
     # Restore the best epoch into a fresh, uncompiled model: the saved file then
     # needs no custom loss classes and loads with safe_mode=True anywhere.
-    inference_model = builder.build_model()
+    inference_model = builder.build_model(any_size=True)
     inference_model.set_weights(figures.best_weights or model.get_weights())
-    evaluation = evaluate_outputs(keras_outputs(inference_model, splits.test[0]), splits.test[1],
-                                  splits.class_names, anchor_config)
+    predictor = Predictor(KerasBackend.from_model(inference_model, card), card)
+    evaluation = whole_image_figures(predictor, splits.test, splits.class_names,
+                                     builder.num_det_classes)
 
     out_dir = Path(out_dir)
     with atomic_path(out_dir / MODEL_NAME) as tmp:
         inference_model.save(tmp)
-    card = {
-        "preset": options.preset,
-        "builder": builder.get_config(),
-        "class_names": splits.class_names,
-        "det_class_names": splits.class_names[1:] if builder.has_detection else [],
-        "input": {"name": "image", "layout": "NHWC", "height": height, "width": width,
-                  "channels": channels, "dtype": "float32",
-                  "pixel_dtype": str(train_images.dtype),
-                  "pixel_max": int(np.iinfo(train_images.dtype).max)},
-        "normalization": {"in_graph": True, "mean": mean, "std": std,
-                          "scale": builder.input_scale, "offset": builder.input_offset},
-        "anchors": anchor_config.to_dict() if anchor_config else None,
-        "postprocess": DetectionConfig().to_dict() if anchor_config else None,
-        "data": splits.description,
+    card.update({
         "training": {
             "options": asdict(options),
+            "patches": asdict(patch_options),
+            "images": {name: len(getattr(splits, name)) for name in ("train", "val", "test")},
             "epochs_run": len(history.history["loss"]),
             "best_epoch": figures.best_epoch + 1,
             "best_val_score": round(float(figures.best_score), 4),
@@ -236,19 +295,11 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
                         for k, vals in history.history.items()},
             "tensorflow": tf.__version__, "keras": keras.__version__,
         },
-        "evaluation": {"split": "test", **evaluation},
-    }
+        "evaluation": {"split": "test", "whole_images": True, **evaluation},
+        "warnings": data_warnings(splits, options, evaluation),
+    })
     card = save_card(out_dir, card)
     record_artifact(out_dir, MODEL_NAME, "train", options=asdict(options),
                     figures={"test": evaluation}, tools=tool_versions("tensorflow", "keras"))
     record_artifact(out_dir, CARD_NAME, "train", parent=MODEL_NAME)
     return card
-
-
-def card_split(card: dict, split: str):
-    """Re-create one split of the data a model was trained on, from its card.
-
-    Returns (images, masks) as in `Splits`; `split` is "train", "val" or "test".
-    """
-    options = TrainOptions(**card["training"]["options"])
-    return getattr(load_splits(options), split)

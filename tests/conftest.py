@@ -6,17 +6,18 @@ import pytest
 # Quiet TensorFlow's C++ start-up logs in test output; set before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-TINY = {"preset": "tiny", "size": 64, "batch_size": 8, "train_images": 32, "val_images": 8,
-        "test_images": 8}
+TINY = {"preset": "tiny", "size": 64, "batch_size": 8, "train_images": 16, "val_images": 8,
+        "test_images": 8, "steps_per_epoch": 20}
 
 
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory):
-    """A tiny model trained for 4 epochs on 64x64 synthetic data: (run_dir, card)."""
+    """A tiny model trained for 10 epochs of 20 batches of 64x64 patches from synthetic
+    images of 80-160 px (about 30 s; test Dice about 0.57, AP@0.1 about 0.4): (run_dir, card)."""
     from retinaunet_deploy.train import TrainOptions, train
 
     out = tmp_path_factory.mktemp("tiny_trained")
-    card = train(TrainOptions(epochs=4, learning_rate=3e-3, **TINY), out, verbose=0)
+    card = train(TrainOptions(epochs=10, learning_rate=5e-3, **TINY), out, verbose=0)
     return out, card
 
 
@@ -44,13 +45,14 @@ def tiny_calibrated(tiny_exported, tmp_path_factory):
     """The tiny run with FP16 and INT8 variants: (run_dir, calibration report).
 
     The tiny model is barely trained (low-margin probabilities flip under any
-    quantisation), so it is gated leniently; the real targets are measured on
-    the trained small model.
+    quantisation, and its few confident boxes sit near the 0.5 score line), so it
+    is gated leniently; the real targets are measured on the trained small model.
     """
     from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
 
     run = tmp_path_factory.mktemp("tiny_calibrated") / "run"
     shutil.copytree(tiny_exported[0], run)
     report = calibrate(run, CalibrationOptions(calibration_images=16, eval_images=16, threads=2,
-                                               pixel_agreement=0.98, mean_dice=0.8))
+                                               pixel_agreement=0.98, mean_dice=0.8,
+                                               matched_fraction=0.7, max_ap_drop=0.1))
     return run, report

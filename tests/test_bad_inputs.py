@@ -39,7 +39,7 @@ def corpus(tiny_calibrated, tmp_path_factory):
         (bad / name).write_bytes(data)
     # Images: right, wrong size, wrong channel count, wrong bit depth, corrupt, truncated.
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(bad / "good.png")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(bad / "small.png")
+    Image.fromarray(np.zeros((12, 32), np.uint8)).save(bad / "small.png")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad / "rgb.png")
     Image.fromarray(np.zeros((64, 64), np.uint16)).save(bad / "deep.png")
     (bad / "random.png").write_bytes(np.random.default_rng(2).bytes(500))
@@ -146,27 +146,53 @@ def test_missing_calibration_data_is_named(corpus, tmp_path):
     run = _fresh_run(corpus, tmp_path)
     card = json.loads((run / "model_card.json").read_text())
     gone = tmp_path / "moved-dataset"
-    card["data"] = {"kind": "folder", "path": str(gone)}
-    card["training"]["options"]["data"] = str(gone)
+    card["data"] = {"kind": "folder", "path": str(gone), "splits": {"train": [["a.png", "0"]]}}
     (run / "model_card.json").write_text(json.dumps(card))
-    _fails_cleanly(["calibrate", run], f"{gone / 'images'} does not exist")
+    _fails_cleanly(["calibrate", run], f"the run's dataset {gone} is gone; restore it or retrain")
+
+
+def _folder_card(run, data, names):
+    """Point a run's card at a folder dataset whose splits are recorded as it is now."""
+    from retinaunet_deploy.data.folder import list_folder, sample_sha256
+
+    files = list_folder(data)
+    parts = {"train": names[:6], "val": names[6:8], "test": names[8:]}
+    card = json.loads((run / "model_card.json").read_text())
+    card["data"] = {"kind": "folder", "path": str(data), "instances": True,
+                    "splits": {split: [[n, sample_sha256(files[n])] for n in part]
+                               for split, part in parts.items()}}
+    (run / "model_card.json").write_text(json.dumps(card))
 
 
 def test_calibration_folder_with_a_corrupt_image_is_named(corpus, tmp_path):
     from retinaunet_deploy.data.folder import write_folder_dataset
-    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
 
     run = _fresh_run(corpus, tmp_path)
-    images, masks = synthetic_dataset(SyntheticConfig(size=64), 10, 0, "train")
+    samples = synthetic_samples(SyntheticConfig(size=64), 10, 0, "train")
     data = tmp_path / "data"
-    write_folder_dataset(data, images, masks)
+    write_folder_dataset(data, samples)
     broken = sorted((data / "images").glob("*.png"))[3]
     broken.write_bytes(broken.read_bytes()[:40])
-    card = json.loads((run / "model_card.json").read_text())
-    card["data"] = {"kind": "folder", "path": str(data)}
-    card["training"]["options"]["data"] = str(data)
-    (run / "model_card.json").write_text(json.dumps(card))
+    _folder_card(run, data, [s.name for s in samples])
+    before = (run / "calibration.json").read_bytes()
     _fails_cleanly(["calibrate", run], f"cannot read {broken}", "replace it with a valid PNG")
+    assert (run / "calibration.json").read_bytes() == before  # the old report stands
+
+
+def test_a_changed_dataset_folder_is_refused_by_calibrate(corpus, tmp_path):
+    from retinaunet_deploy.data.folder import write_folder_dataset
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
+
+    run = _fresh_run(corpus, tmp_path)
+    samples = synthetic_samples(SyntheticConfig(size=64), 10, 0, "train")
+    data = tmp_path / "data"
+    write_folder_dataset(data, samples)
+    _folder_card(run, data, [s.name for s in samples])
+    mask = data / "masks" / samples[8].name
+    mask.write_bytes(mask.read_bytes().replace(b"IEND", b"IEND\x00"))  # changed bytes
+    _fails_cleanly(["calibrate", run], f"{data / 'images' / samples[8].name} (or its mask or "
+                   f"instances) changed since training; restore it or retrain")
 
 
 def test_info_verifies_every_hash_and_names_the_stage_to_rerun(corpus, tmp_path):
@@ -204,8 +230,8 @@ def test_info_marks_variants_of_an_older_parent_stale(corpus, tmp_path):
 # === Images given to predict ===
 
 @pytest.mark.parametrize("image,expected", [
-    ("small.png", ["small.png", "image size 32x32 does not match the model's 64x64",
-                   "resize or crop"]),
+    ("small.png", ["small.png", "image size 12x32 is smaller than one network stride (16 px)",
+                   "use a larger image"]),
     ("rgb.png", ["rgb.png", "3 channel(s), the model takes 1", "convert the image"]),
     ("deep.png", ["deep.png", "integer images must be uint8", "got uint16"]),
     ("random.png", ["cannot read", "random.png", "replace it with a valid PNG"]),
@@ -236,14 +262,14 @@ def test_empty_dataset_folder(tmp_path):
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "masks").mkdir()
     _fails_cleanly(["train", "--data", tmp_path / "data", "--preset", "tiny", "--out",
-                    tmp_path / "run"], "no PNG images in", "put the training images there")
+                    tmp_path / "run"], "no PNG or TIFF images in", "put the training images there")
     assert not (tmp_path / "run" / "model.keras").exists()
 
 
 def test_dataset_without_masks_folder(tmp_path):
     (tmp_path / "data" / "images").mkdir(parents=True)
     _fails_cleanly(["train", "--data", tmp_path / "data", "--out", tmp_path / "run"],
-                   "masks does not exist", "images/ and", "masks/ with PNGs of matching names")
+                   "masks does not exist", "images/ and", "masks/ with PNG or TIFF files")
 
 
 def test_mask_with_an_out_of_range_class(tmp_path):

@@ -174,28 +174,30 @@ def test_evaluate_variant_flags_a_bad_model(calibrated):
 
 
 def test_missing_and_mismatched_calibration_data(tmp_path):
-    from retinaunet_deploy.data.folder import write_folder_dataset
-    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+    from retinaunet_deploy.data.folder import Sample, write_folder_dataset
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
     from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
     from retinaunet_deploy.train import TrainOptions, train
 
-    images, masks = synthetic_dataset(SyntheticConfig(size=64), 10, seed=1)
+    samples = synthetic_samples(SyntheticConfig(size=64), 10, seed=1)
     data = tmp_path / "data"
-    write_folder_dataset(data, images, masks)
+    write_folder_dataset(data, samples)
     run = tmp_path / "run"
-    train(TrainOptions(data=str(data), preset="tiny", epochs=1, batch_size=4), run, verbose=0)
+    train(TrainOptions(data=str(data), preset="tiny", size=64, epochs=1, steps_per_epoch=2,
+                       batch_size=4), run, verbose=0)
     export_onnx(run, ExportOptions(parity_images=1))
 
     shutil.rmtree(data)
-    with pytest.raises(DataError, match=f"{data}/images does not exist"):
+    with pytest.raises(DataError, match=f"the run's dataset {data} is gone; restore it"):
         calibrate(run, CalibrationOptions(**FAST))
     assert not (run / "model.int8.onnx").exists() and not (run / "model.fp16.onnx").exists()
 
-    other, other_masks = synthetic_dataset(SyntheticConfig(size=96), 10, seed=1)
-    write_folder_dataset(data, other, other_masks)
-    with pytest.raises(DataError, match=r"images are \(96, 96, 1\) but the model takes "
-                                        r"\(64, 64, 1\); .* retrain"):
+    # The same names, other content (RGB now): refused by hash before any pixel is used.
+    write_folder_dataset(data, [Sample(s.name, np.repeat(s.image, 3, axis=2), s.mask,
+                                       s.instances) for s in samples])
+    with pytest.raises(DataError, match=r"changed since training; restore it or retrain"):
         calibrate(run, CalibrationOptions(**FAST))
+    assert not (run / "model.int8.onnx").exists()
 
 
 def test_calibrate_needs_an_exported_model(tiny_trained, tmp_path):

@@ -5,6 +5,7 @@ are; the PGM/raw-float reading and the argmax mask it relies on are checked
 against numpy on every machine with a C++ compiler.
 """
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,6 +84,29 @@ def test_bad_inputs_are_one_line_errors(selftest, tmp_path):
     assert "expected 768 bytes (8x8x3 float32), got 512" in result.stderr
 
 
+@pytest.mark.parametrize("height, width, min_size", [(37, 50, 16), (48, 64, 16), (20, 20, 64)])
+def test_padding_to_the_stride_and_cropping_back_match_the_predictor(selftest, tmp_path,
+                                                                     height, width, min_size):
+    """The C++ example pads any image as the Python Predictor does, and crops back."""
+    image = np.random.default_rng(4).integers(0, 256, (height, width), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.pgm")
+    result = subprocess.run([str(selftest), "pad", str(tmp_path / "image.pgm"), "16",
+                             str(min_size), "81.5", str(tmp_path / "padded.f32"),
+                             str(tmp_path / "cropped.f32")], capture_output=True, text=True,
+                            check=True)
+    padded_h, padded_w = map(int, result.stdout.split())
+    expected_h = max(min_size, -(-height // 16) * 16)
+    expected_w = max(min_size, -(-width // 16) * 16)
+    assert (padded_h, padded_w) == (expected_h, expected_w)
+    padded = np.fromfile(tmp_path / "padded.f32", "<f4").reshape(padded_h, padded_w)
+    expected = np.pad(image.astype(np.float32), [(0, expected_h - height),
+                                                 (0, expected_w - width)],
+                      constant_values=81.5)
+    np.testing.assert_array_equal(padded, expected)
+    cropped = np.fromfile(tmp_path / "cropped.f32", "<f4").reshape(height, width)
+    np.testing.assert_array_equal(cropped, image.astype(np.float32))
+
+
 # === Detection decoding (detections.hpp) against retinaunet_deploy.postprocess ===
 
 @pytest.fixture(scope="module")
@@ -94,9 +118,14 @@ def _cpp_detections(binary, card_path, logits, deltas, size, tmp_path):
     n, _, c = logits.shape
     (tmp_path / "logits.f32").write_bytes(logits.astype("<f4").tobytes())
     (tmp_path / "deltas.f32").write_bytes(deltas.astype("<f4").tobytes())
-    subprocess.run([str(binary), str(card_path), str(tmp_path / "logits.f32"),
-                    str(tmp_path / "deltas.f32"), str(n), str(size), str(size), str(c),
-                    str(tmp_path / "anchors.f32"), str(tmp_path / "dets.txt")], check=True)
+    result = subprocess.run([str(binary), str(card_path), str(tmp_path / "logits.f32"),
+                             str(tmp_path / "deltas.f32"), str(n), str(size), str(size), str(c),
+                             str(tmp_path / "anchors.f32"), str(tmp_path / "dets.txt")],
+                            check=True, capture_output=True, text=True)
+    card = json.loads(Path(card_path).read_text())
+    _, stride, value = result.stdout.split()
+    assert int(stride) == card["input"]["stride"] == 16
+    assert float(value) == pytest.approx(card["normalization"]["mean"], rel=1e-6)
     rows = [line.split() for line in (tmp_path / "dets.txt").read_text().splitlines()]
     anchors = np.fromfile(tmp_path / "anchors.f32", "<f4").reshape(-1, 4)
     per_image = [[r for r in rows if int(r[0]) == i] for i in range(n)]
@@ -116,11 +145,12 @@ def test_cpp_decoding_matches_the_python_postprocess(det_selftest, tiny_exported
 
     run, _ = tiny_exported
     card = json.loads((run / "model_card.json").read_text())
-    size = card["input"]["height"]
+    size = 64
     anchors = generate_anchors(AnchorConfig.from_dict(card["anchors"]), (size, size))
     if source == "tiny model outputs":
         predictor = Predictor.from_artifact(run / "model.onnx", threads=1)
-        outputs = predictor.run(predictor.prepare(held_out_set(card, 6)[0])[0])
+        crops = np.stack([s.image[:size, :size] for s in held_out_set(card, 6)])
+        outputs = predictor.run(predictor.prepare(crops)[0])
         logits, deltas = outputs["cls_logits"], outputs["box_deltas"]
         card["postprocess"]["score_threshold"] = 0.001  # the tiny model is barely trained
     else:  # many overlapping candidates, extreme deltas, some NaN

@@ -21,9 +21,13 @@ def test_onnx_names_axes_opset_and_standard_ops(tiny_exported):
     assert [i.name for i in model.graph.input] == ["image"]
     assert sorted(o.name for o in model.graph.output) == ["box_deltas", "cls_logits", "mask"]
     image_dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert image_dims[0].dim_param == "batch"
-    assert [d.dim_value for d in image_dims[1:]] == [64, 64, 1]
-    assert all(o.type.tensor_type.shape.dim[0].dim_param == "batch" for o in model.graph.output)
+    assert [d.dim_param for d in image_dims[:3]] == ["batch", "height", "width"]
+    assert image_dims[3].dim_value == 1
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+               for o in model.graph.output}
+    assert outputs == {"mask": ["batch", "height", "width", 3],
+                       "cls_logits": ["batch", "anchors", 2],
+                       "box_deltas": ["batch", "anchors", 4]}
     assert {op.domain: op.version for op in model.opset_import}[""] >= 17
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
 

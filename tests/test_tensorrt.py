@@ -168,8 +168,10 @@ def test_triton_repository_matches_the_onnx_model(tiny_calibrated, tmp_path):
     triton_type = {onnx.TensorProto.FLOAT: "TYPE_FP32"}
 
     def expected(values):
+        # A symbolic ONNX axis (height, width, anchors) is Triton's -1.
         return [(v.name, triton_type[v.type.tensor_type.elem_type],
-                 [d.dim_value for d in v.type.tensor_type.shape.dim][1:]) for v in values]
+                 [d.dim_value if d.HasField("dim_value") else -1
+                  for d in v.type.tensor_type.shape.dim][1:]) for v in values]
 
     def actual(tensors):
         from tritonclient.grpc import model_config_pb2
@@ -180,7 +182,9 @@ def test_triton_repository_matches_the_onnx_model(tiny_calibrated, tmp_path):
     assert actual(config.input) == expected(graph.input)
     assert actual(config.output) == expected(graph.output)
     assert sorted(name for name, _, _ in actual(config.output)) == ["box_deltas", "cls_logits", "mask"]
-    assert actual(config.input) == [("image", "TYPE_FP32", [64, 64, 1])]
+    assert actual(config.input) == [("image", "TYPE_FP32", [-1, -1, 1])]
+    assert {n: d for n, _, d in actual(config.output)} == {
+        "mask": [-1, -1, 3], "cls_logits": [-1, 2], "box_deltas": [-1, 4]}
 
 
 def test_triton_rewrite_replaces_the_whole_folder(tiny_calibrated, tmp_path):

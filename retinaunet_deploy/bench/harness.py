@@ -73,10 +73,28 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+    return {"cpu": cpu, "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads,
             "platform": platform.platform(), "python": platform.python_version(),
             "versions": tool_versions("tensorflow", "keras", "onnx", "onnxruntime",
                                       "onnxruntime-gpu", "tf2onnx", "onnxslim")}
+
+
+# The instruction-set extensions that decide which int8/bf16/fp32 kernels a runtime picks.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+             "amx_bf16", "asimddp", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """The `CPU_FLAGS` this CPU reports in /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    present = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            present.update(line.split(":", 1)[1].split())
+    return [flag for flag in CPU_FLAGS if flag in present]
 
 
 def tensorrt_unavailable() -> str | None:
@@ -95,17 +113,15 @@ class KerasFastest:
     """The Keras reference as a compiled tf.function, with XLA if that is faster here."""
 
     def __init__(self, path: Path, threads: int):
-        import tensorflow as tf
 
         from retinaunet_deploy.bench.timing import interleaved_latency
-        from retinaunet_deploy.runtime.backends import KerasBackend
+        from retinaunet_deploy.runtime.backends import KerasBackend, traced_call
 
         self.backend = KerasBackend(path, threads=threads)
         model = self.backend.model
-        plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        xla = tf.function(lambda x: model(x, training=False), jit_compile=True,
-                          reduce_retracing=True)
-        probe = np.zeros((1, *model.input_shape[1:]), np.float32)
+        plain = traced_call(model)
+        xla = traced_call(model, jit_compile=True)
+        probe = np.zeros((1, 128, 128, model.input_shape[-1]), np.float32)
         figures = interleaved_latency({"tf.function": lambda: plain(probe),
                                        "tf.function + XLA": lambda: xla(probe)},
                                       rounds=5, warmup=2)
@@ -236,39 +252,39 @@ def _tflite_rows(run_dir, card, options, out_dir, calibration) -> list[Row]:
     return rows
 
 
-def measure_fidelity(rows: list[Row], card: dict, images: np.ndarray, masks: np.ndarray):
-    """Fill each ok row's fidelity (vs the reference) and ground-truth figures.
+def measure_fidelity(rows: list[Row], card: dict, samples: list):
+    """Fill each ok row's fidelity (vs the reference) and ground-truth figures, on whole
+    images through the Predictor (padding, tiling, decoding), as apps run them.
 
-    Returns the reference outputs and every row's masks (for the overlays).
+    Returns every row's masks (for the overlays).
     """
     from retinaunet_deploy.compare import compare
-    from retinaunet_deploy.data.targets import boxes_from_mask
-    from retinaunet_deploy.evaluate import evaluate_outputs
+    from retinaunet_deploy.evaluate import evaluate_predictions, sample_truths
     from retinaunet_deploy.runtime.predictor import Predictor
 
-    truths = [boxes_from_mask(mask, len(card["class_names"])) for mask in masks]
-    reference = reference_dets = None
+    truths = sample_truths(samples)
+    num_det = len(card.get("det_class_names") or []) or None
+    images = [s.image for s in samples]
+    reference = None
     masks_by_row = {}
     for row in rows:
         if row.status != "ok":
             continue
         try:
-            predictor = Predictor(row.runner, card)
-            outputs = predictor.run(images)
-            detections = predictor.decode(outputs)
+            predictions = Predictor(row.runner, card).predict(images, probabilities=True)
             if reference is None:
-                reference, reference_dets = outputs, detections
-            agreement = compare(reference, outputs, card["class_names"], reference_dets,
-                                detections, truths)
+                reference = predictions
+            agreement = compare(reference, predictions, card["class_names"], truths,
+                                num_det_classes=num_det)
             row.fidelity = agreement.to_dict()
-            row.ground_truth = evaluate_outputs(outputs, masks, card["class_names"],
-                                                predictor.anchor_config)
-            masks_by_row[row.name] = outputs["mask"].argmax(-1)
+            row.ground_truth = evaluate_predictions(predictions, samples, card["class_names"],
+                                                    num_det, truths)
+            masks_by_row[row.name] = [p.mask for p in predictions]
         except Exception as error:  # a backend that fails on these images: the row says why
             if row.name == REFERENCE:
                 raise
             row.status, row.reason = "failed", f"{type(error).__name__}: {error}".splitlines()[0]
-    return reference, masks_by_row
+    return masks_by_row
 
 
 def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,
@@ -329,6 +345,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     from retinaunet_deploy.artifacts import write_json
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.card import load_card
+    from retinaunet_deploy.data.splits import few_images_warning
     from retinaunet_deploy.export.calibration import calibration_images, held_out_set
     from retinaunet_deploy.model import RetinaUNet
 
@@ -336,8 +353,9 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = load_card(run_dir)
-    images, masks = held_out_set(card, options.images)
-    calibration = calibration_images(card, 32) if "tflite" in options.backends else None
+    samples = held_out_set(card, options.images)
+    # Latency is timed on patches of the training size (one shape for every batch size).
+    calibration = calibration_images(card, 32)
 
     say = progress or (lambda message: None)
     say(f"building rows for {run_dir}")
@@ -345,16 +363,24 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     if rows[0].status != "ok":
         raise ArtifactError(f"the reference {run_dir / 'model.keras'} cannot run: "
                             f"{rows[0].reason}")
-    say(f"fidelity on {len(images)} held-out images")
-    _, masks_by_row = measure_fidelity(rows, card, images, masks)
+    say(f"fidelity on {len(samples)} whole held-out images")
+    masks_by_row = measure_fidelity(rows, card, samples)
     say(f"latency, batch sizes {list(options.batch_sizes)}, rows interleaved")
-    measure_latency(rows, card, images, options)
+    measure_latency(rows, card, calibration[:8], options)
     speedups(rows)
 
     summary = RetinaUNet.from_config(card["builder"]).summary()
     report = {
         "run": str(run_dir), "machine": machine_info(options.threads),
-        "options": asdict(options), "images": len(images), "split": "test",
+        "options": asdict(options), "images": len(samples), "split": "test",
+        "whole_images": True,
+        "image_sizes": (f"{min(s.image.shape[0] for s in samples)}-"
+                        f"{max(s.image.shape[0] for s in samples)} x "
+                        f"{min(s.image.shape[1] for s in samples)}-"
+                        f"{max(s.image.shape[1] for s in samples)} px"),
+        "few_images_warning": few_images_warning(len(samples),
+                                                                       "every figure"),
+        "latency_input": f"{calibration.shape[1]}x{calibration.shape[2]} training patches",
         "model": {"preset": card.get("preset"), "parameters": summary.total_params,
                   "gflops_per_image": round(summary.total_gflops, 3),
                   "input": card["input"]},
@@ -362,96 +388,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     }
     write_json(out_dir / "report.json", report)
     write_markdown(out_dir / "report.md", report)
-    write_plots(out_dir, report, images[:options.overlay_images],
+    write_plots(out_dir, report, [s.image for s in samples[:options.overlay_images]],
                 {name: m[:options.overlay_images] for name, m in masks_by_row.items()},
                 card)
-    return report
-
-
-def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0) -> dict:
-    """A run folder with random weights, made by the pipeline's own code: latency only.
-
-    Writes model.keras, model_card.json, model.onnx, model.int8.onnx and
-    model.int8.cpu.onnx (INT8 calibrated on 32 synthetic images). Returns the card.
-    """
-    import keras
-    import onnx
-    import onnxslim
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from retinaunet_deploy.artifacts import record_artifact
-    from retinaunet_deploy.card import save_card
-    from retinaunet_deploy.data.synthetic import CLASS_NAMES, SyntheticConfig, synthetic_dataset
-    from retinaunet_deploy.export.calibration import CalibrationOptions, quantize
-    from retinaunet_deploy.export.onnx import embed_metadata, keras_to_onnx, name_batch_axis
-    from retinaunet_deploy.model import RetinaUNet
-    from retinaunet_deploy.postprocess import DetectionConfig
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    builder = RetinaUNet.from_preset(preset, (size, size, 1), len(CLASS_NAMES))
-    model = builder.build_model()
-    model.save(run_dir / "model.keras")
-    synthetic = SyntheticConfig(size=size)
-    card = save_card(run_dir, {
-        "preset": preset, "builder": builder.get_config(), "class_names": list(CLASS_NAMES),
-        "det_class_names": list(CLASS_NAMES[1:]),
-        "input": {"name": "image", "layout": "NHWC", "height": size, "width": size,
-                  "channels": 1, "dtype": "float32", "pixel_dtype": "uint8", "pixel_max": 255},
-        "normalization": {"in_graph": False, "note": "random weights: latency only"},
-        "anchors": builder.anchor_config.to_dict(), "postprocess": DetectionConfig().to_dict(),
-        "data": {"kind": "synthetic", "seed": seed, "config": synthetic.to_dict()},
-    })
-    proto = onnxslim.slim(keras_to_onnx(model, card, 17))
-    name_batch_axis(proto)
-    embed_metadata(proto, card, "random weights")
-    onnx.save(proto, run_dir / "model.onnx")
-    prepared = run_dir / "prepared.onnx"
-    quant_pre_process(str(run_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
-    calib = synthetic_dataset(synthetic, 32, seed)[0].astype(np.float32)
-    options = CalibrationOptions(calibration_images=32)
-    quantize(prepared, run_dir / "model.int8.onnx", calib, options, run_dir)
-    quantize(prepared, run_dir / "model.int8.cpu.onnx", calib, options, run_dir, cpu_form=True)
-    # Recorded like any run, so the rows pass the same lineage checks.
-    record_artifact(run_dir, "model.keras", "latency-sweep")
-    for name in ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):
-        record_artifact(run_dir, name, "latency-sweep",
-                        parent="model.keras" if name == "model.onnx" else "model.onnx")
-    return card
-
-
-def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
-                  options: BenchOptions | None = None, progress=None) -> dict:
-    """Latency of every row on a random-weights `preset` at each size (no fidelity)."""
-    from retinaunet_deploy.artifacts import write_json
-    from retinaunet_deploy.bench.report import write_sweep_markdown
-    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
-    from retinaunet_deploy.model import RetinaUNet
-
-    options = options or BenchOptions(batch_sizes=(1,))
-    out_dir = Path(out_dir)
-    say = progress or (lambda message: None)
-    sweeps = []
-    for size in sizes:
-        run_dir = out_dir / f"{preset}-{size}"
-        say(f"{preset} at {size}x{size}: random weights, exporting and quantising")
-        card = make_latency_run(run_dir, preset, size)
-        calibration = synthetic_dataset(SyntheticConfig(size=size), 32, 0)[0]
-        rows = build_rows(run_dir, card, options, run_dir, calibration.astype(np.float32))
-        if rows[0].status != "ok":
-            raise ArtifactError(f"the Keras reference cannot run: {rows[0].reason}")
-        images = synthetic_dataset(SyntheticConfig(size=size), 8, 0, "test")[0]
-        say(f"{preset} at {size}x{size}: timing, rows interleaved")
-        measure_latency(rows, card, images.astype(np.float32), options)
-        speedups(rows)
-        summary = RetinaUNet.from_config(card["builder"]).summary()
-        sweeps.append({"size": size, "parameters": summary.total_params,
-                       "gflops_per_image": round(summary.total_gflops, 3),
-                       "rows": [row.to_dict() for row in rows]})
-    report = {"latency_only": True, "preset": preset, "weights": "random (latency only)",
-              "machine": machine_info(options.threads), "options": asdict(options),
-              "sweeps": sweeps}
-    write_json(out_dir / "report.json", report)
-    write_sweep_markdown(out_dir / "report.md", report)
     return report

@@ -32,7 +32,7 @@ def table_rows(report: dict) -> list[list[str]]:
         size = f"{row['size_bytes'] / 1e6:.2f}" if row["size_bytes"] else "—"
         if row["status"] != "ok":
             lines.append([row["name"], row["precision"], size, row["status"], "", "", "", "",
-                          "", ""])
+                          "", "", ""])
             continue
         lines.append([
             row["name"], row["precision"], size,
@@ -40,6 +40,7 @@ def table_rows(report: dict) -> list[list[str]]:
             _fmt(fidelity.get("mean_dice_vs_reference"), ".4f"),
             _fmt(truth.get("mean_dice"), ".4f"),
             _fmt(truth.get("map@0.1"), ".3f"),
+            _fmt(truth.get("map@0.5"), ".3f"),
             _fmt(lat.get(first, {}).get("end_to_end", {}).get("p50_ms"), ".1f"),
             _fmt(lat.get(last, {}).get("end_to_end", {}).get("images_per_s"), ".1f"),
             _fmt(lat.get(first, {}).get("speedup_vs_reference"), ".2f") + "x",
@@ -48,7 +49,7 @@ def table_rows(report: dict) -> list[list[str]]:
 
 
 HEADER = ["row", "precision", "MB", "pixel agreement", "Dice vs float", "Dice vs GT",
-          "AP@0.1", "p50 ms (batch {first})", "images/s (batch {last})", "speed-up vs Keras"]
+          "AP@0.1", "AP@0.5", "p50 ms (batch {first})", "images/s (batch {last})", "speed-up vs Keras"]
 
 
 def header(report: dict) -> list[str]:

@@ -42,12 +42,14 @@ from retinaunet_deploy.artifacts import (
 )
 from retinaunet_deploy.card import load_card
 from retinaunet_deploy.compare import Agreement, Targets, compare
+from retinaunet_deploy.data.splits import few_images_warning
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.export.precision import (
     FP16_NAME,
     FP16Options,
     preprocess_node_names,
     to_fp16,
+    unshare_conv_biases,
 )
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
 
@@ -72,7 +74,7 @@ class CalibrationOptions:
     method: str = "minmax"
     percentile: float = 99.999
     calibration_images: int = 128
-    eval_images: int = 256
+    eval_images: int = 64
     pixel_agreement: float = 0.995
     mean_dice: float = 0.98
     matched_fraction: float = 0.95
@@ -100,45 +102,54 @@ class CalibrationOptions:
 
 # === Data ===
 
-def calibration_images(card: dict, count: int) -> np.ndarray:
-    """The first `count` training images (raw pixels, float32 NHWC)."""
-    from retinaunet_deploy.train import card_split
+def calibration_images(card: dict, count: int, seed: int = 1) -> np.ndarray:
+    """`count` training patches of the training size (raw pixels, (N, S, S, C) float32).
 
-    images, _ = card_split(card, "train")
-    return _checked_images(images[:count], card, "calibration")
+    Patches, not whole images: they are what the network saw in training, and one
+    size suits the calibrator. Explicit Q/DQ scales are per tensor, not per shape,
+    so ranges calibrated on patches hold for every input size.
+    """
+    from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
+    from retinaunet_deploy.data.splits import load_split
+
+    samples = load_split(card, "train")
+    if not samples:
+        raise DataError(f"no calibration images: the training split of this run is empty "
+                        f"({card['data'].get('path', card['data']['kind'])}); retrain")
+    spec, norm = card["input"], card.get("normalization", {})
+    size = spec.get("patch_size") or card["builder"]["input_shape"][0]
+    options = PatchOptions(size, flips=False, rotations=False, intensity_jitter=0.0)
+    batches = PatchBatches(samples, options, min(count, 8), None, 1, norm.get("mean", 0.0),
+                           norm.get("std", 1.0), spec.get("pixel_max", 255), seed=seed)
+    images = np.concatenate([batches.patches(i)[0] for i in range(-(-count // 8))])[:count]
+    return _checked_channels(images, card, "calibration")
 
 
 def held_out_set(card: dict, count: int):
-    """Held-out images (disjoint from calibration) and their masks.
+    """Whole held-out test images (`folder.Sample`s, disjoint from training).
 
     Synthetic data: `count` images of the test split (any count can be made).
-    A folder: its test split (as many as it has).
+    A folder: its recorded test split (as many as it has, at most `count`).
     """
-    from retinaunet_deploy.train import card_split
+    from retinaunet_deploy.data.splits import load_split
 
     data = card["data"]
     if data["kind"] == "synthetic":
-        from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_dataset
+        from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
 
-        config = SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                    for k, v in data["config"].items()})
-        images, masks = synthetic_dataset(config, count, data["seed"], "test")
+        samples = synthetic_samples(SyntheticConfig.from_dict(data["config"]), count,
+                                    data["seed"], "test")
     else:
-        images, masks = card_split(card, "test")
-        images, masks = images[:count], masks[:count]
-    return _checked_images(images, card, "evaluation"), masks
+        samples = load_split(card, "test", count)
+    _checked_channels(np.stack([s.image[:16, :16] for s in samples]), card, "evaluation")
+    return samples
 
 
-def _checked_images(images: np.ndarray, card: dict, purpose: str) -> np.ndarray:
-    spec = card["input"]
-    expected = (spec["height"], spec["width"], spec["channels"])
-    if len(images) == 0:
-        raise DataError(f"no {purpose} images: the training data of this run is empty or gone "
-                        f"({card['data'].get('path', card['data']['kind'])}); restore it or "
-                        f"retrain")
-    if images.shape[1:] != expected:
-        raise DataError(f"{purpose} images are {images.shape[1:]} but the model takes "
-                        f"{expected}; the run's data no longer matches its model: retrain")
+def _checked_channels(images: np.ndarray, card: dict, purpose: str) -> np.ndarray:
+    channels = card["input"]["channels"]
+    if images.shape[-1] != channels:
+        raise DataError(f"{purpose} images have {images.shape[-1]} channel(s) but the model "
+                        f"takes {channels}; the run's data no longer matches its model: retrain")
     return images.astype(np.float32)
 
 
@@ -215,18 +226,27 @@ def quantize(source: Path, target: Path, images: np.ndarray, options: Calibratio
     # The input normalisation stays float: it is elementwise and cheap, and
     # quantising raw pixels to 8 bits would throw away half of their levels.
     exclude = tuple(exclude) + tuple(preprocess_node_names(proto))
-    quantize_static(
-        str(source), str(target), None,
-        quant_format=QuantFormat.QOperator if cpu_form else QuantFormat.QDQ,
-        op_types_to_quantize=list(CPU_QUANTIZED_OPS if cpu_form else QUANTIZED_OPS),
-        per_channel=True,
-        activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-        calibrate_method=_ort_method(options.method),  # must match the cache's
-        extra_options=extra,
-        calibration_cache_path=str(cache),
-    )
+    unshared = Path(target).with_name(Path(target).stem + ".unshared.onnx")
+    if cpu_form and unshare_conv_biases(proto):  # int32 biases need one scale per node
+        import onnx
+
+        onnx.save(proto, unshared)
+        source = unshared
+    try:
+        quantize_static(
+            str(source), str(target), None,
+            quant_format=QuantFormat.QOperator if cpu_form else QuantFormat.QDQ,
+            op_types_to_quantize=list(CPU_QUANTIZED_OPS if cpu_form else QUANTIZED_OPS),
+            per_channel=True,
+            activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method=_ort_method(options.method),  # must match the cache's
+            extra_options=extra,
+            calibration_cache_path=str(cache),
+        )
+    finally:
+        unshared.unlink(missing_ok=True)
 
 
 def activation_ranges(cache_dir: Path) -> dict:
@@ -244,18 +264,20 @@ def activation_ranges(cache_dir: Path) -> dict:
 
 @dataclass
 class EvalSet:
-    """Held-out images with the float reference's outputs and detections."""
+    """Whole held-out images with the float reference's predictions on them."""
 
-    images: np.ndarray
-    masks: np.ndarray
+    samples: list
     truths: list
-    reference: dict
-    reference_detections: list | None
+    reference: list          # runtime.Prediction per image, with probabilities
+
+    def head(self, count: int) -> EvalSet:
+        return EvalSet(self.samples[:count], self.truths[:count], self.reference[:count])
 
 
 def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets,
                      fused: bool, threads: int | None = None, batch_size: int = 8) -> Agreement:
-    """Run an ONNX variant on the held-out images and compare it with the float reference.
+    """Run an ONNX variant on the whole held-out images, as apps run it, and compare it
+    with the float reference.
 
     Args:
         fused: run with ONNX Runtime's graph optimisations (as the CPU will run it);
@@ -266,22 +288,20 @@ def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets
 
     predictor = Predictor(OnnxRuntimeBackend(path, threads=threads, optimize=fused), card,
                           batch_size=batch_size)
-    outputs = predictor.run(eval_set.images)
-    return compare(eval_set.reference, outputs, card["class_names"],
-                   eval_set.reference_detections, predictor.decode(outputs),
-                   eval_set.truths, targets)
+    predictions = predictor.predict([s.image for s in eval_set.samples], probabilities=True)
+    return compare(eval_set.reference, predictions, card["class_names"], eval_set.truths,
+                   targets, num_det_classes=len(card.get("det_class_names") or []) or None)
 
 
 def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None) -> EvalSet:
-    """Held-out images and the Keras float reference on them."""
-    from retinaunet_deploy.data.targets import boxes_from_mask
+    """Whole held-out images and the Keras float reference on them."""
+    from retinaunet_deploy.evaluate import sample_truths
     from retinaunet_deploy.runtime.predictor import Predictor
 
-    images, masks = held_out_set(card, count)
+    samples = held_out_set(card, count)
     keras_predictor = Predictor.from_artifact(Path(run_dir) / "model.keras", threads=threads)
-    reference = keras_predictor.run(images)
-    truths = [boxes_from_mask(mask, len(card["class_names"])) for mask in masks]
-    return EvalSet(images, masks, truths, reference, keras_predictor.decode(reference))
+    reference = keras_predictor.predict([s.image for s in samples], probabilities=True)
+    return EvalSet(samples, sample_truths(samples), reference)
 
 
 def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray,
@@ -349,14 +369,19 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     targets = options.targets
     tools = tool_versions("onnx", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common")
 
-    _say(progress, f"float reference on {options.eval_images} held-out images")
     eval_set = make_eval_set(run_dir, card, options.eval_images, options.threads)
+    _say(progress, f"float reference on {len(eval_set.samples)} whole held-out test images")
+    warning = few_images_warning(len(eval_set.samples), "every gate below")
+    if warning:
+        _say(progress, warning)
     calib = calibration_images(card, options.calibration_images)
     report = {"parent": {"file": ONNX_NAME, "sha256": onnx_sha},
               "options": asdict(options), "targets": asdict(targets),
-              "evaluation": {"images": len(eval_set.images), "split": "test",
+              "evaluation": {"images": len(eval_set.samples), "split": "test",
+                             "whole_images": True, "warning": warning,
                              "reference": "model.keras (float32)"},
               "calibration_data": {"split": "train", "images": len(calib),
+                                   "patch_size": int(calib.shape[1]),
                                    "sha256_prefixes": image_hashes(calib)},
               "variants": {}}
 
@@ -398,9 +423,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         if not agreement.passed and options.fallback:
             _say(progress, f"INT8 misses the target ({'; '.join(agreement.failures)}): "
                            f"ranking layers")
-            subset = EvalSet(eval_set.images[:32], eval_set.masks[:32], eval_set.truths[:32],
-                             {k: v[:32] for k, v in eval_set.reference.items()},
-                             eval_set.reference_detections and eval_set.reference_detections[:32])
+            subset = eval_set.head(32)
             baseline = evaluate_variant(qdq, card, subset, targets, fused=False,
                                         threads=options.threads)
             ranking = layer_sensitivity(prepared, work, calib, options, cache, card, subset,
@@ -447,7 +470,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
             quantize(prepared, all_int8, calib, options, cache)
             figures["latency_ms_cpu_batch1"] = compare_latency(
                 {"fp32": run_dir / ONNX_NAME, "int8": qdq, "int8_all_layers": all_int8},
-                eval_set.images[:1], options.threads)
+                calib[:1], options.threads)
         with atomic_path(run_dir / INT8_NAME) as tmp:
             tmp.write_bytes(qdq.read_bytes())
         report["variants"][INT8_NAME] = figures
@@ -482,7 +505,7 @@ def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set,
     agreement = evaluate_variant(cpu, card, eval_set, targets, fused=True,
                                  threads=options.threads)
     latency = compare_latency({"fp32": run_dir / ONNX_NAME, "int8_qdq": run_dir / INT8_NAME,
-                               "int8_cpu": cpu}, eval_set.images[:1], options.threads)
+                               "int8_cpu": cpu}, calib[:1], options.threads)
     figures = {"agreement": agreement.to_dict(),
                "evaluated": "fused (ONNX Runtime CPU int8 kernels, as it runs)",
                "format": "QOperator, uint8 activations, per-channel int8 weights (U8S8)",

@@ -1,12 +1,15 @@
 """Export stage: ``model.keras`` -> ``model.onnx`` with measured parity.
 
 The ONNX graph keeps the Keras tensor names (`image` in; `mask`, `cls_logits`,
-`box_deltas` out), float32 NHWC input with a dynamic `batch` axis, opset 17 by
+`box_deltas` out), float32 NHWC input with symbolic `batch`, `height` and
+`width` axes (any multiple of the stride; outputs `mask` (batch, height, width,
+K), `cls_logits` (batch, anchors, C), `box_deltas` (batch, anchors, 4)), opset 17 by
 default (TensorRT 10/11 and ONNX Runtime both import it), standard ONNX
 operators only (no ONNX Runtime fused ops, so the same file imports into
 TensorRT), and the model card in `metadata_props`.
 
-Parity is measured on held-out images of the training data, with ONNX Runtime
+Parity is measured on whole held-out validation images (their own, differing
+sizes, padded to the stride as the Predictor pads them), with ONNX Runtime
 running the file the way apps will (CPU provider, default graph
 optimisations). The file is only put in place when it passes.
 """
@@ -53,23 +56,29 @@ class ExportOptions:
 
 
 def keras_to_onnx(model, card: dict, opset: int):
-    """Convert with tf2onnx; returns an onnx.ModelProto with a named `batch` axis."""
+    """Convert with tf2onnx; returns an onnx.ModelProto with symbolic batch, height, width."""
     import tensorflow as tf
     import tf2onnx
 
     spec = card["input"]
-    signature = [tf.TensorSpec((None, spec["height"], spec["width"], spec["channels"]),
-                               tf.float32, name=spec.get("name", "image"))]
+    signature = [tf.TensorSpec((None, None, None, spec["channels"]), tf.float32,
+                               name=spec.get("name", "image"))]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     return proto
 
 
-def name_batch_axis(proto) -> None:
-    """Call the leading axis of every graph input and output `batch` (tf2onnx: unk__N)."""
+# Names of the symbolic axes (tf2onnx writes unk__N), by tensor rank.
+AXIS_NAMES = {4: ("batch", "height", "width", None), 3: ("batch", "anchors", None)}
+
+
+def name_dynamic_axes(proto) -> None:
+    """Name the symbolic axes of every graph input and output (`AXIS_NAMES`)."""
     for value in list(proto.graph.input) + list(proto.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_param = "batch"
+        dims = value.type.tensor_type.shape.dim
+        for dim, name in zip(dims, AXIS_NAMES.get(len(dims), ("batch",))):
+            if name is not None and not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_param = name
 
 
 def check_standard_ops(proto, path_hint: str) -> None:
@@ -93,20 +102,35 @@ def embed_metadata(proto, card: dict, parent_sha256: str) -> None:
     })
 
 
-def measure_parity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict:
+def measure_parity(pairs) -> dict:
     """Max |candidate - reference| per output and argmax agreement of `mask`.
 
-    Both are dicts of output name -> array of the same shapes.
+    Args:
+        pairs: (reference, candidate) output dicts (output name -> array), one pair
+            per image or batch; shapes may differ between pairs.
     """
-    missing = sorted(set(reference) ^ set(candidate))
-    if missing:
-        raise ArtifactError(f"outputs differ between Keras and ONNX: {missing}")
-    max_abs = {name: float(np.max(np.abs(candidate[name].astype(np.float64) -
-                                         reference[name].astype(np.float64))))
-               for name in reference}
-    agreement = float(np.mean(reference["mask"].argmax(-1) == candidate["mask"].argmax(-1)))
+    max_abs: dict[str, float] = {}
+    same = total = 0
+    for reference, candidate in pairs:
+        missing = sorted(set(reference) ^ set(candidate))
+        if missing:
+            raise ArtifactError(f"outputs differ between Keras and ONNX: {missing}")
+        for name in reference:
+            error = float(np.max(np.abs(candidate[name].astype(np.float64)
+                                        - reference[name].astype(np.float64))))
+            max_abs[name] = max(max_abs.get(name, 0.0), error)
+        same += int(np.sum(reference["mask"].argmax(-1) == candidate["mask"].argmax(-1)))
+        total += reference["mask"][..., 0].size
     return {"max_abs_error": max_abs, "max_abs_error_all": max(max_abs.values()),
-            "mask_argmax_agreement": agreement}
+            "mask_argmax_agreement": same / total}
+
+
+def padded_to_stride(image: np.ndarray, stride: int, value: float) -> np.ndarray:
+    """(H, W, C) -> (1, H', W', C) float32, padded at the bottom and right as the
+    Predictor pads."""
+    h, w = image.shape[:2]
+    pad = [(0, 0), (0, -h % stride), (0, -w % stride), (0, 0)]
+    return np.pad(image[None].astype(np.float32), pad, constant_values=value)
 
 
 def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
@@ -117,8 +141,9 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     """
     import onnx
 
+    from retinaunet_deploy.data.splits import load_split
     from retinaunet_deploy.runtime.backends import KerasBackend, OnnxRuntimeBackend
-    from retinaunet_deploy.train import card_split
+    from retinaunet_deploy.runtime.predictor import card_stride
 
     options = options or ExportOptions()
     run_dir = Path(run_dir)
@@ -132,17 +157,19 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
 
         proto = onnxslim.slim(proto)
     check_standard_ops(proto, str(run_dir / ONNX_NAME))
-    name_batch_axis(proto)
+    name_dynamic_axes(proto)
     embed_metadata(proto, card, parent_sha)
     onnx.checker.check_model(proto, full_check=True)
 
-    images, _ = card_split(card, "val")
-    images = images[:options.parity_images].astype(np.float32)
-    reference = keras_backend.run(images)
+    samples = load_split(card, "val", options.parity_images)
+    pad = card.get("normalization", {}).get("mean", 0.0)
+    images = [padded_to_stride(s.image, card_stride(card), pad) for s in samples]
     with atomic_path(run_dir / ONNX_NAME) as tmp:
         onnx.save(proto, tmp)
-        candidate = OnnxRuntimeBackend(tmp).run(images)
-        parity = {"images": len(images), "split": "val", **measure_parity(reference, candidate)}
+        onnx_backend = OnnxRuntimeBackend(tmp)
+        parity = {"images": len(images), "split": "val",
+                  "sizes": sorted({f"{i.shape[1]}x{i.shape[2]}" for i in images}),
+                  **measure_parity((keras_backend.run(i), onnx_backend.run(i)) for i in images)}
         if not parity["max_abs_error_all"] <= options.tolerance:
             raise ArtifactError(
                 f"ONNX parity failed: max |ONNX - Keras| = {parity['max_abs_error_all']:.3g} > "

@@ -56,3 +56,32 @@ def to_fp16(proto, options: FP16Options | None = None):
     blocked = blocked_nodes + [n.name for n in proto.graph.node
                                if n.op_type in options.op_block_list]
     return converted, blocked
+
+
+def unshare_conv_biases(proto) -> int:
+    """Give every Conv/ConvTranspose its own bias initializer; returns how many were copied.
+
+    RetinaNet's subnets are shared across levels, so after slimming one bias
+    tensor feeds several Conv nodes. ONNX Runtime's QOperator quantiser turns a
+    bias into int32 at (input scale x weight scale) of the *first* node that uses
+    it and reuses that for the others, whose inputs have other scales: measured on
+    the trained small model, the stride-4 and stride-8 class logits then
+    saturated at -10.5 and -5.2 and every detection was lost.
+    """
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in proto.graph.initializer}
+    users: dict[str, int] = {}
+    copied = 0
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 3:
+            continue
+        bias = node.input[2]
+        users[bias] = users.get(bias, 0) + 1
+        if users[bias] > 1 and bias in initializers:
+            copy = numpy_helper.from_array(numpy_helper.to_array(initializers[bias]),
+                                           f"{bias}__{node.name}")
+            proto.graph.initializer.append(copy)
+            node.input[2] = copy.name
+            copied += 1
+    return copied

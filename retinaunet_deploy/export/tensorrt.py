@@ -51,6 +51,9 @@ class EngineOptions:
         precision: which ONNX variant to compile: fp32, fp16 or int8.
         min_batch, opt_batch, max_batch: the optimisation profile on the batch axis
             (TensorRT tunes kernels for opt_batch; the engine accepts min..max).
+        min_size, opt_size, max_size: the profile on height and width (multiples of
+            the stride). The Predictor pads smaller images up to min_size and runs
+            larger ones as tiles of at most max_size.
         workspace_mib: the builder's scratch memory limit.
         timing_cache: reuse and update RUN_DIR/tensorrt.timing.cache across builds.
     """
@@ -59,6 +62,9 @@ class EngineOptions:
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 8
+    min_size: int = 64
+    opt_size: int = 256
+    max_size: int = 1024
     workspace_mib: int = 1024
     timing_cache: bool = True
 
@@ -69,6 +75,11 @@ class EngineOptions:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ConfigError(f"need 1 <= min_batch <= opt_batch <= max_batch, got "
                               f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
+        if not 16 <= self.min_size <= self.opt_size <= self.max_size or any(
+                s % 16 for s in (self.min_size, self.opt_size, self.max_size)):
+            raise ConfigError(f"need 16 <= min_size <= opt_size <= max_size, multiples of 16 "
+                              f"(the stride), got {self.min_size}, {self.opt_size}, "
+                              f"{self.max_size}")
         if self.workspace_mib < 1:
             raise ConfigError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
 
@@ -239,12 +250,17 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        rest = tuple(tensor.shape)[1:]
-        if any(d < 0 for d in rest):
-            raise ArtifactError(f"{run_dir / onnx_name}: input {tensor.name} has dynamic "
-                                f"non-batch dims {tuple(tensor.shape)}; re-export it")
-        profile.set_shape(tensor.name, (options.min_batch, *rest), (options.opt_batch, *rest),
-                          (options.max_batch, *rest))
+        channels = tuple(tensor.shape)[3]
+        if len(tensor.shape) != 4 or channels < 0:
+            raise ArtifactError(f"{run_dir / onnx_name}: input {tensor.name} is "
+                                f"{tuple(tensor.shape)}; expected NHWC with fixed channels: "
+                                f"re-export it")
+        # Height and width are symbolic in every exported file: one engine serves a
+        # range of sizes, and the Predictor tiles beyond max_size.
+        profile.set_shape(tensor.name,
+                          (options.min_batch, options.min_size, options.min_size, channels),
+                          (options.opt_batch, options.opt_size, options.opt_size, channels),
+                          (options.max_batch, options.max_size, options.max_size, channels))
     config.add_optimization_profile(profile)
 
     cache_path = run_dir / TIMING_CACHE_NAME
@@ -256,7 +272,9 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     say(f"building the {options.precision} engine (batch {options.min_batch}.."
-        f"{options.max_batch}, tuned for {options.opt_batch}); this takes minutes")
+        f"{options.max_batch}, tuned for {options.opt_batch}; height and width "
+        f"{options.min_size}..{options.max_size}, tuned for {options.opt_size}); this takes "
+        f"minutes")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ArtifactError(f"TensorRT failed to build an engine from {run_dir / onnx_name}; "

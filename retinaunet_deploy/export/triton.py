@@ -65,7 +65,8 @@ class TritonOptions:
 
 
 def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
-    """Inputs and outputs of an ONNX graph: name, Triton data type, dims without batch."""
+    """Inputs and outputs of an ONNX graph: name, Triton data type, dims without batch
+    (-1 for a variable one: image height and width, the anchor count)."""
     graph = check_onnx_external_data(path).graph  # names, types and dims need no weights
     initializers = {t.name for t in graph.initializer}
 
@@ -78,12 +79,9 @@ def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
         return {"name": value.name, "data_type": TRITON_TYPES[tensor.elem_type],
                 "dims": dims[1:]}
 
+    # Height, width and the anchor count are symbolic: Triton serves them as -1.
     inputs = [describe(v) for v in graph.input if v.name not in initializers]
     outputs = [describe(v) for v in graph.output]
-    for tensor in inputs + outputs:
-        if any(d < 0 for d in tensor["dims"]):
-            raise ArtifactError(f"{path}: tensor {tensor['name']} has a dynamic non-batch "
-                                f"dimension {tensor['dims']}; re-export it")
     return inputs, outputs
 
 

@@ -1,0 +1,203 @@
+"""Latency sweeps: random-weights presets at several sizes, and one model across image sizes.
+
+* `latency_sweep`: a random-weights `preset` made by the pipeline's own stages at
+  each input size, every row timed (no fidelity: the weights are random);
+* `size_sweep`: a trained run's ONNX files on whole images of growing size and,
+  at the largest, as a sliding window, all in one interleaved timing, so the
+  cost per megapixel and the tiling overhead are measured side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.bench.harness import (
+    BenchOptions,
+    build_rows,
+    machine_info,
+    measure_latency,
+    speedups,
+)
+from retinaunet_deploy.errors import ArtifactError
+
+
+def synthetic_crops(config, count: int, seed: int, split: str) -> np.ndarray:
+    """(count, S, S, 1) float32 top-left crops of synthetic images, S = config.size."""
+    from retinaunet_deploy.data.synthetic import synthetic_samples
+
+    size = config.size
+    return np.stack([s.image[:size, :size] for s in
+                     synthetic_samples(config, count, seed, split)]).astype(np.float32)
+
+
+def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0) -> dict:
+    """A run folder with random weights, made by the pipeline's own code: latency only.
+
+    Writes model.keras, model_card.json, model.onnx, model.int8.onnx and
+    model.int8.cpu.onnx (INT8 calibrated on 32 synthetic images). Returns the card.
+    """
+    import keras
+    import onnx
+    import onnxslim
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from retinaunet_deploy.artifacts import record_artifact
+    from retinaunet_deploy.card import save_card
+    from retinaunet_deploy.data.synthetic import CLASS_NAMES, SyntheticConfig
+    from retinaunet_deploy.export.calibration import CalibrationOptions, quantize
+    from retinaunet_deploy.export.onnx import embed_metadata, keras_to_onnx, name_dynamic_axes
+    from retinaunet_deploy.model import RetinaUNet
+    from retinaunet_deploy.postprocess import DetectionConfig
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    builder = RetinaUNet.from_preset(preset, (size, size, 1), len(CLASS_NAMES))
+    model = builder.build_model(any_size=True)
+    model.save(run_dir / "model.keras")
+    synthetic = SyntheticConfig(size=size)
+    card = save_card(run_dir, {
+        "preset": preset, "builder": builder.get_config(), "class_names": list(CLASS_NAMES),
+        "det_class_names": list(CLASS_NAMES[1:]),
+        "input": {"name": "image", "layout": "NHWC", "height": None, "width": None,
+                  "channels": 1, "dtype": "float32", "stride": builder.stride,
+                  "patch_size": size, "pixel_dtype": "uint8", "pixel_max": 255},
+        "normalization": {"in_graph": False, "note": "random weights: latency only"},
+        "anchors": builder.anchor_config.to_dict(), "postprocess": DetectionConfig().to_dict(),
+        "data": {"kind": "synthetic", "seed": seed, "config": synthetic.to_dict(),
+                 "counts": {"train": 32, "val": 0, "test": 8}},
+    })
+    proto = onnxslim.slim(keras_to_onnx(model, card, 17))
+    name_dynamic_axes(proto)
+    embed_metadata(proto, card, "random weights")
+    onnx.save(proto, run_dir / "model.onnx")
+    prepared = run_dir / "prepared.onnx"
+    quant_pre_process(str(run_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    calib = synthetic_crops(synthetic, 32, seed, "train")
+    options = CalibrationOptions(calibration_images=32)
+    quantize(prepared, run_dir / "model.int8.onnx", calib, options, run_dir)
+    quantize(prepared, run_dir / "model.int8.cpu.onnx", calib, options, run_dir, cpu_form=True)
+    # Recorded like any run, so the rows pass the same lineage checks.
+    record_artifact(run_dir, "model.keras", "latency-sweep")
+    for name in ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):
+        record_artifact(run_dir, name, "latency-sweep",
+                        parent="model.keras" if name == "model.onnx" else "model.onnx")
+    return card
+
+
+def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
+                  options: BenchOptions | None = None, progress=None) -> dict:
+    """Latency of every row on a random-weights `preset` at each size (no fidelity)."""
+    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.bench.report import write_sweep_markdown
+    from retinaunet_deploy.data.synthetic import SyntheticConfig
+    from retinaunet_deploy.model import RetinaUNet
+
+    options = options or BenchOptions(batch_sizes=(1,))
+    out_dir = Path(out_dir)
+    say = progress or (lambda message: None)
+    sweeps = []
+    for size in sizes:
+        run_dir = out_dir / f"{preset}-{size}"
+        say(f"{preset} at {size}x{size}: random weights, exporting and quantising")
+        card = make_latency_run(run_dir, preset, size)
+        calibration = synthetic_crops(SyntheticConfig(size=size), 32, 0, "train")
+        rows = build_rows(run_dir, card, options, run_dir, calibration)
+        if rows[0].status != "ok":
+            raise ArtifactError(f"the Keras reference cannot run: {rows[0].reason}")
+        images = synthetic_crops(SyntheticConfig(size=size), 8, 0, "test")
+        say(f"{preset} at {size}x{size}: timing, rows interleaved")
+        measure_latency(rows, card, images, options)
+        speedups(rows)
+        summary = RetinaUNet.from_config(card["builder"]).summary()
+        sweeps.append({"size": size, "parameters": summary.total_params,
+                       "gflops_per_image": round(summary.total_gflops, 3),
+                       "rows": [row.to_dict() for row in rows]})
+    report = {"latency_only": True, "preset": preset, "weights": "random (latency only)",
+              "machine": machine_info(options.threads), "options": asdict(options),
+              "sweeps": sweeps}
+    write_json(out_dir / "report.json", report)
+    write_sweep_markdown(out_dir / "report.md", report)
+    return report
+
+
+def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256, 512, 1024),
+               tile: int | None = None, overlap: float = 0.25, artifact: str = "model.onnx",
+               threads: int = 2, rounds: int = 5, min_seconds: float = 4.0,
+               progress=None) -> dict:
+    """Time `artifact` end to end (Predictor: pad, run, decode) on one square synthetic-style
+    image per size, whole, and at the largest size also as a sliding window of `tile`
+    (default: half the largest size), all candidates interleaved in one run.
+
+    Writes ``size_sweep.json`` and ``size_sweep.md`` into `out_dir`; returns the figures:
+    per candidate p50 ms and ms per megapixel, the ratio of ms/MP to that at 256 (or the
+    second size), and the tiled/whole cost ratio.
+    """
+    from retinaunet_deploy.artifacts import verify_lineage, write_json
+    from retinaunet_deploy.bench.timing import interleaved_latency
+    from retinaunet_deploy.export.calibration import held_out_set
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    verify_lineage(run_dir, artifact, f"retinaunet-deploy export {run_dir}")
+    largest = max(sizes)
+    tile = tile or largest // 2
+    whole = Predictor.from_artifact(run_dir / artifact, threads=threads, batch_size=1,
+                                    tile=max(largest, 16))
+    tiled = Predictor.from_artifact(run_dir / artifact, threads=threads, batch_size=1,
+                                    tile=tile, overlap=overlap)
+    # Real content at every size (objects, so decoding does real work): a held-out
+    # test image repeated by wrapping to each size.
+    seed_image = held_out_set(whole.card, 1)[0].image
+    images = {size: np.pad(seed_image, [(0, max(0, size - seed_image.shape[0])),
+                                        (0, max(0, size - seed_image.shape[1])), (0, 0)],
+                           mode="wrap")[:size, :size] for size in sizes}
+    candidates = {f"whole {size}": (lambda p=whole, x=images[size]: p.predict(x))
+                  for size in sizes}
+    candidates[f"tiled {largest}"] = lambda: tiled.predict(images[largest])
+    if progress:
+        progress(f"size sweep of {artifact}: {len(candidates)} candidates interleaved")
+    figures = interleaved_latency(candidates, rounds=rounds, warmup=1, min_seconds=min_seconds)
+    rows = {}
+    for name, figure in figures.items():
+        size = int(name.split()[1])
+        rows[name] = {"p50_ms": round(figure["p50_ms"], 2), "megapixels": size * size / 1e6,
+                      "ms_per_megapixel": round(figure["p50_ms"] / (size * size / 1e6), 2)}
+    base = rows[f"whole {sizes[1] if len(sizes) > 1 else sizes[0]}"]["ms_per_megapixel"]
+    for row in rows.values():
+        row["ms_per_mp_vs_base"] = round(row["ms_per_megapixel"] / base, 3)
+    tile_h, tile_w, origins = tiling_layout(tiled, largest)
+    report = {"run": str(run_dir), "artifact": artifact, "machine": machine_info(threads),
+              "sizes": list(sizes), "tile": tile, "overlap": overlap,
+              "tiles": {"count": len(origins), "size": [tile_h, tile_w],
+                        "pixels_ratio": round(len(origins) * tile_h * tile_w / largest**2, 3)},
+              "rows": rows,
+              "tiled_over_whole": round(rows[f"tiled {largest}"]["p50_ms"]
+                                        / rows[f"whole {largest}"]["p50_ms"], 3)}
+    write_json(out_dir / "size_sweep.json", report)
+    lines = [f"# Cost against image size: `{artifact}`", "",
+             (f"{report['machine']['cpu']}, {threads} threads; end to end through the Predictor "
+             f"(pad, run, decode), candidates interleaved in one run, p50 of at least "
+             f"{rounds} calls."), "",
+             "| candidate | p50 ms | ms per megapixel | vs base size |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['p50_ms']:.1f} | {r['ms_per_megapixel']:.1f} | "
+              f"{r['ms_per_mp_vs_base']:.2f}x |" for name, r in rows.items()]
+    lines += ["", (f"Tiled at {largest}: {len(origins)} tiles of {tile_h}x{tile_w} (tile "
+              f"{tile}, overlap {overlap}), {report['tiles']['pixels_ratio']:.2f}x the pixels; "
+              f"cost {report['tiled_over_whole']:.2f}x whole-image."), ""]
+    from retinaunet_deploy.artifacts import atomic_path
+
+    with atomic_path(out_dir / "size_sweep.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    return report
+
+
+def tiling_layout(predictor, size: int):
+    """The tile grid a predictor uses on a size x size image."""
+    from retinaunet_deploy.runtime.tiling import tile_grid
+
+    padded = -(-size // predictor.stride) * predictor.stride
+    return tile_grid(padded, padded, predictor.tile, predictor.overlap, predictor.stride)
