@@ -65,12 +65,25 @@ inline std::vector<double> json_numbers(const std::string& object, const std::st
     return values;
 }
 
-inline void read_card(const std::string& path, AnchorConfig& anchors, DetectionConfig& post) {
+inline std::string read_text(const std::string& path) {
     std::ifstream in(path);
     if (!in) throw std::runtime_error(path + ": cannot open");
     std::stringstream buffer;
     buffer << in.rdbuf();
-    const std::string card = buffer.str();
+    return buffer.str();
+}
+
+// How an image is padded before it runs: to a multiple of the network's stride
+// (`input.stride`) with the training mean (`normalization.mean`), which the in-graph
+// normalisation maps to 0, as in training and in the Python Predictor.
+inline void read_padding(const std::string& path, int& stride, float& pad_value) {
+    const std::string card = read_text(path);
+    stride = static_cast<int>(json_numbers(json_object(card, "input"), "stride")[0]);
+    pad_value = static_cast<float>(json_numbers(json_object(card, "normalization"), "mean")[0]);
+}
+
+inline void read_card(const std::string& path, AnchorConfig& anchors, DetectionConfig& post) {
+    const std::string card = read_text(path);
     const std::string a = json_object(card, "anchors"), p = json_object(card, "postprocess");
     anchors.strides.clear();
     for (double s : json_numbers(a, "strides")) anchors.strides.push_back(static_cast<int>(s));

@@ -87,6 +87,33 @@ inline Image read_raw_f32(const std::string& path, int height, int width, int ch
     return image;
 }
 
+// Pad at the bottom and right to a multiple of `stride`, and to at least `min_size` a
+// side, with `value` (the model card's normalization mean, which the in-graph
+// normalisation maps to 0): exactly what the Python Predictor does before running.
+inline Image pad_to_stride(const Image& image, int stride, int min_size, float value) {
+    auto padded_side = [&](int side) {
+        return std::max(min_size, (side + stride - 1) / stride * stride);
+    };
+    Image out{padded_side(image.height), padded_side(image.width), image.channels, {}};
+    out.pixels.assign(static_cast<size_t>(out.height) * out.width * out.channels, value);
+    for (int y = 0; y < image.height; ++y)
+        std::copy_n(image.pixels.begin() + static_cast<size_t>(y) * image.width * image.channels,
+                    static_cast<size_t>(image.width) * image.channels,
+                    out.pixels.begin() + static_cast<size_t>(y) * out.width * out.channels);
+    return out;
+}
+
+// The top-left (height, width) of a row-major (padded_height, padded_width, k) buffer:
+// outputs of a padded input cropped back to the image.
+template <typename T>
+std::vector<T> crop(const T* data, int padded_width, int k, int height, int width) {
+    std::vector<T> out(static_cast<size_t>(height) * width * k);
+    for (int y = 0; y < height; ++y)
+        std::copy_n(data + static_cast<size_t>(y) * padded_width * k,
+                    static_cast<size_t>(width) * k, out.begin() + static_cast<size_t>(y) * width * k);
+    return out;
+}
+
 // Class index per pixel: argmax over the last axis of (H, W, classes) probabilities.
 inline std::vector<uint8_t> argmax_mask(const float* probabilities, int height, int width,
                                         int classes) {

@@ -1,19 +1,26 @@
 // retinaunet_infer: run one image through a RetinaUNet TensorRT engine and write its mask.
 //
-//   retinaunet_infer ENGINE.plan IMAGE.pgm|IMAGE.f32 MASK.pgm [--scale S]
+//   retinaunet_infer ENGINE.plan IMAGE.pgm|IMAGE.f32 MASK.pgm [--scale S] [--shape HxWxC]
 //
 // The I/O contract is export/README.md's: input `image` (N, H, W, C) float32 raw
-// pixel values (normalisation is inside the engine), output `mask` (N, H, W, K)
-// float32 softmax; the class mask is the argmax over K. A .f32 input is raw
-// little-endian float32 HWC of the engine's H, W, C. When the engine has detection
-// heads (`cls_logits`, `box_deltas`), they are decoded with detections.hpp using the
-// anchors and thresholds of model_card.json beside the engine, and printed.
+// pixel values (normalisation is inside the engine) of any H and W that are multiples
+// of the stride, output `mask` (N, H, W, K) float32 softmax; the class mask is the
+// argmax over K. Any image size is taken: it is padded at the bottom and right to the
+// stride (and the engine profile's minimum) with the card's normalization mean, run,
+// and the outputs cropped back, as the Python Predictor does. (Images beyond the
+// profile's maximum need the Predictor's tiling, or an engine built with a larger
+// --max-size.) A .f32 input is raw little-endian float32 HWC; give its --shape. When
+// the engine has detection heads (`cls_logits`, `box_deltas`), they are decoded with
+// detections.hpp using the anchors and thresholds of model_card.json beside the engine
+// (anchors of the padded size, boxes clipped to the image), and printed.
 //
 // Written to the TensorRT 10/11 name-based API: deserializeCudaEngine,
 // setInputShape, setTensorAddress, enqueueV3.
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -61,15 +68,32 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 4 && argc != 6) {
+    if (argc < 4 || argc % 2) {
         std::cerr << "usage: retinaunet_infer ENGINE.plan IMAGE.pgm|IMAGE.f32 MASK.pgm "
-                     "[--scale S]\n";
+                     "[--scale S] [--shape HxWxC]\n";
         return 2;
     }
     const std::string engine_path = argv[1], image_path = argv[2], mask_path = argv[3];
-    const int scale = argc == 6 ? std::stoi(argv[5]) : 1;
     Logger logger;
     try {
+        int scale = 1, raw_h = 0, raw_w = 0, raw_c = 0;
+        for (int i = 4; i < argc; i += 2) {
+            const std::string flag = argv[i], value = argv[i + 1];
+            if (flag == "--scale") {
+                scale = std::stoi(value);
+            } else if (flag == "--shape") {
+                if (std::sscanf(value.c_str(), "%dx%dx%d", &raw_h, &raw_w, &raw_c) != 3)
+                    throw std::runtime_error("--shape takes HxWxC, got " + value);
+            } else {
+                throw std::runtime_error("unknown option " + flag + " (--scale, --shape)");
+            }
+        }
+        const std::string folder = engine_path.substr(0, engine_path.find_last_of('/') + 1);
+        const std::string card_path = folder + "model_card.json";
+        int stride = 16;
+        float pad_value = 0.0f;
+        retinaunet::read_padding(card_path, stride, pad_value);
+
         const std::vector<char> blob = read_file(engine_path);
         std::unique_ptr<nvinfer1::IRuntime> runtime(nvinfer1::createInferRuntime(logger));
         std::unique_ptr<nvinfer1::ICudaEngine> engine(
@@ -80,21 +104,35 @@ int main(int argc, char** argv) {
                                      "retinaunet-deploy build-engine");
         std::unique_ptr<nvinfer1::IExecutionContext> context(engine->createExecutionContext());
 
-        const nvinfer1::Dims input = engine->getTensorShape("image");  // (-1, H, W, C)
-        const int height = static_cast<int>(input.d[1]), width = static_cast<int>(input.d[2]),
-                  channels = static_cast<int>(input.d[3]);
+        // The optimisation profile bounds the height and width the engine takes.
+        const nvinfer1::Dims low =
+            engine->getProfileShape("image", 0, nvinfer1::OptProfileSelector::kMIN);
+        const nvinfer1::Dims high =
+            engine->getProfileShape("image", 0, nvinfer1::OptProfileSelector::kMAX);
+        const int channels = static_cast<int>(high.d[3]);
+        if (ends_with(image_path, ".f32") && raw_h <= 0)
+            throw std::runtime_error(image_path + ": a raw .f32 image needs --shape HxWxC");
         const retinaunet::Image image =
             ends_with(image_path, ".f32")
-                ? retinaunet::read_raw_f32(image_path, height, width, channels)
+                ? retinaunet::read_raw_f32(image_path, raw_h, raw_w, raw_c)
                 : retinaunet::read_pgm(image_path);
-        if (image.height != height || image.width != width || image.channels != channels)
-            throw std::runtime_error(image_path + ": image is " + std::to_string(image.height) +
-                                     "x" + std::to_string(image.width) + "x" +
-                                     std::to_string(image.channels) + ", the engine takes " +
-                                     std::to_string(height) + "x" + std::to_string(width) + "x" +
-                                     std::to_string(channels));
-        if (!context->setInputShape("image", nvinfer1::Dims4{1, height, width, channels}))
-            throw std::runtime_error("the engine refused batch 1 (check its build profile)");
+        if (image.channels != channels)
+            throw std::runtime_error(image_path + ": image has " +
+                                     std::to_string(image.channels) + " channel(s), the engine "
+                                     "takes " + std::to_string(channels));
+        const int min_side = static_cast<int>(std::max(low.d[1], low.d[2]));
+        const retinaunet::Image padded =
+            retinaunet::pad_to_stride(image, stride, min_side, pad_value);
+        if (padded.height > high.d[1] || padded.width > high.d[2])
+            throw std::runtime_error(image_path + ": padded to " + std::to_string(padded.height) +
+                                     "x" + std::to_string(padded.width) + ", beyond the engine's "
+                                     "profile maximum " + std::to_string(high.d[1]) + "x" +
+                                     std::to_string(high.d[2]) + "; tile it (Python Predictor) "
+                                     "or rebuild with build-engine --max-size");
+        const int height = image.height, width = image.width;
+        if (!context->setInputShape("image",
+                                    nvinfer1::Dims4{1, padded.height, padded.width, channels}))
+            throw std::runtime_error("the engine refused the input shape (check its profile)");
 
         cudaStream_t stream;
         check(cudaStreamCreate(&stream), "cudaStreamCreate");
@@ -110,8 +148,13 @@ int main(int argc, char** argv) {
             host[name].resize(static_cast<size_t>(count));
             context->setTensorAddress(name, device[name]);
         }
-        check(cudaMemcpyAsync(device["image"], image.pixels.data(),
-                              image.pixels.size() * sizeof(float), cudaMemcpyHostToDevice,
+        // Every output the decoding reads must exist: an engine without one would leave
+        // an empty buffer to read.
+        if (!host.count("mask")) throw std::runtime_error(engine_path + ": no `mask` output");
+        if (host.count("cls_logits") != host.count("box_deltas"))
+            throw std::runtime_error(engine_path + ": has one of cls_logits/box_deltas only");
+        check(cudaMemcpyAsync(device["image"], padded.pixels.data(),
+                              padded.pixels.size() * sizeof(float), cudaMemcpyHostToDevice,
                               stream), "copy in");
         if (!context->enqueueV3(stream)) throw std::runtime_error("enqueueV3 failed");
         for (auto& [name, values] : host) {
@@ -121,26 +164,33 @@ int main(int argc, char** argv) {
         }
         check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
 
-        const nvinfer1::Dims mask_dims = context->getTensorShape("mask");  // (1, H, W, K)
+        const nvinfer1::Dims mask_dims = context->getTensorShape("mask");  // (1, H', W', K)
         const int classes = static_cast<int>(mask_dims.d[3]);
+        const std::vector<uint8_t> padded_mask = retinaunet::argmax_mask(
+            host["mask"].data(), padded.height, padded.width, classes);
         const std::vector<uint8_t> mask =
-            retinaunet::argmax_mask(host["mask"].data(), height, width, classes);
+            retinaunet::crop(padded_mask.data(), padded.width, 1, height, width);
         retinaunet::write_pgm(mask_path, mask, height, width, scale);
         std::vector<size_t> counts(classes, 0);
         for (uint8_t value : mask) ++counts[value];
-        std::cout << "wrote " << mask_path << " (" << height << "x" << width << "); pixels per "
-                  << "class:";
+        std::cout << "wrote " << mask_path << " (" << height << "x" << width << ", run at "
+                  << padded.height << "x" << padded.width << "); pixels per class:";
         for (int k = 0; k < classes; ++k) std::cout << " " << k << "=" << counts[k];
         std::cout << "\n";
         if (host.count("cls_logits")) {
-            const std::string folder = engine_path.substr(0, engine_path.find_last_of('/') + 1);
             retinaunet::AnchorConfig anchor_config;
             retinaunet::DetectionConfig post;
-            retinaunet::read_card(folder + "model_card.json", anchor_config, post);
+            retinaunet::read_card(card_path, anchor_config, post);
             const std::vector<float> anchors =
-                retinaunet::generate_anchors(anchor_config, height, width);
-            const int det_classes =
-                static_cast<int>(context->getTensorShape("cls_logits").d[2]);
+                retinaunet::generate_anchors(anchor_config, padded.height, padded.width);
+            const nvinfer1::Dims cls_dims = context->getTensorShape("cls_logits");
+            if (static_cast<int64_t>(anchors.size() / 4) != cls_dims.d[1])
+                throw std::runtime_error(card_path + " gives " +
+                                         std::to_string(anchors.size() / 4) + " anchors but the "
+                                         "engine outputs " + std::to_string(cls_dims.d[1]) +
+                                         "; the card does not belong to this engine");
+            const int det_classes = static_cast<int>(cls_dims.d[2]);
+            // Boxes are clipped to the image itself, not the padding.
             for (const auto& d : retinaunet::decode_detections(
                      host["cls_logits"].data(), host["box_deltas"].data(), anchors, det_classes,
                      height, width, post))
