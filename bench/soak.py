@@ -55,8 +55,7 @@ def soak(artifact: Path, minutes: float, threads: int, callers: int, images: int
     from retinaunet_deploy.runtime import Predictor
 
     predictor = Predictor.from_artifact(artifact, threads=threads)
-    pixels, _ = held_out_set(predictor.card, images)
-    pixels = pixels.astype(predictor.pixel_dtype) if predictor.pixel_dtype.kind == "u" else pixels
+    pixels = [sample.image for sample in held_out_set(predictor.card, images)]  # any sizes
     expected = [fingerprint(predictor.predict(image)) for image in pixels]
 
     duration = minutes * 60

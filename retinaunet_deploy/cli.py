@@ -404,8 +404,14 @@ def _int_list(ctx, param, value):
                    "inference-only and end-to-end figures).")
 @click.option("--backends", default="keras,onnxruntime,tflite,tensorrt", show_default=True,
               help="Comma-separated backends to include.")
+@click.option("--sweep-sizes", default="128,256,512,1024", show_default=True,
+              callback=_int_list, help="With RUN_DIR: image sizes of the cost-vs-size sweep of "
+                                       "model.onnx, whole, plus tiled at the largest.")
+@click.option("--sweep-tile", type=int, default=None,
+              help="Tile of the sweep's tiled run [default: half the largest size].")
+@click.option("--no-size-sweep", is_flag=True, help="Skip the cost-vs-size sweep.")
 def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
-          min_seconds, backends):
+          min_seconds, backends, sweep_sizes, sweep_tile, no_size_sweep):
     """Benchmark every artifact of RUN_DIR against the Keras float reference.
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
@@ -448,6 +454,15 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
             console.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False)
     console.print(f"wrote {out_dir}/report.json, report.md, latency_vs_agreement.png, "
                   f"overlays.png")
+    if no_size_sweep:
+        return
+    from retinaunet_deploy.bench.sweep import size_sweep
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("size sweep", total=None)
+        size_sweep(run_dir, out_dir, sweep_sizes, tile=sweep_tile, threads=threads,
+                   progress=lambda message: progress.update(task, description=message))
+    console.print((out_dir / "size_sweep.md").read_text(), markup=False)
 
 
 @cli.command("build-engine")

@@ -166,12 +166,13 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
         size = int(name.split()[1])
         rows[name] = {"p50_ms": round(figure["p50_ms"], 2), "megapixels": size * size / 1e6,
                       "ms_per_megapixel": round(figure["p50_ms"] / (size * size / 1e6), 2)}
-    base = rows[f"whole {sizes[1] if len(sizes) > 1 else sizes[0]}"]["ms_per_megapixel"]
+    base_size = sizes[1] if len(sizes) > 1 else sizes[0]
+    base = rows[f"whole {base_size}"]["ms_per_megapixel"]
     for row in rows.values():
         row["ms_per_mp_vs_base"] = round(row["ms_per_megapixel"] / base, 3)
     tile_h, tile_w, origins = tiling_layout(tiled, largest)
     report = {"run": str(run_dir), "artifact": artifact, "machine": machine_info(threads),
-              "sizes": list(sizes), "tile": tile, "overlap": overlap,
+              "sizes": list(sizes), "base_size": base_size, "tile": tile, "overlap": overlap,
               "tiles": {"count": len(origins), "size": [tile_h, tile_w],
                         "pixels_ratio": round(len(origins) * tile_h * tile_w / largest**2, 3)},
               "rows": rows,
@@ -182,7 +183,7 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
              (f"{report['machine']['cpu']}, {threads} threads; end to end through the Predictor "
              f"(pad, run, decode), candidates interleaved in one run, p50 of at least "
              f"{rounds} calls."), "",
-             "| candidate | p50 ms | ms per megapixel | vs base size |", "|---|---|---|---|"]
+             f"| candidate | p50 ms | ms per megapixel | ms/MP vs {base_size} |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['p50_ms']:.1f} | {r['ms_per_megapixel']:.1f} | "
               f"{r['ms_per_mp_vs_base']:.2f}x |" for name, r in rows.items()]
     lines += ["", (f"Tiled at {largest}: {len(origins)} tiles of {tile_h}x{tile_w} (tile "

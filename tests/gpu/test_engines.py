@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.export.calibration import held_out_set
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +27,33 @@ def engine_run(tiny_calibrated, tmp_path_factory):
 
 
 def _masks(predictor, images):
-    return predictor.run(predictor.prepare(images)[0])["mask"].argmax(-1)
+    """Masks of whole images of any size, through the Predictor (padding, tiling)."""
+    return np.concatenate([p.mask.ravel() for p in predictor.predict(images)])
+
+
+def _images(card, count):
+    return [sample.image for sample in held_out_set(card, count)]
 
 
 @pytest.mark.parametrize("precision,min_agreement", [("fp16", 0.995), ("int8", 0.98)])
 def test_engine_mask_agrees_with_keras(engine_run, precision, min_agreement):
     from retinaunet_deploy.card import load_card
-    from retinaunet_deploy.export.calibration import held_out_set
     from retinaunet_deploy.runtime import Predictor
 
-    images, _ = held_out_set(load_card(engine_run), 16)
+    images = _images(load_card(engine_run), 16)
     reference = _masks(Predictor.from_artifact(engine_run / "model.keras"), images)
     engine = Predictor.from_artifact(engine_run / f"model.{precision}.plan")
     masks = _masks(engine, images)
     assert masks.shape == reference.shape
     assert float(np.mean(masks == reference)) >= min_agreement
-    # Batches larger than the profile's max run in chunks with the same result.
-    assert np.array_equal(_masks(engine, np.concatenate([images, images])),
-                          np.concatenate([masks, masks]))
+    # A batch of one size larger than the profile's max batch runs in chunks, same result.
+    crop = np.stack([image[:64, :64] for image in images])      # 16 > max batch 8
+    assert np.array_equal(_masks(engine, crop), _masks(engine, list(crop)))
+    # Beyond the profile's max size the Predictor tiles.
+    big = np.pad(images[0], [(0, 1200 - images[0].shape[0]), (0, 1200 - images[0].shape[1]),
+                             (0, 0)], mode="wrap")
+    assert engine.tile == 1024 and not engine.fits_whole(1200, 1200)  # the profile's max
+    assert engine.predict(big).mask.shape == (1200, 1200)
 
 
 def test_manifest_records_engine_target_and_parent(engine_run):
@@ -69,12 +79,11 @@ def test_engine_for_another_gpu_is_refused(engine_run, tmp_path):
 
 def test_onnxruntime_cuda_provider_matches_cpu(tiny_calibrated):
     from retinaunet_deploy.card import load_card
-    from retinaunet_deploy.export.calibration import held_out_set
     from retinaunet_deploy.runtime import Predictor
     from retinaunet_deploy.runtime.providers import CPU, cuda_provider
 
     run, _ = tiny_calibrated
-    images, _ = held_out_set(load_card(run), 8)
+    images = _images(load_card(run), 8)
     cpu = Predictor.from_artifact(run / "model.onnx", providers=[CPU])
     gpu = Predictor.from_artifact(run / "model.onnx", providers=[cuda_provider(), CPU])
     assert "CUDAExecutionProvider" in gpu.backend.providers
