@@ -335,11 +335,15 @@ def calibrate(run_dir, method, percentile, calibration_images, eval_images, pixe
     for name, figures in report["variants"].items():
         agreement = figures["agreement"]
         state = "written" if figures.get("written", True) else "not written"
-        click.echo(f"{name} ({state}; {figures['evaluated'].split(' (')[0]}): pixel agreement "
+        click.echo(f"{name} ({state}; {figures['evaluated'].split(' (')[0]}; "
+                   f"{agreement['images']} whole test images): pixel agreement "
                    f"{agreement['pixel_agreement']:.4%}, Dice vs float "
                    f"{agreement['mean_dice_vs_reference']:.4f}"
                    + (f", kept in float: {len(figures['kept_float'])} layer(s)"
                       if figures.get("kept_float") else ""))
+    warning = report["evaluation"].get("warning")
+    if warning:
+        click.secho(warning, fg="yellow", bold=True)
     click.echo(f"wrote {run_dir / 'calibration.json'}")
 
 

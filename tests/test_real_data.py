@@ -55,9 +55,20 @@ def test_import_train_and_predict_on_a_whole_image_of_another_size(tmp_path):
     assert any("only 1 image(s)" in w for w in card["warnings"])   # said loudly
     assert "WARNING" in result.output
 
+    # Export and calibrate through the CLI (the barely trained model is gated leniently).
+    result = runner.invoke(cli, ["export", str(run), "--parity-images", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["calibrate", str(run), "--calibration-images", "16",
+                                 "--target", "0.9", "--min-dice", "0.5", "--min-matched", "0",
+                                 "--max-ap-drop", "1", "--no-fallback", "--no-cpu-variant"])
+    assert result.exit_code == 0, result.output
+    assert "1 whole test images" in result.output and "WARNING" in result.output
+    report = json.loads((run / "calibration.json").read_text())
+    assert report["evaluation"]["images"] == 1 and report["evaluation"]["warning"]
+
     image, _ = stardist_nuclei()
     tifffile.imwrite(tmp_path / "whole.tif", image[..., 0])
-    result = runner.invoke(cli, ["predict", str(run / "model.keras"), str(tmp_path / "whole.tif"),
+    result = runner.invoke(cli, ["predict", str(run / "model.int8.onnx"), str(tmp_path / "whole.tif"),
                                  "--out", str(tmp_path / "out"), "--score-threshold", "0.0"])
     assert result.exit_code == 0, result.output
     entry = json.loads((tmp_path / "out" / "detections.json").read_text())["images"][

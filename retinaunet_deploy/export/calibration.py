@@ -404,7 +404,8 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                                         f"(target pixel agreement "
                                         f">= {options.fp16_pixel_agreement:.2%}); not written")
             figures = {"agreement": agreement.to_dict(), "kept_float32": blocked,
-                       "evaluated": "fused (as ONNX Runtime runs it)"}
+                       "evaluated": "fused (as ONNX Runtime runs it)",
+                       "images": len(eval_set.samples), "few_images_warning": warning}
             report["variants"][FP16_NAME] = figures
             record_artifact(run_dir, FP16_NAME, "calibrate", parent=ONNX_NAME,
                             options=FP16Options().to_dict(), figures=figures, tools=tools)
@@ -463,6 +464,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                    "the arithmetic TensorRT performs)",
                    "agreement_fused_onnxruntime_cpu": fused_agreement.to_dict(),
                    "kept_float": kept_float, "fallback_trials": trials,
+                   "images": len(eval_set.samples), "few_images_warning": warning,
                    "format": "QDQ, int8 activations (symmetric, zero point 0), per-channel "
                              "symmetric int8 weights"}
         if kept_float:  # what keeping layers in float cost, on this CPU
@@ -483,7 +485,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         if options.cpu_variant:
             report["variants"][INT8_CPU_NAME] = _cpu_variant(
                 run_dir, prepared, work, calib, options, cache, card, eval_set, targets,
-                kept_float, tools, progress)
+                kept_float, tools, progress, warning)
     finally:
         import shutil
 
@@ -498,7 +500,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
 
 
 def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set, targets,
-                 kept_float, tools, progress) -> dict:
+                 kept_float, tools, progress, warning) -> dict:
     """The QOperator U8S8 variant: written only if it passes fused and beats Q/DQ on CPU."""
     cpu = work / "int8-cpu.onnx"
     quantize(prepared, cpu, calib, options, cache, cpu_form=True, exclude=tuple(kept_float))
@@ -509,7 +511,8 @@ def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set,
     figures = {"agreement": agreement.to_dict(),
                "evaluated": "fused (ONNX Runtime CPU int8 kernels, as it runs)",
                "format": "QOperator, uint8 activations, per-channel int8 weights (U8S8)",
-               "kept_float": list(kept_float), "latency_ms_cpu_batch1": latency}
+               "kept_float": list(kept_float), "latency_ms_cpu_batch1": latency,
+               "images": len(eval_set.samples), "few_images_warning": warning}
     faster = latency["int8_cpu"] < latency["int8_qdq"]
     if agreement.passed and faster:
         with atomic_path(run_dir / INT8_CPU_NAME) as tmp:
