@@ -51,7 +51,7 @@ def fingerprint(prediction) -> str:
 
 def soak(artifact: Path, minutes: float, threads: int, callers: int, images: int = 16) -> dict:
     from retinaunet_deploy.bench.harness import machine_info
-    from retinaunet_deploy.export.calibration import held_out_set
+    from retinaunet_deploy.data.splits import held_out_set
     from retinaunet_deploy.runtime import Predictor
 
     predictor = Predictor.from_artifact(artifact, threads=threads)

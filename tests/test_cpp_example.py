@@ -138,7 +138,7 @@ def test_cpp_decoding_matches_the_python_postprocess(det_selftest, tiny_exported
                                                      source):
     import json
 
-    from retinaunet_deploy.export.calibration import held_out_set
+    from retinaunet_deploy.data.splits import held_out_set
     from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
     from retinaunet_deploy.postprocess import DetectionConfig, decode_detections
     from retinaunet_deploy.runtime import Predictor

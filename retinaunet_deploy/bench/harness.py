@@ -345,8 +345,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     from retinaunet_deploy.artifacts import write_json
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.card import load_card
-    from retinaunet_deploy.data.splits import few_images_warning
-    from retinaunet_deploy.export.calibration import calibration_images, held_out_set
+    from retinaunet_deploy.data.splits import calibration_images, few_images_warning, held_out_set
     from retinaunet_deploy.model import RetinaUNet
 
     options = options or BenchOptions()

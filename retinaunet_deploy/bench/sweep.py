@@ -138,7 +138,7 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
     """
     from retinaunet_deploy.artifacts import verify_lineage, write_json
     from retinaunet_deploy.bench.timing import interleaved_latency
-    from retinaunet_deploy.export.calibration import held_out_set
+    from retinaunet_deploy.data.splits import held_out_set
     from retinaunet_deploy.runtime.predictor import Predictor
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)

@@ -8,7 +8,8 @@ which split:
 * folder: ``{"kind": "folder", "path", "splits": {split: [[name, sha256], ...]}}``,
   the sha256 covering the image, mask and instance files together.
 
-`load_split` is the only way later stages (export, calibrate, bench) get images:
+`load_split` is the only way later stages (export, calibrate, bench) get images
+(`held_out_set` and `calibration_images` are built on it):
 it regenerates or re-reads exactly the recorded lists and refuses a folder that
 changed since (a file missing, changed or added), naming the file. Nothing is
 ever re-split.
@@ -120,6 +121,54 @@ def load_split(card: dict, split: str, count: int | None = None, min_size: int =
     verify_folder(data)
     names = [name for name, _ in data["splits"][split]][:count]
     return load_folder_dataset(Path(data["path"]), names, min_size=min_size)
+
+
+def calibration_images(card: dict, count: int, seed: int = 1) -> np.ndarray:
+    """`count` training patches of the training size (raw pixels, (N, S, S, C) float32).
+
+    Patches, not whole images: they are what the network saw in training, and one
+    size suits the calibrator. Explicit Q/DQ scales are per tensor, not per shape,
+    so ranges calibrated on patches hold for every input size.
+    """
+    from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
+
+    samples = load_split(card, "train")
+    if not samples:
+        raise DataError(f"no calibration images: the training split of this run is empty "
+                        f"({card['data'].get('path', card['data']['kind'])}); retrain")
+    spec, norm = card["input"], card.get("normalization", {})
+    size = spec.get("patch_size") or card["builder"]["input_shape"][0]
+    options = PatchOptions(size, flips=False, rotations=False, intensity_jitter=0.0)
+    batches = PatchBatches(samples, options, min(count, 8), None, 1, norm.get("mean", 0.0),
+                           norm.get("std", 1.0), spec.get("pixel_max", 255), seed=seed)
+    images = np.concatenate([batches.patches(i)[0] for i in range(-(-count // 8))])[:count]
+    return _checked_channels(images, card, "calibration")
+
+
+def held_out_set(card: dict, count: int):
+    """Whole held-out test images (`folder.Sample`s, disjoint from training).
+
+    Synthetic data: `count` images of the test split (any count can be made).
+    A folder: its recorded test split (as many as it has, at most `count`).
+    """
+    data = card["data"]
+    if data["kind"] == "synthetic":
+        from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
+
+        samples = synthetic_samples(SyntheticConfig.from_dict(data["config"]), count,
+                                    data["seed"], "test")
+    else:
+        samples = load_split(card, "test", count)
+    _checked_channels(np.stack([s.image[:16, :16] for s in samples]), card, "evaluation")
+    return samples
+
+
+def _checked_channels(images: np.ndarray, card: dict, purpose: str) -> np.ndarray:
+    channels = card["input"]["channels"]
+    if images.shape[-1] != channels:
+        raise DataError(f"{purpose} images have {images.shape[-1]} channel(s) but the model "
+                        f"takes {channels}; the run's data no longer matches its model: retrain")
+    return images.astype(np.float32)
 
 
 def few_images_warning(count: int, what: str) -> str | None:

@@ -42,8 +42,8 @@ from retinaunet_deploy.artifacts import (
 )
 from retinaunet_deploy.card import load_card
 from retinaunet_deploy.compare import Agreement, Targets, compare
-from retinaunet_deploy.data.splits import few_images_warning
-from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
+from retinaunet_deploy.data.splits import calibration_images, few_images_warning, held_out_set
+from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.precision import (
     FP16_NAME,
     FP16Options,
@@ -101,57 +101,6 @@ class CalibrationOptions:
 
 
 # === Data ===
-
-def calibration_images(card: dict, count: int, seed: int = 1) -> np.ndarray:
-    """`count` training patches of the training size (raw pixels, (N, S, S, C) float32).
-
-    Patches, not whole images: they are what the network saw in training, and one
-    size suits the calibrator. Explicit Q/DQ scales are per tensor, not per shape,
-    so ranges calibrated on patches hold for every input size.
-    """
-    from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
-    from retinaunet_deploy.data.splits import load_split
-
-    samples = load_split(card, "train")
-    if not samples:
-        raise DataError(f"no calibration images: the training split of this run is empty "
-                        f"({card['data'].get('path', card['data']['kind'])}); retrain")
-    spec, norm = card["input"], card.get("normalization", {})
-    size = spec.get("patch_size") or card["builder"]["input_shape"][0]
-    options = PatchOptions(size, flips=False, rotations=False, intensity_jitter=0.0)
-    batches = PatchBatches(samples, options, min(count, 8), None, 1, norm.get("mean", 0.0),
-                           norm.get("std", 1.0), spec.get("pixel_max", 255), seed=seed)
-    images = np.concatenate([batches.patches(i)[0] for i in range(-(-count // 8))])[:count]
-    return _checked_channels(images, card, "calibration")
-
-
-def held_out_set(card: dict, count: int):
-    """Whole held-out test images (`folder.Sample`s, disjoint from training).
-
-    Synthetic data: `count` images of the test split (any count can be made).
-    A folder: its recorded test split (as many as it has, at most `count`).
-    """
-    from retinaunet_deploy.data.splits import load_split
-
-    data = card["data"]
-    if data["kind"] == "synthetic":
-        from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
-
-        samples = synthetic_samples(SyntheticConfig.from_dict(data["config"]), count,
-                                    data["seed"], "test")
-    else:
-        samples = load_split(card, "test", count)
-    _checked_channels(np.stack([s.image[:16, :16] for s in samples]), card, "evaluation")
-    return samples
-
-
-def _checked_channels(images: np.ndarray, card: dict, purpose: str) -> np.ndarray:
-    channels = card["input"]["channels"]
-    if images.shape[-1] != channels:
-        raise DataError(f"{purpose} images have {images.shape[-1]} channel(s) but the model "
-                        f"takes {channels}; the run's data no longer matches its model: retrain")
-    return images.astype(np.float32)
-
 
 def image_hashes(images: np.ndarray) -> list[str]:
     return [hashlib.sha256(image.tobytes()).hexdigest()[:16] for image in images]

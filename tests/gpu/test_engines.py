@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
+from retinaunet_deploy.data.splits import held_out_set
 from retinaunet_deploy.errors import ArtifactError
-from retinaunet_deploy.export.calibration import held_out_set
 
 
 @pytest.fixture(scope="module")
