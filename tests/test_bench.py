@@ -146,3 +146,20 @@ def test_bench_usage_errors(tmp_path):
         result.output
     result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--batch-sizes", "1,x"])
     assert result.exit_code == 2 and "expected comma-separated integers" in result.output
+
+
+def test_size_sweep_times_whole_and_tiled_images_in_one_run(tiny_exported, tmp_path):
+    from retinaunet_deploy.bench.sweep import size_sweep
+
+    run, _ = tiny_exported
+    report = size_sweep(run, tmp_path, sizes=(64, 128, 256), rounds=2, min_seconds=0.0)
+    assert set(report["rows"]) == {"whole 64", "whole 128", "whole 256", "tiled 256"}
+    for row in report["rows"].values():
+        assert row["p50_ms"] > 0
+        assert row["ms_per_megapixel"] == pytest.approx(row["p50_ms"] / row["megapixels"],
+                                                        rel=1e-2)
+    assert report["rows"]["whole 128"]["ms_per_mp_vs_base"] == 1.0   # the base size
+    assert report["tile"] == 128 and report["tiles"]["count"] > 1
+    assert report["tiles"]["pixels_ratio"] > 1 and report["tiled_over_whole"] > 0
+    assert json.loads((tmp_path / "size_sweep.json").read_text())["rows"] == report["rows"]
+    assert "| tiled 256 |" in (tmp_path / "size_sweep.md").read_text()
