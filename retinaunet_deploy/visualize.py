@@ -10,11 +10,20 @@ PALETTE = [(0, 0, 0), (255, 140, 0), (0, 200, 255), (60, 220, 60), (230, 60, 200
 
 
 def to_grey_rgb(image: np.ndarray, pixel_max: float) -> np.ndarray:
-    """(H, W[, C]) raw pixels -> (H, W, 3) uint8 for display (greyscale replicated)."""
-    image = np.asarray(image, np.float64)
+    """(H, W[, C]) raw pixels -> (H, W, 3) uint8 for display (greyscale replicated).
+
+    16-bit images are shown between their 0.5 and 99.5 percentiles: microscopy data
+    rarely fills its range (the DSB nuclei image is 16-bit with values 0-235, black
+    when scaled by 65535). 8-bit images keep 0..pixel_max.
+    """
+    image = np.asarray(image, np.float32)
     if image.ndim == 2:
         image = image[:, :, None]
-    image = np.clip(image / max(pixel_max, 1) * 255, 0, 255).astype(np.uint8)
+    low, high = 0.0, float(max(pixel_max, 1))
+    if pixel_max > 255:
+        low, high = (float(v) for v in np.percentile(image, [0.5, 99.5]))
+        high = max(high, low + 1)
+    image = np.clip((image - low) / (high - low) * 255, 0, 255).astype(np.uint8)
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
 
 
@@ -42,7 +51,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, detections, class_names, det_cl
         for (y1, x1, y2, x2), score, cls in zip(detections.boxes, detections.scores,
                                                 detections.classes):
             colour = PALETTE[(int(cls) + 1) % len(PALETTE)]
-            box = [x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1]
+            # y2/x2 are exclusive; a box under one pixel wide still draws as one pixel.
+            box = [x1 * scale, y1 * scale, max(x1 * scale, x2 * scale - 1),
+                   max(y1 * scale, y2 * scale - 1)]
             draw.rectangle(box, outline=colour, width=2)
             name = det_class_names[cls] if cls < len(det_class_names) else str(int(cls))
             label = f"{name} {score:.2f}"

@@ -114,7 +114,9 @@ def test_tiled_matches_whole_image_on_a_large_image(tiny_exported):
     (lambda im: np.where(im > 100, np.nan, im.astype(np.float32)), r"NaN or Inf"),
     (lambda im: np.full(im.shape, np.inf, np.float32), r"NaN or Inf"),
     (lambda im: im[None][:0], r"the batch is empty"),
-    (lambda im: im.tolist(), r"images must be a numpy array, got list"),
+    (lambda im: im.tolist(), (r"images must be a numpy array or a list of them, got a list "
+                             r"holding a list")),
+    (lambda im: 7, r"images must be a numpy array, got int"),
 ])
 def test_bad_inputs_get_clear_errors(predictors, images, make_input, message):
     for predictor in predictors:

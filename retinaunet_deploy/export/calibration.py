@@ -359,7 +359,8 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
             record_artifact(run_dir, FP16_NAME, "calibrate", parent=ONNX_NAME,
                             options=FP16Options().to_dict(), figures=figures, tools=tools)
 
-        _say(progress, f"INT8: calibrating ({options.method}) on {len(calib)} training images")
+        _say(progress, f"INT8: calibrating ({options.method}) on {len(calib)} training patches of "
+                   f"{calib.shape[1]}x{calib.shape[2]}")
         prepared = work / "prepared.onnx"
         quant_pre_process(str(run_dir / ONNX_NAME), str(prepared), skip_symbolic_shape=True)
         cache = work  # ranges-{symmetric,asymmetric}.json, calibrated once each

@@ -20,6 +20,8 @@ own pixels.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +94,7 @@ class Predictor:
         if not 0 <= overlap < 1:
             raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
         self.tile, self.overlap = tile, overlap
+        self.patch_size = int(spec.get("patch_size") or card["builder"]["input_shape"][0])
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
@@ -182,6 +185,18 @@ class Predictor:
                   for i in range(0, len(batch), self.batch_size)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
+    def config_for(self, height: int, width: int) -> DetectionConfig:
+        """The card's postprocess, its per-image counts scaled to an input of this size.
+
+        `max_detections` and `pre_nms_top_k` are set for an input of the training
+        patch size; an image k times larger holds about k times the objects (a
+        512x512 nuclei image has 125, over the card's 100), so both scale by k.
+        """
+        factor = max(1, math.ceil(height * width / self.patch_size**2))
+        config = self.detection_config
+        return dataclasses.replace(config, max_detections=config.max_detections * factor,
+                                   pre_nms_top_k=config.pre_nms_top_k * factor)
+
     def decode(self, outputs: dict[str, np.ndarray],
                image_size: tuple[int, int] | None = None) -> list[Detections] | None:
         """Per-image detections from raw outputs of one input size (the shared postprocess),
@@ -191,7 +206,7 @@ class Predictor:
         height, width = outputs["mask"].shape[1:3]
         return decode_detections(outputs["cls_logits"], outputs["box_deltas"],
                                  self.anchors_for(height, width), image_size or (height, width),
-                                 self.detection_config)
+                                 self.config_for(*(image_size or (height, width))))
 
     def _padded(self, batch: np.ndarray) -> np.ndarray:
         h, w = batch.shape[1:3]
@@ -239,10 +254,9 @@ class Predictor:
         rows = dict(zip(tops, tiling.core_bounds(tops, tile_h, ph)))
         cols = dict(zip(lefts, tiling.core_bounds(lefts, tile_w, pw)))
         cores = [(*rows[t], *cols[left]) for t, left in origins]
-        # The card's cap is per model input; a tiled image holds as many inputs as tiles.
         merged = tiling.merge_tile_detections(
             per_tile, origins, cores, (h, w), self.detection_config.iou_threshold,
-            self.detection_config.max_detections * len(origins))
+            self.config_for(h, w).max_detections)
         return probabilities, merged
 
     def predict(self, images, probabilities: bool = False):
@@ -251,6 +265,10 @@ class Predictor:
         Returns a `Prediction` for a single image, a list of them otherwise.
         """
         if isinstance(images, (list, tuple)):
+            odd = next((type(i).__name__ for i in images if not isinstance(i, np.ndarray)), None)
+            if odd is not None:
+                raise InputError(f"images must be a numpy array or a list of them, got a "
+                                 f"{type(images).__name__} holding a {odd}")
             return [self.predict(image, probabilities) for image in images]
         batch, single = self.prepare(images)
         h, w = batch.shape[1:3]
