@@ -199,3 +199,20 @@ def test_decode_refuses_mismatched_shapes(n, a, c, last):
         return  # a matching pair: covered above
     with pytest.raises(InputError):
         decode_detections(logits, deltas, anchors, (SIZE, SIZE))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 80),
+       st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9]))
+def test_tile_layout_covers_every_pixel_on_the_stride_with_the_overlap(strides, tile_strides,
+                                                                        overlap):
+    import itertools
+
+    from retinaunet_deploy.runtime.tiling import axis_layout
+
+    length, tile = 16 * strides, 16 * tile_strides
+    size, starts = axis_layout(length, tile, overlap, 16)
+    assert size % 16 == 0 and all(s % 16 == 0 for s in starts)
+    assert size <= max(tile, length) and starts[0] == 0 and starts[-1] + size == length
+    for a, b in itertools.pairwise(starts):
+        assert 0 < b - a <= max(16, size * (1 - overlap))   # no hole, overlap kept

@@ -17,6 +17,7 @@ neighbours'), shifted to image coordinates, then one NMS runs over all of them.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -34,12 +35,20 @@ def axis_layout(length: int, tile: int, overlap: float, stride: int) -> tuple[in
     count = math.ceil((length - overlap * tile) / ((1 - overlap) * tile))
     # The smallest stride multiple that covers `length` with `count` tiles at `overlap`.
     size = min(tile, stride * math.ceil(length / (count - overlap * (count - 1)) / stride))
-    while size * count - (count - 1) * int(overlap * size) < length:  # rounding guard
-        size += stride
-    size = min(size, tile)
-    span = length - size
-    starts = [round(span * i / (count - 1) / stride) * stride for i in range(count)]
-    return size, starts
+    while True:
+        # Evenly spread, on stride multiples; the last tile ends at `length`.
+        starts = [round((length - size) * i / (count - 1) / stride) * stride
+                  for i in range(count)]
+        widest = max(b - a for a, b in itertools.pairwise(starts))
+        # Rounding to the stride can widen a gap by up to one stride: grow the tile
+        # (or, at the tile limit, add one) until every neighbour overlaps enough.
+        # Tiles sit on stride multiples, so no gap is finer than one stride.
+        if widest <= max(stride, size * (1 - overlap)):
+            return size, starts
+        if size + stride <= tile:
+            size += stride
+        else:
+            count += 1
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: float, stride: int):
