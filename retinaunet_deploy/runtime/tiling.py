@@ -36,9 +36,10 @@ def axis_layout(length: int, tile: int, overlap: float, stride: int) -> tuple[in
     # The smallest stride multiple that covers `length` with `count` tiles at `overlap`.
     size = min(tile, stride * math.ceil(length / (count - overlap * (count - 1)) / stride))
     while True:
-        # Evenly spread, on stride multiples; the last tile ends at `length`.
-        starts = [round((length - size) * i / (count - 1) / stride) * stride
-                  for i in range(count)]
+        # Evenly spread, on stride multiples (two that round alike are one); the last
+        # tile ends at `length`.
+        starts = sorted({round((length - size) * i / (count - 1) / stride) * stride
+                         for i in range(count)})
         widest = max(b - a for a, b in itertools.pairwise(starts))
         # Rounding to the stride can widen a gap by up to one stride: grow the tile
         # (or, at the tile limit, add one) until every neighbour overlaps enough.
