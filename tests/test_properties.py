@@ -216,3 +216,25 @@ def test_tile_layout_covers_every_pixel_on_the_stride_with_the_overlap(strides, 
     assert size <= max(tile, length) and starts[0] == 0 and starts[-1] + size == length
     for a, b in itertools.pairwise(starts):
         assert 0 < b - a <= max(16, size * (1 - overlap))   # no hole, overlap kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(256, 1500), st.integers(0, 2**31 - 1),
+       st.sampled_from([0.0, 0.3, 0.5, 0.7]))
+def test_local_nms_equals_plain_greedy_nms(count, seed, threshold):
+    """The windowed NMS for many boxes keeps exactly what plain greedy NMS keeps."""
+    from retinaunet_deploy import postprocess
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 400, (count, 2))
+    sizes = rng.uniform(1, 40, (count, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    boxes[: count // 20] = boxes[: count // 20, [2, 3, 0, 1]]   # some inverted
+    scores = rng.choice(rng.random(count // 3 + 1), count).astype(np.float32)  # with ties
+    fast = nms(boxes, scores, threshold)
+    original, postprocess.LOCAL_NMS_FROM = postprocess.LOCAL_NMS_FROM, 10**9
+    try:
+        plain = nms(boxes, scores, threshold)
+    finally:
+        postprocess.LOCAL_NMS_FROM = original
+    np.testing.assert_array_equal(fast, plain)
