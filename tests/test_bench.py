@@ -27,6 +27,10 @@ def test_every_report_file_exists_and_parses(bench_report):
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     markdown = (out / "report.md").read_text()
     assert "| row | precision | MB | pixel agreement |" in markdown
+    assert "| AP@0.5 |" in markdown
+    # Every figure says its image count; 2 images (< 16) are flagged loudly.
+    assert "Every figure is measured on 2 whole held-out images" in markdown
+    assert "**WARNING: every figure measured on only 2 image(s)" in markdown
     for picture in ("latency_vs_agreement.png", "overlays.png"):
         with Image.open(out / picture) as image:
             assert image.size[0] > 200 and image.size[1] > 200

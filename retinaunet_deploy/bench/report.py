@@ -62,14 +62,21 @@ def write_markdown(path: Path, report: dict) -> None:
     lines = [
         f"# Benchmark: {report['run']}",
         "",
-        (f"{report['images']} held-out images ({report['split']} split); "
-        f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads; "
-        f"{report['model']['parameters']:,} parameters, "
-        f"{report['model']['gflops_per_image']:.2f} GFLOPs per image."),
+        (f"Every figure is measured on {report['images']} whole held-out images "
+         f"({report['split']} split, {report.get('image_sizes', 'various sizes')}) through the "
+         f"Predictor that apps use (padding, tiling, decoding); {machine['cpu']} "
+         f"({', '.join(machine.get('cpu_flags', [])) or 'flags unknown'}), "
+         f"{machine['cores']} cores, {machine['threads']} threads; "
+         f"{report['model']['parameters']:,} parameters, "
+         f"{report['model']['gflops_per_image']:.2f} GFLOPs per training patch."),
         "",
-        ("Agreement is against the Keras float model on the same images. Latency is the median "
-        "end to end (input checks + inference + box decoding/NMS); rows were timed "
-        "interleaved in one run. Compare rows within this report, never across machines."),
+        *([f"**{report['few_images_warning']}**", ""] if report.get("few_images_warning")
+          else []),
+        ("Agreement is against the Keras float model on the same images; Dice and AP against "
+         "ground truth count one box per instance. Latency is the median end to end (input "
+         f"checks + inference + box decoding/NMS) on {report.get('latency_input', 'images')}; "
+         "rows were timed interleaved in one run. Compare rows within this report, never "
+         "across machines."),
         "",
         "| " + " | ".join(header(report)) + " |",
         "|" + "---|" * len(HEADER),
