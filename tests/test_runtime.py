@@ -105,6 +105,46 @@ def test_tiled_matches_whole_image_on_a_large_image(tiny_exported):
     assert sum(iou >= 0.5 for iou in ious) >= 0.95 * reference
 
 
+class ProfiledEngine:
+    """A fake engine-like backend: takes only sizes in its profile, records what it ran."""
+
+    min_size, max_size = 64, 128
+
+    def __init__(self, card):
+        from retinaunet_deploy.model.anchors import AnchorConfig
+
+        self.anchors = AnchorConfig.from_dict(card["anchors"])
+        self.shapes = []
+
+    def run(self, batch):
+        n, h, w, _ = batch.shape
+        assert self.min_size <= min(h, w) and max(h, w) <= self.max_size, batch.shape
+        self.shapes.append(batch.shape)
+        a = self.anchors.num_anchors((h, w))
+        probs = np.zeros((n, h, w, 3), np.float32)
+        probs[..., 1] = batch[..., 0] / 255           # the mask follows the pixels
+        probs[..., 0] = 1 - probs[..., 1]
+        return {"mask": probs, "cls_logits": np.full((n, a, 2), -9.0, np.float32),
+                "box_deltas": np.zeros((n, a, 4), np.float32)}
+
+
+def test_an_engine_profile_pads_small_images_and_tiles_large_ones(tiny_trained):
+    _, card = tiny_trained
+    engine = ProfiledEngine(card)
+    predictor = Predictor(engine, card, tile=1024)
+    assert predictor.tile == 128                     # capped by the profile's max_size
+    small = np.full((20, 30), 255, np.uint8)
+    result = predictor.predict(small)
+    assert engine.shapes[-1][1:3] == (64, 64)        # padded up to the profile's min_size
+    assert result.mask.shape == (20, 30) and np.all(result.mask == 1)
+    large = np.zeros((300, 200), np.uint8)
+    large[:, 100:] = 255
+    result = predictor.predict(large)
+    assert result.mask.shape == (300, 200)
+    assert np.all(result.mask[:, 100:] == 1) and np.all(result.mask[:, :100] == 0)
+    assert all(max(shape[1:3]) <= 128 for shape in engine.shapes)
+
+
 @pytest.mark.parametrize("make_input, message", [
     (lambda im: im[None, None], r"expected one image \(H, W\) or \(H, W, C\) or a batch"),
     (lambda im: im[:12], r"image size 12x\d+ is smaller than one network stride \(16 px\)"),

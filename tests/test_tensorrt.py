@@ -80,12 +80,22 @@ def test_build_engine_refuses_a_file_tensorrt_would_not_import(tiny_calibrated, 
 
 
 @pytest.mark.parametrize("bad", [{"min_batch": 4, "opt_batch": 2}, {"precision": "int4"},
-                                 {"max_batch": 0}, {"workspace_mib": 0}])
+                                 {"max_batch": 0}, {"workspace_mib": 0},
+                                 {"min_size": 100}, {"min_size": 512, "opt_size": 256},
+                                 {"max_size": 8, "min_size": 8, "opt_size": 8}])
 def test_engine_options_are_checked(bad):
     from retinaunet_deploy.export.tensorrt import EngineOptions
 
     with pytest.raises(ConfigError):
         EngineOptions(**bad)
+
+
+def test_profile_covers_sizes_and_batches():
+    from retinaunet_deploy.export.tensorrt import EngineOptions, profile_shapes
+
+    options = EngineOptions(min_batch=1, opt_batch=4, max_batch=8, min_size=64, opt_size=256,
+                            max_size=1024)
+    assert profile_shapes(options, 3) == ((1, 64, 64, 3), (4, 256, 256, 3), (8, 1024, 1024, 3))
 
 
 TARGET = {"tensorrt": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}

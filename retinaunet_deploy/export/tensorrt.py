@@ -84,6 +84,17 @@ class EngineOptions:
             raise ConfigError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
 
 
+def profile_shapes(options: EngineOptions, channels: int):
+    """(min, opt, max) NHWC input shapes of the engine's optimisation profile.
+
+    Height and width are symbolic in every exported file: one engine serves the
+    range min_size..max_size, and the Predictor pads below it and tiles beyond it.
+    """
+    return tuple((batch, size, size, channels) for batch, size in (
+        (options.min_batch, options.min_size), (options.opt_batch, options.opt_size),
+        (options.max_batch, options.max_size)))
+
+
 # === Lazy imports and the device ===
 
 def require_tensorrt():
@@ -255,12 +266,7 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
             raise ArtifactError(f"{run_dir / onnx_name}: input {tensor.name} is "
                                 f"{tuple(tensor.shape)}; expected NHWC with fixed channels: "
                                 f"re-export it")
-        # Height and width are symbolic in every exported file: one engine serves a
-        # range of sizes, and the Predictor tiles beyond max_size.
-        profile.set_shape(tensor.name,
-                          (options.min_batch, options.min_size, options.min_size, channels),
-                          (options.opt_batch, options.opt_size, options.opt_size, channels),
-                          (options.max_batch, options.max_size, options.max_size, channels))
+        profile.set_shape(tensor.name, *profile_shapes(options, channels))
     config.add_optimization_profile(profile)
 
     cache_path = run_dir / TIMING_CACHE_NAME
