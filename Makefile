@@ -8,7 +8,7 @@ CLI    := $(BIN)/retinaunet-deploy
 RUN    ?= export/default
 BENCH  ?= bench/default
 
-.PHONY: install test demo export bench clean
+.PHONY: install test demo export bench gpu-check clean
 
 # The stamp is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,17 @@ export: install
 # Every variant of the run, side by side against the Keras float model.
 bench: install
 	$(CLI) bench $(RUN) --out $(BENCH)
+
+# On a machine with an NVIDIA GPU: the TensorRT extra, fp16 and int8 engines for the
+# demo run, the GPU tests and the bench's GPU rows. Elsewhere: one line saying so.
+gpu-check: install
+	@$(BIN)/python -c "import sys; from retinaunet_deploy.runtime.providers import cuda_device_count; sys.exit(0 if cuda_device_count() else 'gpu-check: no NVIDIA GPU answers on this machine (the CUDA driver reports no device); run make gpu-check where one does')"
+	$(BIN)/python -m pip install --quiet -e '.[tensorrt]'
+	@if [ ! -f $(RUN)/model.int8.onnx ]; then $(MAKE) export; fi
+	$(CLI) build-engine $(RUN) --precision fp16
+	$(CLI) build-engine $(RUN) --precision int8
+	$(BIN)/python -m pytest -q tests/gpu
+	$(CLI) bench $(RUN) --out bench/gpu --backends keras,onnxruntime,tensorrt --no-size-sweep
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

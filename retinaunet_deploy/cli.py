@@ -281,6 +281,8 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, tile,
     chosen = {"auto": None, "cpu": [ort_providers.CPU],
               "cuda": [ort_providers.cuda_provider(), ort_providers.CPU],
               "tensorrt": [ort_providers.tensorrt_provider(
+                  fp16=ort_providers.precision_of(artifact) == "fp16",
+                  int8=ort_providers.precision_of(artifact) == "int8",
                   cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
     results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
                             tile, overlap)

@@ -39,6 +39,7 @@ class Targets:
     mean_dice_vs_reference: float = 0.98
     matched_fraction: float = 0.95     # of the reference's boxes scoring >= 0.5
     max_ap_drop: float = 0.02          # AP@0.1 against ground truth, reference minus candidate
+    match_iou: float = 0.5             # a candidate box matches at IoU >= this, same class
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Agreement:
                           f"{t.mean_dice_vs_reference}")
         matched = self.detections.get("matched_fraction")
         if matched is not None and matched < t.matched_fraction:
-            missed.append(f"confident boxes matched {matched:.1%} < {t.matched_fraction:.0%}")
+            missed.append(f"confident boxes matched (IoU >= {t.match_iou}) {matched:.1%} < "
+                          f"{t.matched_fraction:.0%}")
         drop = -self.detections.get("map@0.1_diff", 0.0)
         if drop > t.max_ap_drop:
             missed.append(f"AP@0.1 drop {drop:.3f} > {t.max_ap_drop}")
@@ -92,10 +94,13 @@ class Agreement:
         return text
 
 
-def match_detections(reference: Detections, candidate: Detections, min_score: float):
+def match_detections(reference: Detections, candidate: Detections, min_score: float,
+                     min_iou: float = 0.5):
     """Greedy same-class IoU matching of confident reference boxes to candidate boxes.
 
-    Returns (ious of matched pairs, number of confident reference boxes).
+    A pair matches at IoU >= `min_iou` (any overlap would call a box drifted to
+    IoU 0.1 "the same box"). Returns (ious of matched pairs, number of confident
+    reference boxes).
     """
     ref = reference.scores >= min_score
     cand = candidate.scores >= min_score
@@ -109,7 +114,7 @@ def match_detections(reference: Detections, candidate: Detections, min_score: fl
         for i in np.argsort(-reference.scores[ref], kind="stable"):
             row = np.where(taken, 0, overlap[i])
             j = int(np.argmax(row))
-            if row[j] > 0:
+            if row[j] > 0 and row[j] >= min_iou:
                 taken[j] = True
                 ious.append(float(row[j]))
     return ious, len(ref_boxes)
@@ -145,11 +150,13 @@ def compare(reference, candidate, class_names, truths=None, targets: Targets | N
     if reference and reference_detections[0] is not None and candidate_detections[0] is not None:
         ious, confident = [], 0
         for ref, cand in zip(reference_detections, candidate_detections):
-            matched, count = match_detections(ref, cand, match_score)
+            matched, count = match_detections(ref, cand, match_score,
+                                              (targets or Targets()).match_iou)
             ious += matched
             confident += count
         detections = {
             "reference_boxes": confident,
+            "match_iou": (targets or Targets()).match_iou,
             "matched_fraction": len(ious) / confident if confident else 1.0,
             "mean_matched_iou": float(np.mean(ious)) if ious else float("nan"),
         }

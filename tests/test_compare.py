@@ -61,8 +61,43 @@ def test_detection_targets_fail_a_mask_perfect_variant():
                           max_abs_prob_diff=0.0,
                           detections={"matched_fraction": 0.5, "map@0.1_diff": -0.14},
                           targets=Targets())
-    assert agreement.failures == ["confident boxes matched 50.0% < 95%",
+    assert agreement.failures == ["confident boxes matched (IoU >= 0.5) 50.0% < 95%",
                                   "AP@0.1 drop 0.140 > 0.02"]
     assert not agreement.passed
     lenient = Targets(matched_fraction=0.5, max_ap_drop=0.2)
     assert Agreement(**{**agreement.__dict__, "targets": lenient}).passed
+
+
+def _with_boxes(boxes, classes, scores=None):
+    masks = [np.zeros((64, 64), int)]
+    scores = np.full(len(classes), 0.9) if scores is None else scores
+    return [Prediction(masks[0], _dets(boxes, scores, classes),
+                       np.eye(3, dtype=np.float32)[masks[0]])]
+
+
+def test_boxes_drifted_to_iou_0_3_do_not_match_and_fail_the_gate():
+    reference = _with_boxes([[10, 10, 30, 30], [40, 40, 60, 60]], [0, 1])
+    # Each box shifted 10.77 px along x: IoU 9.23*20 / (2*400 - 9.23*20) = 0.30.
+    drifted = _with_boxes([[10, 20.77, 30, 40.77], [40, 50.77, 60, 70.77]], [0, 1])
+    result = compare(reference, drifted, NAMES)
+    assert result.detections["matched_fraction"] == 0.0
+    assert result.detections["match_iou"] == 0.5
+    assert not result.passed
+    assert "confident boxes matched (IoU >= 0.5) 0.0% < 95%" in result.failures
+    # Any-overlap matching (the old rule) would have called both boxes matched.
+    loose = compare(reference, drifted, NAMES, targets=Targets(match_iou=0.0))
+    assert loose.detections["matched_fraction"] == 1.0
+    assert loose.detections["mean_matched_iou"] == pytest.approx(0.3, abs=0.01)
+
+
+def test_detection_classes_come_from_the_model_not_the_mask_classes():
+    """Three detection classes on a model with three mask classes (K - 1 = 2)."""
+    truths = [(np.array([[10, 10, 30, 30], [40, 40, 60, 60]], np.float32), np.array([0, 2]))]
+    reference = _with_boxes([[10, 10, 30, 30], [40, 40, 60, 60]], [0, 2])
+    missing = _with_boxes([[10, 10, 30, 30]], [0])
+    full = compare(reference, reference, NAMES, truths, num_det_classes=3)
+    assert full.detections["map@0.1"] == 1.0
+    lost = compare(reference, missing, NAMES, truths, num_det_classes=3)
+    # Class 2's AP falls from 1 to 0: the mean over 2 classes with boxes drops by 0.5.
+    assert lost.detections["map@0.1_diff"] == pytest.approx(-0.5)
+    assert lost.detections["matched_fraction"] == 0.5

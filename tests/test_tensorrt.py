@@ -267,3 +267,88 @@ def test_manifest_keeps_engine_target(tmp_path):
     (tmp_path / "model.fp16.plan").write_bytes(b"x")
     record_artifact(tmp_path, "model.fp16.plan", "build-engine", target=TARGET)
     assert load_manifest(tmp_path)["artifacts"]["model.fp16.plan"]["target"] == TARGET
+
+
+class FakeBuilderConfig:
+    """TensorRT's IBuilderConfig timing-cache calls, as the bindings behave."""
+
+    def __init__(self, foreign: bool = False):
+        self.foreign, self.attached = foreign, []
+
+    def create_timing_cache(self, data: bytes):
+        if data and not data.startswith(b"cache"):
+            return None                       # unreadable: the binding returns None
+        return {"data": data}
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool):
+        if cache is None:
+            raise TypeError("set_timing_cache(): incompatible function arguments")
+        assert ignore_mismatch is False
+        if cache["data"] and self.foreign:
+            return False                      # timed on another GPU: refused
+        self.attached.append(cache)
+        return True
+
+
+@pytest.mark.parametrize("stored, foreign, expected, said", [
+    (None, False, b"", False),                # no cache yet: a fresh one
+    (b"cache from this GPU", False, b"cache from this GPU", False),
+    (b"\x00garbage", False, b"", True),       # unreadable: a fresh one, never None
+    (b"cache from an A100", True, b"", True),  # another GPU's: refused, a fresh one
+])
+def test_timing_cache_is_reused_or_started_afresh(tmp_path, stored, foreign, expected, said):
+    from retinaunet_deploy.export.tensorrt import attach_timing_cache
+
+    path = tmp_path / "tensorrt.timing.cache"
+    if stored is not None:
+        path.write_bytes(stored)
+    config, messages = FakeBuilderConfig(foreign), []
+    attach_timing_cache(config, path, messages.append)
+    assert [c["data"] for c in config.attached] == [expected]
+    assert bool(messages) == said
+
+
+def test_tensorrt_provider_switches_on_the_files_precision():
+    from retinaunet_deploy.runtime.providers import precision_of, tensorrt_provider
+
+    assert [precision_of(f"run/model{s}.onnx") for s in ("", ".fp16", ".int8")] == [
+        "fp32", "fp16", "int8"]
+    _, options = tensorrt_provider(int8=True, cache_dir="c")
+    assert options["trt_int8_enable"] and not options["trt_fp16_enable"]
+    _, options = tensorrt_provider(fp16=True)
+    assert options["trt_fp16_enable"] and not options["trt_int8_enable"]
+
+
+def test_a_silently_dropped_provider_is_refused():
+    from retinaunet_deploy.runtime.providers import (
+        CPU,
+        CUDA,
+        check_session_providers,
+        cuda_provider,
+    )
+
+    check_session_providers("m.onnx", [cuda_provider(), CPU], [CUDA, CPU])   # loaded: fine
+    with pytest.raises(ArtifactError, match=r"m.onnx: ONNX Runtime could not start "
+                                            r"\['CUDAExecutionProvider'\] \(running on "
+                                            r"\['CPUExecutionProvider'\] instead\)"):
+        check_session_providers("m.onnx", [cuda_provider(), CPU], [CPU])
+
+
+def test_make_gpu_check_says_in_one_line_that_there_is_no_gpu():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from retinaunet_deploy.runtime.providers import cuda_device_count
+
+    root = Path(__file__).resolve().parent.parent
+    if cuda_device_count() > 0 or shutil.which("make") is None:
+        pytest.skip("a GPU answers here (make gpu-check would run), or no make")
+    if not (root / ".venv" / ".installed").exists():
+        pytest.skip("the Makefile's .venv is not installed in this checkout")
+    result = subprocess.run(["make", "-s", "gpu-check"], cwd=root, capture_output=True, check=False,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("gpu-check: no NVIDIA GPU answers on this machine")
+    assert not (root / "bench" / "gpu").exists()

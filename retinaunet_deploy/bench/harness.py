@@ -227,6 +227,7 @@ def _gpu_provider_rows(run_dir: Path, options: BenchOptions) -> list[Row]:
         if not (run_dir / name).exists():
             continue
         for label, provider in (("CUDA", cuda_provider()), ("TensorRT", tensorrt_provider(
+                fp16=precision == "fp16", int8=precision == "int8",
                 cache_dir=run_dir / "ort_trt_cache"))):
             row = Row(f"onnxruntime {label} {precision} ({name})", "onnxruntime-gpu", precision,
                       name, notes=f"{label} execution provider")

@@ -84,6 +84,23 @@ class EngineOptions:
             raise ConfigError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
 
 
+def attach_timing_cache(config, cache_path: Path, say) -> None:
+    """Give the builder config the run's timing cache, or a fresh one.
+
+    `create_timing_cache` returns None for an unreadable or foreign cache, and
+    `set_timing_cache(None, ...)` raises; a cache timed on another GPU would
+    mislead kernel choice (`ignore_mismatch=False` refuses it). Both start afresh.
+    """
+    data = cache_path.read_bytes() if cache_path.exists() else b""
+    cache = config.create_timing_cache(data) if data else None
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    if data:
+        say(f"{cache_path} is unreadable or was timed on another GPU or TensorRT; starting a "
+            f"new cache")
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
 def profile_shapes(options: EngineOptions, channels: int):
     """(min, opt, max) NHWC input shapes of the engine's optimisation profile.
 
@@ -271,11 +288,7 @@ def build_engine(run_dir: Path, options: EngineOptions | None = None, progress=N
 
     cache_path = run_dir / TIMING_CACHE_NAME
     if options.timing_cache:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-        # A cache timed on another GPU would mislead kernel choice: refuse it, start afresh.
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            say(f"{cache_path} was timed on another GPU or TensorRT; starting a new cache")
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        attach_timing_cache(config, cache_path, say)
 
     say(f"building the {options.precision} engine (batch {options.min_batch}.."
         f"{options.max_batch}, tuned for {options.opt_batch}; height and width "

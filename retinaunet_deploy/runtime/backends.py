@@ -95,7 +95,11 @@ class OnnxRuntimeBackend:
         """
         import onnxruntime as ort
 
-        from retinaunet_deploy.runtime.providers import check_providers, default_providers
+        from retinaunet_deploy.runtime.providers import (
+            check_providers,
+            check_session_providers,
+            default_providers,
+        )
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -114,6 +118,7 @@ class OnnxRuntimeBackend:
         except Exception as error:  # ORT raises its own pybind types for bad files
             raise ArtifactError(f"cannot load {self.path} ({str(error).splitlines()[0][:200]}); "
                                 f"re-run 'retinaunet-deploy export' to rewrite it") from error
+        check_session_providers(self.path, providers, self.session.get_providers())
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()

@@ -52,16 +52,26 @@ def cuda_provider(device: int = 0) -> tuple[str, dict]:
     return CUDA, {"device_id": device}
 
 
-def tensorrt_provider(fp16: bool = False, cache_dir=None, device: int = 0) -> tuple[str, dict]:
+def precision_of(path) -> str:
+    """The precision an ONNX file of a run carries, from its name: fp32, fp16 or int8."""
+    name = str(path)
+    return "int8" if ".int8." in name else "fp16" if ".fp16." in name else "fp32"
+
+
+def tensorrt_provider(fp16: bool = False, cache_dir=None, device: int = 0,
+                      int8: bool = False) -> tuple[str, dict]:
     """ONNX Runtime's TensorRT provider, with its options.
 
+    ONNX Runtime builds *weakly typed* TensorRT networks, so a file's precision
+    must be switched on too: `int8` for a Q/DQ file (without it TensorRT refuses
+    or ignores the Q/DQ nodes), `fp16` for an fp16 file (or to let TensorRT pick
+    FP16 kernels for an fp32 one). `precision_of(path)` says which a file needs.
+
     Args:
-        fp16: let TensorRT pick FP16 kernels for an fp32 file (the fp16 and int8
-            files carry their precision already).
         cache_dir: keep built engines and timing caches here; the first session
             builds the engine (minutes), later ones load it.
     """
-    options = {"device_id": device, "trt_fp16_enable": fp16}
+    options = {"device_id": device, "trt_fp16_enable": fp16, "trt_int8_enable": int8}
     if cache_dir is not None:
         options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
                        trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
@@ -85,3 +95,19 @@ def check_providers(requested: list) -> list:
         raise ConfigError(f"execution provider(s) {bad} cannot load on this machine "
                           f"(usable: {usable}); GPU providers need an NVIDIA driver and device")
     return list(requested)
+
+
+def check_session_providers(path, requested: list, loaded: list[str]) -> None:
+    """Refuse a session that silently dropped a requested provider.
+
+    ONNX Runtime falls back to the next provider when one fails to load (CUDA
+    without cuDNN, say) and only logs it; a run asked to measure the GPU would
+    then measure the CPU.
+    """
+    from retinaunet_deploy.errors import ArtifactError
+
+    missing = [provider_name(p) for p in requested if provider_name(p) not in loaded]
+    if missing:
+        raise ArtifactError(f"{path}: ONNX Runtime could not start {missing} (running on "
+                            f"{loaded} instead); check the CUDA, cuDNN and TensorRT libraries, "
+                            f"or ask for the CPU provider")
