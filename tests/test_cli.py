@@ -53,3 +53,17 @@ def test_unknown_preset_is_a_usage_error():
     result = CliRunner().invoke(cli, ["info", "--preset", "huge"])
     assert result.exit_code == 2
     assert "'huge' is not one of" in result.output
+
+
+def test_public_api_at_the_top_without_importing_tensorflow():
+    code = ("import sys\n"
+            "from retinaunet_deploy import RetinaUNet, Predictor, Prediction, Detections\n"
+            "builder = RetinaUNet.from_preset('tiny', (64, 64, 1), 3)\n"
+            "assert Predictor.__name__ == 'Predictor' and builder.stride == 16\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'onnxruntime', 'tensorrt')"
+            " if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "import retinaunet_deploy\n"
+            "try:\n    retinaunet_deploy.Nope\nexcept AttributeError:\n    pass\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
