@@ -64,6 +64,8 @@ def test_public_api_at_the_top_without_importing_tensorflow():
             " if m in sys.modules]\n"
             "assert not heavy, heavy\n"
             "import retinaunet_deploy\n"
+            "assert set(retinaunet_deploy.__all__) - {'__version__'} == "
+            "set(retinaunet_deploy._PUBLIC)\n"
             "try:\n    retinaunet_deploy.Nope\nexcept AttributeError:\n    pass\n"
             "else:\n    raise SystemExit('no AttributeError')\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
