@@ -86,6 +86,30 @@ def test_fp16_keeps_float32_io(calibrated):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
 
 
+def test_renamed_preprocessing_nodes_stay_float(calibrated, tmp_path):
+    """The normalisation is found by graph structure: renaming every node keeps it fp32
+    in the FP16 file and out of the INT8 quantisation."""
+    import onnx
+
+    from retinaunet_deploy.export.precision import preprocess_node_names, to_fp16
+
+    run, _ = calibrated
+    model = onnx.load(run / "model.onnx")
+    for i, node in enumerate(model.graph.node):
+        node.name = f"node{i}"
+    found = preprocess_node_names(model)
+    by_name = {node.name: node for node in model.graph.node}
+    assert [by_name[n].op_type for n in found] == ["Mul", "Add"]
+    assert by_name[found[0]].input[0] == "image"
+    converted, blocked = to_fp16(model)
+    assert set(found) <= set(blocked)
+    float16_inputs = {t.name for t in converted.graph.initializer
+                      if t.data_type == onnx.TensorProto.FLOAT16}
+    for node in converted.graph.node:
+        if node.name in found:   # its scale and offset constants stayed float32
+            assert not set(node.input) & float16_inputs, node
+
+
 def test_trt_check_fails_with_the_reason_on_uint8_activations(calibrated, tmp_path):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 

@@ -29,9 +29,29 @@ class FP16Options:
         return asdict(self)
 
 
+NORMALISATION_OPS = ("Mul", "Add", "Sub", "Div")
+
+
 def preprocess_node_names(proto) -> list[str]:
-    """Nodes of the in-graph normalisation (Keras layer `preprocess`)."""
-    return [node.name for node in proto.graph.node if "preprocess" in node.name]
+    """Nodes of the in-graph normalisation (the Keras `preprocess` Rescaling).
+
+    Found by structure, not by name (a renamed or re-exported graph keeps it): the
+    elementwise arithmetic reached from the graph input before anything else.
+    For this model that is `image * scale + offset`, a Mul and an Add.
+    """
+    initializers = {init.name for init in proto.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node)
+    frontier = [value.name for value in proto.graph.input if value.name not in initializers]
+    found: list[str] = []
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.op_type in NORMALISATION_OPS and node.name not in found:
+                found.append(node.name)
+                frontier.extend(node.output)
+    return found
 
 
 def to_fp16(proto, options: FP16Options | None = None):
