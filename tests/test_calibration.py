@@ -260,3 +260,19 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
         narrower = [name for name in ranges["minmax"]
                     if ranges[method][name][1] < ranges["minmax"][name][1] - 1e-6]
         assert narrower, f"{method} clipped no range: it is min/max in disguise"
+
+
+def test_the_cpu_variant_needs_a_stated_speed_margin_and_its_gate():
+    from retinaunet_deploy.compare import Agreement
+    from retinaunet_deploy.export.calibration import cpu_variant_verdict
+
+    passed = Agreement(images=16, pixel_agreement=1.0, dice_vs_reference={"d": 1.0},
+                       mean_dice_vs_reference=1.0, mean_abs_prob_diff=0.0,
+                       max_abs_prob_diff=0.0)
+    assert cpu_variant_verdict(passed, {"int8_cpu": 8.0, "int8_qdq": 10.0}, 0.10) is None
+    noise = cpu_variant_verdict(passed, {"int8_cpu": 9.5, "int8_qdq": 10.0}, 0.10)
+    assert noise == ("not at least 10% faster than the Q/DQ model on this CPU "
+                     "(9.50 ms vs 10.00 ms)")
+    failed = Agreement(**{**passed.__dict__, "pixel_agreement": 0.9})
+    assert cpu_variant_verdict(failed, {"int8_cpu": 1.0, "int8_qdq": 10.0}, 0.10).startswith(
+        "misses the agreement target")
