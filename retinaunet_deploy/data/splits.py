@@ -145,20 +145,21 @@ def calibration_images(card: dict, count: int, seed: int = 1) -> np.ndarray:
     return _checked_channels(images, card, "calibration")
 
 
-def held_out_set(card: dict, count: int):
-    """Whole held-out test images (`folder.Sample`s, disjoint from training).
+def held_out_set(card: dict, count: int, split: str = "test"):
+    """Whole held-out images (`folder.Sample`s, disjoint from training).
 
-    Synthetic data: `count` images of the test split (any count can be made).
-    A folder: its recorded test split (as many as it has, at most `count`).
+    Synthetic data: `count` images of the split (any count can be made).
+    A folder: its recorded split (as many as it has, at most `count`).
+    `split` is "test" for every reported figure, "val" for anything tuned.
     """
     data = card["data"]
     if data["kind"] == "synthetic":
         from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
 
         samples = synthetic_samples(SyntheticConfig.from_dict(data["config"]), count,
-                                    data["seed"], "test")
+                                    data["seed"], split)
     else:
-        samples = load_split(card, "test", count)
+        samples = load_split(card, split, count)
     _checked_channels(np.stack([s.image[:16, :16] for s in samples]), card, "evaluation")
     return samples
 

@@ -14,11 +14,13 @@ Outputs in the run folder (each recorded in the manifest with its figures):
 * ``calibration.json``: the method, the calibration images (count and hashes),
   the activation ranges, the layers kept in float, and every variant's figures.
 
-Calibration images come from the training split. Agreement is measured on
-held-out test images against the Keras float model. When the Q/DQ model misses
-the target, a greedy fallback keeps its most sensitive convolutions in float
-until the target holds. Sensitivity is measured leave-one-out: the agreement gained
-when that conv alone stays float, from the cached ranges, on 32 held-out images.
+Calibration patches come from the training split. Agreement is measured on
+whole held-out test images against the Keras float model. When the Q/DQ model
+misses the target on the *validation* images, a greedy fallback keeps its most
+sensitive convolutions in float until the target holds there. Sensitivity is
+measured leave-one-out: the agreement gained when that conv alone stays float,
+from the cached ranges, on up to 32 validation images. The test images judge
+the result once, so the reported figures were never tuned on.
 """
 
 from __future__ import annotations
@@ -243,12 +245,13 @@ def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets
                    targets, num_det_classes=len(card.get("det_class_names") or []) or None)
 
 
-def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None) -> EvalSet:
-    """Whole held-out images and the Keras float reference on them."""
+def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None,
+                  split: str = "test") -> EvalSet:
+    """Whole held-out images of `split` and the Keras float reference on them."""
     from retinaunet_deploy.evaluate import sample_truths
     from retinaunet_deploy.runtime.predictor import Predictor
 
-    samples = held_out_set(card, count)
+    samples = held_out_set(card, count, split)
     keras_predictor = Predictor.from_artifact(Path(run_dir) / "model.keras", threads=threads)
     reference = keras_predictor.predict([s.image for s in samples], probabilities=True)
     return EvalSet(samples, sample_truths(samples), reference)
@@ -387,39 +390,50 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         quantize(prepared, qdq, calib, options, cache)
         report["activation_ranges"] = activation_ranges(cache)
 
+        kept_float, trials, tuned_on = [], [], None
+        if options.fallback:
+            # The fallback is tuned on validation images only: whether it is needed,
+            # the layer ranking and where its search stops. The test images below
+            # judge the final file once, so the reported figures are never tuned.
+            tune_set = make_eval_set(run_dir, card, options.eval_images, options.threads,
+                                     split="val")
+            tuned_on = {"split": "val", "images": len(tune_set.samples)}
+            tuned = evaluate_variant(qdq, card, tune_set, targets, fused=False,
+                                     threads=options.threads)
+            if not tuned.passed:
+                _say(progress, f"INT8 misses the target on {len(tune_set.samples)} validation "
+                               f"images ({'; '.join(tuned.failures)}): ranking layers")
+                subset = tune_set.head(32)
+                ranking = layer_sensitivity(
+                    prepared, work, calib, options, cache, card, subset,
+                    evaluate_variant(qdq, card, subset, targets, fused=False,
+                                     threads=options.threads))
+                report["layer_sensitivity"] = [[name, round(s, 6)] for name, s in ranking]
+                count = 1
+                while not tuned.passed and count <= len(ranking):
+                    kept_float = [name for name, _ in ranking[:count]]
+                    quantize(prepared, qdq, calib, options, cache, exclude=tuple(kept_float))
+                    tuned = evaluate_variant(qdq, card, tune_set, targets, fused=False,
+                                             threads=options.threads)
+                    trials.append({"kept_float": len(kept_float), "split": "val",
+                                   "pixel_agreement": tuned.pixel_agreement,
+                                   "mean_dice_vs_reference": tuned.mean_dice_vs_reference})
+                    _say(progress, f"  {len(kept_float)} layer(s) in float (validation): "
+                                   f"{tuned.summary()}")
+                    count = len(ranking) if count * 2 > len(ranking) > count else count * 2
+                if kept_float and len(kept_float) == len(ranking):
+                    raise ArtifactError(
+                        f"INT8 ({options.method}) reaches the target only with every layer in "
+                        f"float, which is no INT8 model; try --method entropy or percentile, "
+                        f"or more calibration images; {run_dir / INT8_NAME} was not written")
         agreement = evaluate_variant(qdq, card, eval_set, targets, fused=False,
                                      threads=options.threads)
-        kept_float, trials = [], []
-        if not agreement.passed and options.fallback:
-            _say(progress, f"INT8 misses the target ({'; '.join(agreement.failures)}): "
-                           f"ranking layers")
-            subset = eval_set.head(32)
-            baseline = evaluate_variant(qdq, card, subset, targets, fused=False,
-                                        threads=options.threads)
-            ranking = layer_sensitivity(prepared, work, calib, options, cache, card, subset,
-                                        baseline)
-            report["layer_sensitivity"] = [[name, round(s, 6)] for name, s in ranking]
-            count = 1
-            while not agreement.passed and count <= len(ranking):
-                kept_float = [name for name, _ in ranking[:count]]
-                quantize(prepared, qdq, calib, options, cache, exclude=tuple(kept_float))
-                agreement = evaluate_variant(qdq, card, eval_set, targets, fused=False,
-                                             threads=options.threads)
-                trials.append({"kept_float": len(kept_float),
-                               "pixel_agreement": agreement.pixel_agreement,
-                               "mean_dice_vs_reference": agreement.mean_dice_vs_reference})
-                _say(progress, f"  {len(kept_float)} layer(s) in float: {agreement.summary()}")
-                count = len(ranking) if count * 2 > len(ranking) > count else count * 2
-        if kept_float and len(kept_float) == len(ranking):
-            raise ArtifactError(f"INT8 ({options.method}) reaches the target only with every "
-                                f"layer in float, which is no INT8 model; try --method entropy "
-                                f"or percentile, or more calibration images; "
-                                f"{run_dir / INT8_NAME} was not written")
         if not agreement.passed:
-            raise ArtifactError(f"INT8 ({options.method}) misses the target even with "
-                                f"{len(kept_float)} layer(s) in float: {agreement.summary()}; "
-                                f"try --method entropy or percentile, or more calibration "
-                                f"images; {run_dir / INT8_NAME} was not written")
+            raise ArtifactError(f"INT8 ({options.method}) misses the target on "
+                                f"{len(eval_set.samples)} test images with {len(kept_float)} "
+                                f"layer(s) in float: {agreement.summary()}; try --method "
+                                f"entropy or percentile, or more calibration images; "
+                                f"{run_dir / INT8_NAME} was not written")
         proto = load_onnx(qdq)
         check_standard_ops(proto, str(run_dir / INT8_NAME))
         trt = check_tensorrt_import(qdq)
@@ -433,6 +447,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                    "the arithmetic TensorRT performs)",
                    "agreement_fused_onnxruntime_cpu": fused_agreement.to_dict(),
                    "kept_float": kept_float, "fallback_trials": trials,
+                   "fallback_tuned_on": tuned_on,
                    "images": len(eval_set.samples), "few_images_warning": warning,
                    "format": "QDQ, int8 activations (symmetric, zero point 0), per-channel "
                              "symmetric int8 weights"}
