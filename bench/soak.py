@@ -50,7 +50,7 @@ def fingerprint(prediction) -> str:
 
 
 def soak(artifact: Path, minutes: float, threads: int, callers: int, images: int = 16) -> dict:
-    from retinaunet_deploy.bench.harness import machine_info
+    from retinaunet_deploy.bench.machine import machine_info
     from retinaunet_deploy.data.splits import held_out_set
     from retinaunet_deploy.runtime import Predictor
 

@@ -14,13 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.bench.harness import (
-    BenchOptions,
-    build_rows,
-    machine_info,
-    measure_latency,
-    speedups,
-)
+from retinaunet_deploy.bench.harness import BenchOptions, build_rows, measure_latency, speedups
+from retinaunet_deploy.bench.machine import machine_info
 from retinaunet_deploy.errors import ArtifactError
 
 
