@@ -26,7 +26,6 @@ the result once, so the reported figures were never tuned on.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,12 +45,15 @@ from retinaunet_deploy.card import load_card
 from retinaunet_deploy.compare import Agreement, Targets, compare
 from retinaunet_deploy.data.splits import calibration_images, few_images_warning, held_out_set
 from retinaunet_deploy.errors import ArtifactError, ConfigError
-from retinaunet_deploy.export.precision import (
-    FP16_NAME,
-    FP16Options,
-    preprocess_node_names,
-    to_fp16,
-    unshare_conv_biases,
+from retinaunet_deploy.export.precision import FP16_NAME, FP16Options, to_fp16
+from retinaunet_deploy.export.quantize import (  # noqa: F401 - the stage's vocabulary
+    CPU_QUANTIZED_OPS,
+    METHODS,
+    QUANTIZED_OPS,
+    _reader,
+    activation_ranges,
+    calibrate_ranges,
+    quantize,
 )
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
 
@@ -59,14 +61,6 @@ ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 INT8_CPU_NAME = "model.int8.cpu.onnx"
 CALIBRATION_NAME = "calibration.json"
-METHODS = ("minmax", "entropy", "percentile")
-# Q/DQ goes on the inputs and weights of convolutions only (NVIDIA's recommended
-# placement for explicit quantization). Quantising the Softmax would put the mask's
-# probabilities in 1/127 steps (near-ties flip the argmax), and quantised Concats
-# force the skip connections onto a shared scale. It also means that keeping every
-# conv in float gives back the float model, so the fallback always ends.
-QUANTIZED_OPS = ("Conv", "ConvTranspose")
-CPU_QUANTIZED_OPS = QUANTIZED_OPS
 
 
 @dataclass
@@ -107,109 +101,6 @@ class CalibrationOptions:
 
 def image_hashes(images: np.ndarray) -> list[str]:
     return [hashlib.sha256(image.tobytes()).hexdigest()[:16] for image in images]
-
-
-# === Quantisation ===
-
-def _reader(images: np.ndarray, batch_size: int, input_name: str = "image"):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class ImageReader(CalibrationDataReader):
-        def __init__(self):
-            self._batches = iter([images[i:i + batch_size]
-                                  for i in range(0, len(images), batch_size)])
-
-        def get_next(self):
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
-
-    return ImageReader()
-
-
-def _ort_method(name: str):
-    from onnxruntime.quantization import CalibrationMethod
-
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[name]
-
-
-def calibrate_ranges(source: Path, images: np.ndarray, options: CalibrationOptions,
-                     cache: Path, symmetric: bool) -> None:
-    """Calibrate activation ranges of `source` on `images` into `cache` (ORT's format).
-
-    ONNX Runtime's `quantize_static` builds its entropy calibrator with 128
-    histogram bins and 128 quantised bins, which leaves the KL search a single
-    candidate (so "entropy" silently equals min/max). Here the histogram methods
-    use 2048 bins, as TensorRT's entropy calibrator does.
-    """
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    extra = {"symmetric": symmetric}
-    if options.method == "entropy":
-        extra.update(num_bins=2048, num_quantized_bins=128)
-    elif options.method == "percentile":
-        extra.update(num_bins=2048, percentile=options.percentile)
-    with tempfile.TemporaryDirectory(prefix="calibrator-") as scratch:
-        calibrator = create_calibrator(
-            Path(source), list(QUANTIZED_OPS), calibrate_method=_ort_method(options.method),
-            augmented_model_path=str(Path(scratch) / "augmented.onnx"), extra_options=extra)
-        calibrator.collect_data(_reader(images, options.batch_size))
-        save_tensors_data(calibrator.compute_data(), Path(cache), smooth_quant=False)
-
-
-def quantize(source: Path, target: Path, images: np.ndarray, options: CalibrationOptions,
-             cache_dir: Path, cpu_form: bool = False, exclude: tuple[str, ...] = ()) -> None:
-    """Quantise `source` (pre-processed fp32 ONNX) into `target`.
-
-    The TensorRT form is Q/DQ S8S8, symmetric, per-channel. The CPU form is
-    QOperator U8S8, per-channel. Activation ranges are calibrated once per form
-    into `cache_dir`, then reused by every later call with the same folder.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    cache = Path(cache_dir) / f"ranges-{'asymmetric' if cpu_form else 'symmetric'}.json"
-    if not cache.exists():
-        calibrate_ranges(source, images, options, cache, symmetric=not cpu_form)
-    extra = {"WeightSymmetric": True, "ActivationSymmetric": not cpu_form,
-             # TensorRT's Q/DQ import takes int8 only: conv biases stay float (it
-             # fuses them itself), rather than ONNX Runtime's int32 bias + DQ.
-             "QuantizeBias": cpu_form}
-    proto = load_onnx(source)
-    # The input normalisation stays float: it is elementwise and cheap, and
-    # quantising raw pixels to 8 bits would throw away half of their levels.
-    exclude = tuple(exclude) + tuple(preprocess_node_names(proto))
-    unshared = Path(target).with_name(Path(target).stem + ".unshared.onnx")
-    if cpu_form and unshare_conv_biases(proto):  # int32 biases need one scale per node
-        import onnx
-
-        onnx.save(proto, unshared)
-        source = unshared
-    try:
-        quantize_static(
-            str(source), str(target), None,
-            quant_format=QuantFormat.QOperator if cpu_form else QuantFormat.QDQ,
-            op_types_to_quantize=list(CPU_QUANTIZED_OPS if cpu_form else QUANTIZED_OPS),
-            per_channel=True,
-            activation_type=QuantType.QUInt8 if cpu_form else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude),
-            calibrate_method=_ort_method(options.method),  # must match the cache's
-            extra_options=extra,
-            calibration_cache_path=str(cache),
-        )
-    finally:
-        unshared.unlink(missing_ok=True)
-
-
-def activation_ranges(cache_dir: Path) -> dict:
-    """Calibrated [lowest, highest] per tensor, from the symmetric (TensorRT-form) cache."""
-    raw = json.loads((Path(cache_dir) / "ranges-symmetric.json").read_text())
-    ranges = {}
-    for name, value in raw.get("data", {}).items():
-        lo, hi = (np.asarray(value[k].get("data", value[k]) if isinstance(value[k], dict)
-                             else value[k], np.float64).reshape(-1) for k in ("lowest", "highest"))
-        ranges[name] = [round(float(lo.min()), 6), round(float(hi.max()), 6)]
-    return ranges
 
 
 # === Evaluation ===

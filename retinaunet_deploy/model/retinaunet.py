@@ -18,18 +18,15 @@ this package.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.model.anchors import AnchorConfig
+from retinaunet_deploy.model.summary import HEAD_PREFIX, ArchitectureSummary, split_parameter_counts
 
 INPUT_NAME = "image"
 MASK_OUTPUT = "mask"
 CLS_OUTPUT = "cls_logits"
 BOX_OUTPUT = "box_deltas"
-# Every layer that belongs to the detection heads has this prefix (or is an output
-# concat); parameter and FLOP counts are split on it.
-HEAD_PREFIX = "head_"
 
 # Named presets: the architecture options they fix. Presets carry detection
 # heads on strides (4, 8, 16) unless `detection=False`.
@@ -39,30 +36,6 @@ PRESETS: dict[str, dict] = {
     "tiny": {"base_filters": 8, "depth": 4, "head_filters": 16, "head_convs": 2},
 }
 PRESET_DETECTION_LEVELS = (4, 8, 16)
-
-
-@dataclass(frozen=True)
-class ArchitectureSummary:
-    """What `retinaunet-deploy info` prints: sizes and cost of one configuration.
-
-    FLOPs count 2 x multiply-accumulates of the convolutions for one image
-    (batch 1), the usual convention; BN, activations and bias adds are ignored.
-    """
-
-    unet_params: int
-    head_params: int
-    unet_gflops: float
-    head_gflops: float
-    outputs: dict[str, tuple]
-    num_anchors: int
-
-    @property
-    def total_params(self) -> int:
-        return self.unet_params + self.head_params
-
-    @property
-    def total_gflops(self) -> float:
-        return self.unet_gflops + self.head_gflops
 
 
 class RetinaUNet:
@@ -397,13 +370,6 @@ class RetinaUNet:
     @classmethod
     def from_config(cls, config: dict) -> RetinaUNet:
         return cls(**config)
-
-
-def split_parameter_counts(model) -> tuple[int, int]:
-    """(U-Net parameters, detection-head parameters) of a built RetinaUNet model."""
-    head = sum(layer.count_params() for layer in model.layers
-               if layer.name.startswith(HEAD_PREFIX))
-    return model.count_params() - head, head
 
 
 def _check_spatial_size(size, multiple, depth):
