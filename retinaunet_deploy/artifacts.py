@@ -14,6 +14,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from retinaunet_deploy.names import MANIFEST, plan_precision
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
@@ -67,7 +69,6 @@ def write_json(path: Path, data) -> None:
 #   TensorRT engine its target {tensorrt, gpu, compute_capability}.
 # A stage checks its input against this record before using it.
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
 
@@ -86,7 +87,7 @@ def load_manifest(run_dir: Path) -> dict:
     """The run's manifest, or an empty one when the run has none yet."""
     from retinaunet_deploy.errors import ArtifactError
 
-    path = Path(run_dir) / MANIFEST_NAME
+    path = Path(run_dir) / MANIFEST
     if not path.exists():
         return {"manifest_version": MANIFEST_VERSION, "artifacts": {}}
     remedy = "delete it and re-run the stages from 'retinaunet-deploy train'"
@@ -143,7 +144,7 @@ def record_artifact(run_dir: Path, name: str, stage: str, parent: str | None = N
                            "sha256": parent_entry["sha256"] if parent_entry else
                            sha256_file(run_dir / parent)}
     manifest["artifacts"][name] = entry
-    write_json(run_dir / MANIFEST_NAME, manifest)
+    write_json(run_dir / MANIFEST, manifest)
     return entry
 
 
@@ -153,7 +154,7 @@ def forget_artifact(run_dir: Path, name: str) -> None:
     (run_dir / name).unlink(missing_ok=True)
     manifest = load_manifest(run_dir)
     if manifest["artifacts"].pop(name, None) is not None:
-        write_json(run_dir / MANIFEST_NAME, manifest)
+        write_json(run_dir / MANIFEST, manifest)
 
 
 def verify_lineage(run_dir: Path, name: str, remedy: str) -> str:
@@ -190,7 +191,7 @@ def verify_artifact(run_dir: Path, name: str, remedy: str) -> str:
     actual = sha256_file(path)
     record = load_manifest(run_dir)["artifacts"].get(name)
     if record is None:
-        raise ArtifactError(f"{path} is not recorded in {Path(run_dir) / MANIFEST_NAME}; "
+        raise ArtifactError(f"{path} is not recorded in {Path(run_dir) / MANIFEST}; "
                             f"re-run '{remedy}' so its lineage is known")
     if record["sha256"] != actual:
         raise ArtifactError(f"{path} changed since '{record['stage']}' recorded it (sha256 "
@@ -205,9 +206,8 @@ ARTIFACT_SUFFIXES = (".keras", ".onnx", ".plan", ".json")
 
 def remedy_for(run_dir: Path, name: str, stage: str) -> str:
     """The command that remakes artifact `name` of a run, made by `stage`."""
-    if stage == "build-engine":  # model.<precision>.plan
-        parts = name.split(".")
-        precision = parts[1] if len(parts) == 3 else "fp16"
+    if stage == "build-engine":
+        precision = plan_precision(name) or "fp16"
         return f"retinaunet-deploy build-engine {run_dir} --precision {precision}"
     if stage == "train":
         return f"retinaunet-deploy train --out {run_dir}"
@@ -263,11 +263,11 @@ def run_lineage(run_dir: Path) -> list[dict]:
         rows.append(row)
     for path in sorted(run_dir.iterdir()):
         if (path.suffix in ARTIFACT_SUFFIXES and path.name not in artifacts
-                and path.name != MANIFEST_NAME and not path.name.startswith(".")):
+                and path.name != MANIFEST and not path.name.startswith(".")):
             rows.append({"file": path.name, "stage": None, "parent": None,
                          "sha256": sha256_file(path), "size": path.stat().st_size,
                          "status": "unrecorded", "figure": "",
-                         "problem": f"{path} is not in {run_dir / MANIFEST_NAME}; nothing vouches "
+                         "problem": f"{path} is not in {run_dir / MANIFEST}; nothing vouches "
                                     f"for it: delete it or re-run the stage that makes it"})
     for path in leftover_temporary_files(run_dir):
         rows.append({"file": path.name, "stage": None, "parent": None, "sha256": None,

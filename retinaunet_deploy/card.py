@@ -20,8 +20,8 @@ from pathlib import Path
 
 from retinaunet_deploy.artifacts import write_json
 from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.names import CARD
 
-CARD_NAME = "model_card.json"
 CARD_VERSION = 1
 REQUIRED_KEYS = ("card_version", "builder", "class_names", "input", "normalization")
 
@@ -29,13 +29,13 @@ REQUIRED_KEYS = ("card_version", "builder", "class_names", "input", "normalizati
 def save_card(run_dir: Path, card: dict) -> dict:
     """Write ``run_dir/model_card.json``; returns the card exactly as written (JSON types)."""
     card = json.loads(json.dumps({"card_version": CARD_VERSION, **card}))
-    write_json(Path(run_dir) / CARD_NAME, card)
+    write_json(Path(run_dir) / CARD, card)
     return card
 
 
 def load_card(run_dir: Path) -> dict:
     """Read and check ``run_dir/model_card.json``."""
-    path = Path(run_dir) / CARD_NAME
+    path = Path(run_dir) / CARD
     if not path.is_file():
         raise ArtifactError(f"{path} not found; train a model into {run_dir} first "
                             f"('retinaunet-deploy train --out {run_dir}')")

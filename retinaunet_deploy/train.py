@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import record_artifact, tool_versions
-from retinaunet_deploy.card import CARD_NAME, save_card
+from retinaunet_deploy.card import save_card
 from retinaunet_deploy.errors import ConfigError
-
-MODEL_NAME = "model.keras"
+from retinaunet_deploy.names import CARD, KERAS
 
 
 @dataclass
@@ -280,7 +279,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
                                      builder.num_det_classes)
 
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / MODEL_NAME) as tmp:
+    with atomic_path(out_dir / KERAS) as tmp:
         inference_model.save(tmp)
     card.update({
         "training": {
@@ -299,7 +298,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
         "warnings": data_warnings(splits, options, evaluation),
     })
     card = save_card(out_dir, card)
-    record_artifact(out_dir, MODEL_NAME, "train", options=asdict(options),
+    record_artifact(out_dir, KERAS, "train", options=asdict(options),
                     figures={"test": evaluation}, tools=tool_versions("tensorflow", "keras"))
-    record_artifact(out_dir, CARD_NAME, "train", parent=MODEL_NAME)
+    record_artifact(out_dir, CARD, "train", parent=KERAS)
     return card

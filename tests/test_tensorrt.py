@@ -19,7 +19,8 @@ except ImportError:
 
 MODULES = ["retinaunet_deploy.export.tensorrt", "retinaunet_deploy.export.triton",
            "retinaunet_deploy.runtime.tensorrt", "retinaunet_deploy.runtime.backends",
-           "retinaunet_deploy.runtime.providers", "retinaunet_deploy.bench.harness"]
+           "retinaunet_deploy.runtime.providers", "retinaunet_deploy.runtime.cuda",
+           "retinaunet_deploy.bench.harness"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -102,7 +103,7 @@ TARGET = {"tensorrt": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"
 
 
 def test_engine_mismatch_names_version_and_gpu():
-    from retinaunet_deploy.export.tensorrt import engine_mismatch
+    from retinaunet_deploy.runtime.cuda import engine_mismatch
 
     assert engine_mismatch(TARGET, dict(TARGET)) is None
     version = engine_mismatch(TARGET, {**TARGET, "tensorrt": "11.1.0"})
@@ -113,7 +114,7 @@ def test_engine_mismatch_names_version_and_gpu():
 
 
 def test_check_engine_target_refuses_mismatched_and_unrecorded_engines(tmp_path):
-    from retinaunet_deploy.export.tensorrt import check_engine_target
+    from retinaunet_deploy.runtime.cuda import check_engine_target
 
     plan = tmp_path / "model.fp16.plan"
     plan.write_bytes(b"not really an engine")

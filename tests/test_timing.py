@@ -2,7 +2,7 @@
 
 import pytest
 
-from retinaunet_deploy.bench.timing import interleaved_latency, summarize
+from retinaunet_deploy.timing import interleaved_latency, summarize
 
 
 def test_candidates_are_interleaved_in_rotating_order():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy import names
 from retinaunet_deploy.bench.machine import machine_info
 from retinaunet_deploy.errors import ArtifactError
 
@@ -64,7 +65,7 @@ class Row:
 def tensorrt_unavailable() -> str | None:
     """Why TensorRT rows cannot run here (the build-engine message), or None when they can."""
     from retinaunet_deploy.errors import NotBuiltError
-    from retinaunet_deploy.export.tensorrt import require_tensorrt
+    from retinaunet_deploy.runtime.cuda import require_tensorrt
 
     try:
         require_tensorrt()
@@ -82,8 +83,8 @@ class KerasFastest:
     """
 
     def __init__(self, path: Path, threads: int):
-        from retinaunet_deploy.bench.timing import interleaved_latency
         from retinaunet_deploy.runtime.backends import KerasBackend, traced_call
+        from retinaunet_deploy.timing import interleaved_latency
 
         self.backend = KerasBackend(path, threads=threads)
         model = self.backend.model
@@ -130,16 +131,16 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
         verify_lineage(run_dir, name, remedy_for(run_dir, name, stage))
         return run_dir / name
 
-    rows = [_guard(Row(REFERENCE, "keras", "fp32", "model.keras"),
-                   lambda: KerasFastest(verified("model.keras"), options.threads))]
+    rows = [_guard(Row(REFERENCE, "keras", "fp32", names.KERAS),
+                   lambda: KerasFastest(verified(names.KERAS), options.threads))]
     if rows[0].status == "ok":
         rows[0].notes = f"timed as {rows[0].runner.mode}"
     if "onnxruntime" in options.backends:
         for name, precision, note in (
-            ("model.onnx", "fp32", ""),
-            ("model.fp16.onnx", "fp16", "fp16 compute on CPU runs through casts"),
-            ("model.int8.onnx", "int8", "TensorRT form (Q/DQ), run fused by ONNX Runtime"),
-            ("model.int8.cpu.onnx", "int8", "ONNX Runtime CPU form (QOperator U8S8)"),
+            (names.ONNX, "fp32", ""),
+            (names.FP16_ONNX, "fp16", "fp16 compute on CPU runs through casts"),
+            (names.INT8_ONNX, "int8", "TensorRT form (Q/DQ), run fused by ONNX Runtime"),
+            (names.INT8_CPU_ONNX, "int8", "ONNX Runtime CPU form (QOperator U8S8)"),
         ):
             if (run_dir / name).exists():
                 row = Row(f"onnxruntime {precision} ({name})", "onnxruntime", precision, name,
@@ -152,7 +153,7 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
     if "tensorrt" in options.backends:
         reason = tensorrt_unavailable()
         for precision in ("fp32", "fp16", "int8"):
-            plan = f"model.{precision}.plan"
+            plan = names.plan_name(precision)
             if precision == "fp32" and not (run_dir / plan).exists():
                 continue  # fp32 engines are optional: a row only when one was built
             row = Row(f"tensorrt {precision}", "tensorrt", precision, plan)
@@ -182,12 +183,11 @@ def _gpu_provider_rows(run_dir: Path, options: BenchOptions) -> list[Row]:
     )
 
     if cuda_device_count() == 0:
-        return [Row(f"onnxruntime {name} provider", "onnxruntime-gpu", "fp32", "model.onnx",
+        return [Row(f"onnxruntime {name} provider", "onnxruntime-gpu", "fp32", names.ONNX,
                     status="skipped", reason="no CUDA device on this machine")
                 for name in ("CUDA", "TensorRT")]
     rows = []
-    for name, precision in (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16"),
-                            ("model.int8.onnx", "int8")):
+    for precision, name in names.ONNX_FOR_PRECISION.items():
         if not (run_dir / name).exists():
             continue
         for label, provider in (("CUDA", cuda_provider()), ("TensorRT", tensorrt_provider(
@@ -217,7 +217,7 @@ def _tflite_rows(run_dir, card, options, out_dir, calibration) -> list[Row]:
 
         def make(images=images, target=target):
             nonlocal model
-            model = model or load_keras_model(run_dir / "model.keras")
+            model = model or load_keras_model(run_dir / names.KERAS)
             with atomic_path(target) as tmp:
                 tmp.write_bytes(convert_to_tflite(model, images))
             return TFLiteBackend(target, list(model.output_names), threads=options.threads)
@@ -268,8 +268,8 @@ def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: Be
     Each candidate is called once first; one that raises marks its row failed and
     is left out, so a broken backend never stops the timing of the others.
     """
-    from retinaunet_deploy.bench.timing import interleaved_latency
     from retinaunet_deploy.runtime.predictor import Predictor
+    from retinaunet_deploy.timing import interleaved_latency
 
     for row in rows:
         if isinstance(row.runner, KerasFastest):
@@ -337,7 +337,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     say(f"building rows for {run_dir}")
     rows = build_rows(run_dir, card, options, out_dir, calibration)
     if rows[0].status != "ok":
-        raise ArtifactError(f"the reference {run_dir / 'model.keras'} cannot run: "
+        raise ArtifactError(f"the reference {run_dir / names.KERAS} cannot run: "
                             f"{rows[0].reason}")
     say(f"fidelity on {len(samples)} whole held-out images")
     masks_by_row = measure_fidelity(rows, card, samples)

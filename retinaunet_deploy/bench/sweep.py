@@ -132,9 +132,9 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
     second size), and the tiled/whole cost ratio.
     """
     from retinaunet_deploy.artifacts import verify_lineage, write_json
-    from retinaunet_deploy.bench.timing import interleaved_latency
     from retinaunet_deploy.data.splits import held_out_set
     from retinaunet_deploy.runtime.predictor import Predictor
+    from retinaunet_deploy.timing import interleaved_latency
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     verify_lineage(run_dir, artifact, f"retinaunet-deploy export {run_dir}")

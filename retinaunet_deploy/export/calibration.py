@@ -45,7 +45,7 @@ from retinaunet_deploy.card import load_card
 from retinaunet_deploy.compare import Agreement, Targets, compare
 from retinaunet_deploy.data.splits import calibration_images, few_images_warning, held_out_set
 from retinaunet_deploy.errors import ArtifactError, ConfigError
-from retinaunet_deploy.export.precision import FP16_NAME, FP16Options, to_fp16
+from retinaunet_deploy.export.precision import FP16Options, to_fp16
 from retinaunet_deploy.export.quantize import (  # noqa: F401 - the stage's vocabulary
     CPU_QUANTIZED_OPS,
     METHODS,
@@ -56,11 +56,7 @@ from retinaunet_deploy.export.quantize import (  # noqa: F401 - the stage's voca
     quantize,
 )
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
-
-ONNX_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-INT8_CPU_NAME = "model.int8.cpu.onnx"
-CALIBRATION_NAME = "calibration.json"
+from retinaunet_deploy.names import CALIBRATION, FP16_ONNX, INT8_CPU_ONNX, INT8_ONNX, ONNX
 
 
 @dataclass
@@ -181,8 +177,8 @@ def compare_latency(paths: dict[str, Path], image: np.ndarray, threads: int | No
                     rounds: int = 20, min_seconds: float = 2.0) -> dict[str, float]:
     """p50 ms of each ONNX file on one image as ONNX Runtime runs it, timed as the bench
     times (blocks after a settle, rotating, at least `rounds` calls and `min_seconds`)."""
-    from retinaunet_deploy.bench.timing import interleaved_latency
     from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+    from retinaunet_deploy.timing import interleaved_latency
 
     backends = {name: OnnxRuntimeBackend(path, threads=threads) for name, path in paths.items()}
     figures = interleaved_latency({name: (lambda b=b: b.run(image)) for name, b in
@@ -227,7 +223,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     options = options or CalibrationOptions()
     run_dir = Path(run_dir)
     card = load_card(run_dir)
-    onnx_sha = verify_artifact(run_dir, ONNX_NAME, f"retinaunet-deploy export {run_dir}")
+    onnx_sha = verify_artifact(run_dir, ONNX, f"retinaunet-deploy export {run_dir}")
     targets = options.targets
     tools = tool_versions("onnx", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common")
 
@@ -237,7 +233,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     if warning:
         _say(progress, warning)
     calib = calibration_images(card, options.calibration_images)
-    report = {"parent": {"file": ONNX_NAME, "sha256": onnx_sha},
+    report = {"parent": {"file": ONNX, "sha256": onnx_sha},
               "options": asdict(options), "targets": asdict(targets),
               "evaluation": {"images": len(eval_set.samples), "split": "test",
                              "whole_images": True, "warning": warning,
@@ -249,12 +245,12 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
 
     work = Path(tempfile.mkdtemp(prefix="calibrate-"))
     try:
-        source = load_onnx(run_dir / ONNX_NAME)
+        source = load_onnx(run_dir / ONNX)
 
         if fp16:
             _say(progress, "FP16: converting and measuring")
             fp16_proto, blocked = to_fp16(source, FP16Options())
-            with atomic_path(run_dir / FP16_NAME) as tmp:
+            with atomic_path(run_dir / FP16_ONNX) as tmp:
                 onnx.save(fp16_proto, tmp)
                 agreement = evaluate_variant(tmp, card, eval_set,
                                              Targets(options.fp16_pixel_agreement, 0.0,
@@ -268,14 +264,14 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
             figures = {"agreement": agreement.to_dict(), "kept_float32": blocked,
                        "evaluated": "fused (as ONNX Runtime runs it)",
                        "images": len(eval_set.samples), "few_images_warning": warning}
-            report["variants"][FP16_NAME] = figures
-            record_artifact(run_dir, FP16_NAME, "calibrate", parent=ONNX_NAME,
+            report["variants"][FP16_ONNX] = figures
+            record_artifact(run_dir, FP16_ONNX, "calibrate", parent=ONNX,
                             options=FP16Options().to_dict(), figures=figures, tools=tools)
 
         _say(progress, f"INT8: calibrating ({options.method}) on {len(calib)} training patches of "
                    f"{calib.shape[1]}x{calib.shape[2]}")
         prepared = work / "prepared.onnx"
-        quant_pre_process(str(run_dir / ONNX_NAME), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(run_dir / ONNX), str(prepared), skip_symbolic_shape=True)
         cache = work  # ranges-{symmetric,asymmetric}.json, calibrated once each
         qdq = work / "int8.onnx"
         quantize(prepared, qdq, calib, options, cache)
@@ -316,7 +312,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                     raise ArtifactError(
                         f"INT8 ({options.method}) reaches the target only with every layer in "
                         f"float, which is no INT8 model; try --method entropy or percentile, "
-                        f"or more calibration images; {run_dir / INT8_NAME} was not written")
+                        f"or more calibration images; {run_dir / INT8_ONNX} was not written")
         agreement = evaluate_variant(qdq, card, eval_set, targets, fused=False,
                                      threads=options.threads)
         if not agreement.passed:
@@ -324,14 +320,14 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                                 f"{len(eval_set.samples)} test images with {len(kept_float)} "
                                 f"layer(s) in float: {agreement.summary()}; try --method "
                                 f"entropy or percentile, or more calibration images; "
-                                f"{run_dir / INT8_NAME} was not written")
+                                f"{run_dir / INT8_ONNX} was not written")
         proto = load_onnx(qdq)
-        check_standard_ops(proto, str(run_dir / INT8_NAME))
+        check_standard_ops(proto, str(run_dir / INT8_ONNX))
         trt = check_tensorrt_import(qdq)
         if not trt.ok:
             raise ArtifactError(f"the INT8 Q/DQ model would not import into TensorRT: "
                                 f"{trt.problems[0]} ({len(trt.problems)} problem(s)); "
-                                f"{run_dir / INT8_NAME} was not written")
+                                f"{run_dir / INT8_ONNX} was not written")
         fused_agreement = evaluate_variant(qdq, card, eval_set, targets, fused=True,
                                            threads=options.threads)
         figures = {"agreement": agreement.to_dict(), "evaluated": "unfused (exact fake-quant, "
@@ -346,19 +342,19 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
             all_int8 = work / "int8-all.onnx"
             quantize(prepared, all_int8, calib, options, cache)
             figures["latency_ms_cpu_batch1"] = compare_latency(
-                {"fp32": run_dir / ONNX_NAME, "int8": qdq, "int8_all_layers": all_int8},
+                {"fp32": run_dir / ONNX, "int8": qdq, "int8_all_layers": all_int8},
                 calib[:1], options.threads)
-        with atomic_path(run_dir / INT8_NAME) as tmp:
+        with atomic_path(run_dir / INT8_ONNX) as tmp:
             tmp.write_bytes(qdq.read_bytes())
-        report["variants"][INT8_NAME] = figures
-        record_artifact(run_dir, INT8_NAME, "calibrate", parent=ONNX_NAME,
+        report["variants"][INT8_ONNX] = figures
+        record_artifact(run_dir, INT8_ONNX, "calibrate", parent=ONNX,
                         options={"method": options.method, "percentile": options.percentile,
                                  "calibration_images": len(calib)},
                         figures=figures, tools=tools)
         _say(progress, f"INT8 Q/DQ (unfused): {agreement.summary()}")
 
         if options.cpu_variant:
-            report["variants"][INT8_CPU_NAME] = _cpu_variant(
+            report["variants"][INT8_CPU_ONNX] = _cpu_variant(
                 run_dir, prepared, work, calib, options, cache, card, eval_set, targets,
                 kept_float, tools, progress, warning)
     finally:
@@ -368,9 +364,9 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
 
     report["tensorrt_import_check"] = {
         name: check_tensorrt_import(run_dir / name).to_dict()
-        for name in (ONNX_NAME, FP16_NAME, INT8_NAME) if (run_dir / name).exists()}
-    write_json(run_dir / CALIBRATION_NAME, report)
-    record_artifact(run_dir, CALIBRATION_NAME, "calibrate", parent=ONNX_NAME)
+        for name in (ONNX, FP16_ONNX, INT8_ONNX) if (run_dir / name).exists()}
+    write_json(run_dir / CALIBRATION, report)
+    record_artifact(run_dir, CALIBRATION, "calibrate", parent=ONNX)
     return report
 
 
@@ -381,7 +377,7 @@ def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set,
     quantize(prepared, cpu, calib, options, cache, cpu_form=True, exclude=tuple(kept_float))
     agreement = evaluate_variant(cpu, card, eval_set, targets, fused=True,
                                  threads=options.threads)
-    latency = compare_latency({"fp32": run_dir / ONNX_NAME, "int8_qdq": run_dir / INT8_NAME,
+    latency = compare_latency({"fp32": run_dir / ONNX, "int8_qdq": run_dir / INT8_ONNX,
                                "int8_cpu": cpu}, calib[:1], options.threads)
     figures = {"agreement": agreement.to_dict(),
                "evaluated": "fused (ONNX Runtime CPU int8 kernels, as it runs)",
@@ -391,9 +387,9 @@ def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set,
                "images": len(eval_set.samples), "few_images_warning": warning}
     reason = cpu_variant_verdict(agreement, latency, options.cpu_speedup_margin)
     if reason is None:
-        with atomic_path(run_dir / INT8_CPU_NAME) as tmp:
+        with atomic_path(run_dir / INT8_CPU_ONNX) as tmp:
             tmp.write_bytes(cpu.read_bytes())
-        record_artifact(run_dir, INT8_CPU_NAME, "calibrate", parent=ONNX_NAME,
+        record_artifact(run_dir, INT8_CPU_ONNX, "calibrate", parent=ONNX,
                         options={"method": options.method}, figures=figures, tools=tools)
         figures["written"] = True
         _say(progress, f"INT8 CPU (fused): {agreement.summary()}; {latency['int8_cpu']:.1f} ms "
@@ -401,6 +397,6 @@ def _cpu_variant(run_dir, prepared, work, calib, options, cache, card, eval_set,
     else:
         figures["written"] = False
         figures["reason"] = reason
-        forget_artifact(run_dir, INT8_CPU_NAME)  # a stale one from an earlier run must go
+        forget_artifact(run_dir, INT8_CPU_ONNX)  # a stale one from an earlier run must go
         _say(progress, f"INT8 CPU variant not written: {figures['reason']}")
     return figures

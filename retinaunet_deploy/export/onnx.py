@@ -25,9 +25,8 @@ import numpy as np
 from retinaunet_deploy.artifacts import atomic_path, record_artifact, tool_versions, verify_artifact
 from retinaunet_deploy.card import load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.names import KERAS, ONNX
 
-ONNX_NAME = "model.onnx"
-KERAS_NAME = "model.keras"
 MIN_OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -148,15 +147,15 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     options = options or ExportOptions()
     run_dir = Path(run_dir)
     card = load_card(run_dir)
-    parent_sha = verify_artifact(run_dir, KERAS_NAME, f"retinaunet-deploy train --out {run_dir}")
-    keras_backend = KerasBackend(run_dir / KERAS_NAME)
+    parent_sha = verify_artifact(run_dir, KERAS, f"retinaunet-deploy train --out {run_dir}")
+    keras_backend = KerasBackend(run_dir / KERAS)
 
     proto = keras_to_onnx(keras_backend.model, card, options.opset)
     if options.simplify:
         import onnxslim
 
         proto = onnxslim.slim(proto)
-    check_standard_ops(proto, str(run_dir / ONNX_NAME))
+    check_standard_ops(proto, str(run_dir / ONNX))
     name_dynamic_axes(proto)
     embed_metadata(proto, card, parent_sha)
     onnx.checker.check_model(proto, full_check=True)
@@ -164,7 +163,7 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     samples = load_split(card, "val", options.parity_images)
     pad = card.get("normalization", {}).get("mean", 0.0)
     images = [padded_to_stride(s.image, card_stride(card), pad) for s in samples]
-    with atomic_path(run_dir / ONNX_NAME) as tmp:
+    with atomic_path(run_dir / ONNX) as tmp:
         onnx.save(proto, tmp)
         onnx_backend = OnnxRuntimeBackend(tmp)
         parity = {"images": len(images), "split": "val",
@@ -174,9 +173,9 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
             raise ArtifactError(
                 f"ONNX parity failed: max |ONNX - Keras| = {parity['max_abs_error_all']:.3g} > "
                 f"tolerance {options.tolerance:g} ({parity['max_abs_error']}); "
-                f"{run_dir / ONNX_NAME} was not written")
+                f"{run_dir / ONNX} was not written")
     ops = sorted({node.op_type for node in proto.graph.node})
-    record_artifact(run_dir, ONNX_NAME, "export", parent=KERAS_NAME, options=asdict(options),
+    record_artifact(run_dir, ONNX, "export", parent=KERAS, options=asdict(options),
                     figures={"parity": parity, "nodes": len(proto.graph.node), "op_types": ops},
                     tools=tool_versions("tensorflow", "tf2onnx", "onnx", "onnxslim",
                                         "onnxruntime", "onnxruntime-gpu"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 
-FP16_NAME = "model.fp16.onnx"
 DEFAULT_OP_BLOCK_LIST = ("Softmax",)
 
 

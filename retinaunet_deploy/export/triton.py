@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from retinaunet_deploy import names
 from retinaunet_deploy.artifacts import check_onnx_external_data, load_manifest, verify_lineage
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 
@@ -45,7 +46,7 @@ class TritonOptions:
         kind: auto (GPU if Triton has one, else CPU), gpu or cpu; a .plan is always gpu.
     """
 
-    model: str = "model.onnx"
+    model: str = names.ONNX
     max_batch_size: int = 8
     preferred_batch_sizes: tuple[int, ...] = (4, 8)
     max_queue_delay_us: int = 2000
@@ -85,33 +86,31 @@ def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     return inputs, outputs
 
 
-def _tensor_block(tensors: list[dict]) -> str:
-    entries = []
-    for tensor in tensors:
-        entries.append("  {\n"
-                       f"    name: \"{tensor['name']}\"\n"
-                       f"    data_type: {tensor['data_type']}\n"
-                       f"    dims: [ {', '.join(str(d) for d in tensor['dims'])} ]\n"
-                       "  }")
-    return ",\n".join(entries)
+def model_config(platform: str, inputs: list[dict], outputs: list[dict],
+                 options: TritonOptions, kind: str):
+    """Triton's `ModelConfig` message for the repository (tritonclient's own protobuf
+    class, so every field name and enum is Triton's, checked as it is set)."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    config = pb.ModelConfig(name=MODEL_NAME, platform=platform,
+                            max_batch_size=options.max_batch_size)
+    for tensors, add in ((inputs, config.input.add), (outputs, config.output.add)):
+        for tensor in tensors:
+            add(name=tensor["name"], data_type=pb.DataType.Value(tensor["data_type"]),
+                dims=tensor["dims"])
+    config.dynamic_batching.preferred_batch_size.extend(options.preferred_batch_sizes)
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    config.instance_group.add(count=options.instances,
+                              kind=pb.ModelInstanceGroup.Kind.Value(f"KIND_{kind.upper()}"))
+    return config
 
 
 def config_pbtxt(platform: str, inputs: list[dict], outputs: list[dict],
                  options: TritonOptions, kind: str) -> str:
-    """The text of config.pbtxt (Triton's ModelConfig in protobuf text format)."""
-    preferred = ", ".join(str(b) for b in options.preferred_batch_sizes)
-    return (f"name: \"{MODEL_NAME}\"\n"
-            f"platform: \"{platform}\"\n"
-            f"max_batch_size: {options.max_batch_size}\n"
-            f"input [\n{_tensor_block(inputs)}\n]\n"
-            f"output [\n{_tensor_block(outputs)}\n]\n"
-            "dynamic_batching {\n"
-            f"  preferred_batch_size: [ {preferred} ]\n"
-            f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n"
-            "}\n"
-            "instance_group [\n"
-            f"  {{ count: {options.instances} kind: KIND_{kind.upper()} }}\n"
-            "]\n")
+    """The text of config.pbtxt: `model_config` in protobuf text format."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(model_config(platform, inputs, outputs, options, kind))
 
 
 def write_triton_repository(run_dir: Path, out_dir: Path,
@@ -121,7 +120,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model = options.model
     is_plan = model.endswith(".plan")
-    stage = "build-engine" if is_plan else ("export" if model == "model.onnx" else "calibrate")
+    stage = "build-engine" if is_plan else ("export" if model == names.ONNX else "calibrate")
     sha256 = verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
     kind = options.kind
     if is_plan:
@@ -140,7 +139,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     else:
         onnx_source = model
         platform = "onnxruntime_onnx"
-        if model == "model.int8.cpu.onnx" and kind == "auto":
+        if model == names.INT8_CPU_ONNX and kind == "auto":
             kind = "cpu"  # the QOperator CPU form is tuned for ONNX Runtime's CPU kernels
     inputs, outputs = onnx_io(run_dir / onnx_source)
 
@@ -151,9 +150,9 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
         (staging / "1").mkdir()
         shutil.copyfile(run_dir / model, staging / "1" / ("model.plan" if is_plan else
                                                           "model.onnx"))
-        card = run_dir / "model_card.json"
+        card = run_dir / names.CARD
         if card.exists():
-            shutil.copyfile(card, staging / "model_card.json")
+            shutil.copyfile(card, staging / names.CARD)
         (staging / "config.pbtxt").write_text(config_pbtxt(platform, inputs, outputs, options,
                                                            kind))
         (staging / "source.json").write_text(json.dumps(

@@ -70,11 +70,12 @@ class KerasBackend:
 
     def card(self) -> dict | None:
         """The run's model card, beside the model."""
-        from retinaunet_deploy.card import CARD_NAME, load_card
+        from retinaunet_deploy.card import load_card
+        from retinaunet_deploy.names import CARD
 
         if self._card is not None:
             return self._card
-        return load_card(self.path.parent) if (self.path.parent / CARD_NAME).exists() else None
+        return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return {name: np.asarray(value) for name, value in self._call(batch).items()}

@@ -40,7 +40,7 @@ class TensorRTBackend:
     suffix = ".plan"
 
     def __init__(self, path: Path, threads: int | None = None, device: int = 0):
-        from retinaunet_deploy.export.tensorrt import (
+        from retinaunet_deploy.runtime.cuda import (
             check_engine_target,
             cuda_call,
             cudart,
@@ -93,9 +93,10 @@ class TensorRTBackend:
 
     def card(self) -> dict | None:
         """The run's model card, beside the engine."""
-        from retinaunet_deploy.card import CARD_NAME, load_card
+        from retinaunet_deploy.card import load_card
+        from retinaunet_deploy.names import CARD
 
-        return load_card(self.path.parent) if (self.path.parent / CARD_NAME).exists() else None
+        return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         h, w, c = batch.shape[1:]
