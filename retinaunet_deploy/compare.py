@@ -13,15 +13,20 @@ Figures (reference = the Keras float model on the same images):
 * detections: boxes scoring >= `match_score` in the reference are matched to
   same-class candidate boxes (greedy, by IoU); mean IoU of matched pairs and the
   fraction matched; with ground truth, AP@0.1/0.5 of both and their difference.
+
+With ``intervals=True`` every gated figure also gets a 95% percentile-bootstrap
+interval over images (`bootstrap_intervals`); `Agreement.interval_failures`
+names each target the unfavourable end of its interval misses.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retinaunet_deploy.metrics import average_precision, dice_per_class, nan_mean
+from retinaunet_deploy.metrics import ap_from_hits, confusion_counts, detection_hits, nan_mean
 from retinaunet_deploy.model.anchors import box_iou
 from retinaunet_deploy.postprocess import Detections
 
@@ -54,6 +59,7 @@ class Agreement:
     max_abs_prob_diff: float
     detections: dict = field(default_factory=dict)
     targets: Targets = field(default_factory=Targets)
+    intervals: dict = field(default_factory=dict)   # figure -> [low, high], 95% bootstrap
 
     @property
     def failures(self) -> list[str]:
@@ -77,10 +83,28 @@ class Agreement:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def interval_failures(self) -> list[str]:
+        """Targets that the unfavourable end of a 95% interval misses: the point figure
+        may pass, but these images cannot tell it apart from a miss."""
+        t, missed = self.targets, []
+        lower = {name: bounds[0] for name, bounds in self.intervals.items()}
+        for name, target, label in (
+                ("pixel_agreement", t.pixel_agreement, "pixel agreement"),
+                ("mean_dice_vs_reference", t.mean_dice_vs_reference, "Dice vs float"),
+                ("matched_fraction", t.matched_fraction, "confident boxes matched")):
+            if name in lower and lower[name] < target:
+                missed.append(f"{label} 95% interval starts at {lower[name]:.4f} < {target}")
+        if "map@0.1_diff" in lower and -lower["map@0.1_diff"] > t.max_ap_drop:
+            missed.append(f"AP@0.1 drop 95% interval reaches {-lower['map@0.1_diff']:.3f} > "
+                          f"{t.max_ap_drop}")
+        return missed
+
     def to_dict(self) -> dict:
         result = asdict(self)
         result["passed"] = self.passed
         result["failures"] = self.failures
+        result["interval_failures"] = self.interval_failures
         return result
 
     def summary(self) -> str:
@@ -91,6 +115,9 @@ class Agreement:
             text += f", confident boxes matched {self.detections['matched_fraction']:.1%}"
         if "map@0.1_diff" in self.detections:
             text += f", AP@0.1 diff {self.detections['map@0.1_diff']:+.3f}"
+        if "pixel_agreement" in self.intervals:
+            low, high = self.intervals["pixel_agreement"]
+            text += f" (pixels 95% CI {low:.4%}-{high:.4%}, {self.images} images)"
         return text
 
 
@@ -120,8 +147,68 @@ def match_detections(reference: Detections, candidate: Detections, min_score: fl
     return ious, len(ref_boxes)
 
 
+# The gated figures, and which end of a 95% interval can miss its target.
+INTERVAL_FIGURES = ("pixel_agreement", "mean_dice_vs_reference", "matched_fraction",
+                    "map@0.1_diff")
+
+
+@dataclass
+class PerImage:
+    """Per-image counts behind every figure, so that any multiset of the images (a
+    bootstrap resample) can be scored without running anything again."""
+
+    agree: np.ndarray          # (N,) pixels whose argmax matches
+    pixels: np.ndarray         # (N,)
+    overlap: np.ndarray        # (N, K-1) |ref ∩ cand| per foreground class
+    sizes: np.ndarray          # (N, K-1) |ref| + |cand|
+    matched: np.ndarray | None = None     # (N,) confident reference boxes matched
+    confident: np.ndarray | None = None   # (N,) confident reference boxes
+    ap_hits: tuple | None = None          # (reference, candidate) `metrics.detection_hits`
+
+    def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Every gated figure for B multisets of the images; `weights` (B, N) counts."""
+        weights = np.atleast_2d(weights).astype(np.float64)
+        sizes, overlap = weights @ self.sizes, weights @ self.overlap
+        dice = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), 1.0)
+        result = {"pixel_agreement": (weights @ self.agree) / (weights @ self.pixels),
+                  "mean_dice_vs_reference": dice.mean(axis=1)}
+        if self.matched is not None:
+            confident = weights @ self.confident
+            result["matched_fraction"] = np.where(
+                confident > 0, (weights @ self.matched) / np.maximum(confident, 1), 1.0)
+        if self.ap_hits is not None:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample
+                ref, cand = (np.nanmean(ap_from_hits(h, weights), axis=1) for h in self.ap_hits)
+            result["map@0.1_diff"] = cand - ref
+        return result
+
+
+def bootstrap_intervals(per_image: PerImage, resamples: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, list[float]]:
+    """Percentile-bootstrap intervals of every gated figure, resampling whole images.
+
+    Images, not pixels, are the independent units: pixels of one image move
+    together, so an interval over pixels would be far too narrow.
+    """
+    count = len(per_image.pixels)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, count, size=(resamples, count))
+    weights = np.zeros((resamples, count))
+    np.add.at(weights, (np.arange(resamples)[:, None], draws), 1)
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for name, values in per_image.figures(weights).items():
+        values = values[~np.isnan(values)]
+        if len(values):
+            low, high = np.percentile(values, [tail, 100 - tail])
+            intervals[name] = [float(low), float(high)]
+    return intervals
+
+
 def compare(reference, candidate, class_names, truths=None, targets: Targets | None = None,
-            match_score: float = 0.5, num_det_classes: int | None = None) -> Agreement:
+            match_score: float = 0.5, num_det_classes: int | None = None,
+            intervals: bool = False) -> Agreement:
     """Compare a candidate's per-image predictions with the reference's.
 
     Args:
@@ -131,51 +218,63 @@ def compare(reference, candidate, class_names, truths=None, targets: Targets | N
         class_names: K mask class names, background first.
         truths: per-image (boxes, classes) ground truth, optional (for AP).
         num_det_classes: detection classes (the model card's); default K - 1.
+        intervals: add 95% bootstrap intervals over images of the gated figures.
     """
     if len(reference) != len(candidate):
         raise ValueError(f"{len(reference)} reference images but {len(candidate)} candidate")
+    targets = targets or Targets()
     num_classes = len(class_names)
+    count = len(reference)
+    agree, pixels = np.zeros(count), np.zeros(count)
+    overlap, sizes = np.zeros((count, num_classes - 1)), np.zeros((count, num_classes - 1))
+    diff_sum, diff_max = 0.0, 0.0
     for i, (ref, cand) in enumerate(zip(reference, candidate)):
         if ref.probabilities.shape != cand.probabilities.shape:
             raise ValueError(f"image {i}: mask shapes differ: reference "
                              f"{ref.probabilities.shape}, candidate {cand.probabilities.shape}")
-    ref_probs = np.concatenate([r.probabilities.reshape(-1, num_classes) for r in reference])
-    cand_probs = np.concatenate([c.probabilities.reshape(-1, num_classes) for c in candidate])
-    ref_mask, cand_mask = ref_probs.argmax(-1), cand_probs.argmax(-1)
-    dice = dice_per_class(cand_mask, ref_mask, num_classes)[1:]
-    diff = np.abs(cand_probs - ref_probs)
+        ref_mask, cand_mask = ref.probabilities.argmax(-1), cand.probabilities.argmax(-1)
+        agree[i], pixels[i] = np.sum(ref_mask == cand_mask), ref_mask.size
+        counts = confusion_counts(cand_mask, ref_mask, num_classes)
+        overlap[i] = np.diag(counts)[1:]
+        sizes[i] = (counts.sum(0) + counts.sum(1))[1:]
+        diff = np.abs(cand.probabilities - ref.probabilities)
+        diff_sum, diff_max = diff_sum + float(diff.sum()), max(diff_max, float(diff.max()))
+    per_image = PerImage(agree, pixels, overlap, sizes)
     detections = {}
     reference_detections = [r.detections for r in reference]
     candidate_detections = [c.detections for c in candidate]
     if reference and reference_detections[0] is not None and candidate_detections[0] is not None:
-        ious, confident = [], 0
-        for ref, cand in zip(reference_detections, candidate_detections):
-            matched, count = match_detections(ref, cand, match_score,
-                                              (targets or Targets()).match_iou)
+        ious, per_image.matched, per_image.confident = [], np.zeros(count), np.zeros(count)
+        for i, (ref, cand) in enumerate(zip(reference_detections, candidate_detections)):
+            matched, per_image.confident[i] = match_detections(ref, cand, match_score,
+                                                               targets.match_iou)
+            per_image.matched[i] = len(matched)
             ious += matched
-            confident += count
-        detections = {
-            "reference_boxes": confident,
-            "match_iou": (targets or Targets()).match_iou,
-            "matched_fraction": len(ious) / confident if confident else 1.0,
-            "mean_matched_iou": float(np.mean(ious)) if ious else float("nan"),
-        }
+        detections = {"reference_boxes": int(per_image.confident.sum()),
+                      "match_iou": targets.match_iou,
+                      "mean_matched_iou": float(np.mean(ious)) if ious else float("nan")}
         if truths is not None:
             num_det = num_det_classes or max(1, num_classes - 1)
             for threshold in (0.1, 0.5):
-                ref_ap = nan_mean(average_precision(reference_detections, truths, num_det,
-                                                    threshold))
-                cand_ap = nan_mean(average_precision(candidate_detections, truths, num_det,
-                                                     threshold))
+                hits = tuple(detection_hits(d, truths, num_det, threshold)
+                             for d in (reference_detections, candidate_detections))
+                ref_ap, cand_ap = (nan_mean(ap_from_hits(h, np.ones(count))[0]) for h in hits)
                 detections[f"map@{threshold}"] = cand_ap
                 detections[f"map@{threshold}_diff"] = cand_ap - ref_ap
+                if threshold == 0.1:
+                    per_image.ap_hits = hits
+    point = {name: float(values[0]) for name, values in per_image.figures(np.ones(count)).items()}
+    if "matched_fraction" in point:
+        detections["matched_fraction"] = point["matched_fraction"]
+    dice = np.where(sizes.sum(0) > 0, 2 * overlap.sum(0) / np.maximum(sizes.sum(0), 1), 1.0)
     return Agreement(
-        images=len(reference),
-        pixel_agreement=float(np.mean(ref_mask == cand_mask)),
+        images=count,
+        pixel_agreement=point["pixel_agreement"],
         dice_vs_reference=dict(zip(class_names[1:], np.round(dice, 5).tolist())),
         mean_dice_vs_reference=float(dice.mean()),
-        mean_abs_prob_diff=float(diff.mean()),
-        max_abs_prob_diff=float(diff.max()),
+        mean_abs_prob_diff=diff_sum / max(1.0, pixels.sum() * num_classes),
+        max_abs_prob_diff=diff_max,
         detections=detections,
-        targets=targets or Targets(),
+        targets=targets,
+        intervals=bootstrap_intervals(per_image) if intervals and count else {},
     )

@@ -37,6 +37,72 @@ def iou_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.n
     return np.where(union > 0, tp / np.maximum(union, 1), 1.0)
 
 
+def detection_hits(detections, truths, num_classes: int, iou_threshold: float) -> list[dict]:
+    """Per class, every detection's hit or miss, in descending score order.
+
+    Matching is per image (greedy by score, each truth box taken once), so a set of
+    images is any multiset of them: `ap_from_hits` weights images by how often
+    they occur, which is what a bootstrap over images needs.
+
+    Returns, per class: ``image`` (D,) int image index, ``hit`` (D,) bool, and
+    ``truths`` (N,) int truth boxes per image.
+    """
+    per_class = []
+    for cls in range(num_classes):
+        scores, hits, images, totals = [], [], [], []
+        for index, (det, (gt_boxes, gt_classes)) in enumerate(zip(detections, truths)):
+            gt = np.asarray(gt_boxes, np.float32).reshape(-1, 4)[np.asarray(gt_classes) == cls]
+            totals.append(len(gt))
+            mine = det.classes == cls
+            boxes, det_scores = det.boxes[mine], det.scores[mine]
+            taken = np.zeros(len(gt), bool)
+            overlaps = box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0))
+            for i in np.argsort(-det_scores, kind="stable"):
+                candidates = np.where(taken, -1.0, overlaps[i]) if len(gt) else np.zeros(0)
+                best = int(np.argmax(candidates)) if len(gt) else -1
+                hit = best >= 0 and candidates[best] >= iou_threshold
+                if hit:
+                    taken[best] = True
+                scores.append(det_scores[i])
+                hits.append(hit)
+                images.append(index)
+        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+        per_class.append({"image": np.asarray(images, np.int64)[order],
+                          "hit": np.asarray(hits, bool)[order],
+                          "truths": np.asarray(totals, np.int64)})
+    return per_class
+
+
+def ap_from_hits(per_class: list[dict], weights: np.ndarray) -> np.ndarray:
+    """(B, C) AP of B image multisets: `weights` (B, N) is how often each image occurs.
+
+    All-point interpolated AP; NaN for a class with no truth box in a multiset.
+    Repeating an image repeats its detections at the same score; evaluating the
+    curve only after each repeated block gives the same interpolated AP, since
+    precision rises through a block of hits and falls through a block of misses.
+    """
+    weights = np.atleast_2d(np.asarray(weights, np.float64))
+    aps = np.full((len(weights), len(per_class)), np.nan)
+    for cls, hits in enumerate(per_class):
+        total = weights @ hits["truths"]
+        counted = total > 0
+        if not counted.any():
+            continue
+        w = weights[:, hits["image"]]                    # (B, D)
+        tp = np.cumsum(w * hits["hit"], axis=1)
+        seen = np.cumsum(w, axis=1)
+        precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+        recall = tp / np.maximum(total, 1)[:, None]
+        b = len(weights)
+        recall = np.concatenate([np.zeros((b, 1)), recall, recall[:, -1:] if recall.shape[1]
+                                 else np.zeros((b, 1))], axis=1)
+        precision = np.concatenate([np.ones((b, 1)), precision, np.zeros((b, 1))], axis=1)
+        precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+        ap = np.sum(np.diff(recall, axis=1) * precision[:, 1:], axis=1)
+        aps[counted, cls] = ap[counted]
+    return aps
+
+
 def average_precision(detections, truths, num_classes: int, iou_threshold: float) -> np.ndarray:
     """Per-class AP over a set of images.
 
@@ -48,38 +114,8 @@ def average_precision(detections, truths, num_classes: int, iou_threshold: float
     Returns:
         (C,) float64 AP in [0, 1]; NaN for a class with no ground-truth box.
     """
-    aps = np.full(num_classes, np.nan)
-    for cls in range(num_classes):
-        scores, hits, total = [], [], 0
-        for det, (gt_boxes, gt_classes) in zip(detections, truths):
-            gt = np.asarray(gt_boxes, np.float32).reshape(-1, 4)[np.asarray(gt_classes) == cls]
-            total += len(gt)
-            mine = det.classes == cls
-            boxes, det_scores = det.boxes[mine], det.scores[mine]
-            order = np.argsort(-det_scores, kind="stable")
-            taken = np.zeros(len(gt), bool)
-            overlaps = box_iou(boxes, gt) if len(gt) else np.zeros((len(boxes), 0))
-            for i in order:
-                scores.append(det_scores[i])
-                candidates = np.where(taken, -1.0, overlaps[i]) if len(gt) else np.zeros(0)
-                best = int(np.argmax(candidates)) if len(gt) else -1
-                hit = best >= 0 and candidates[best] >= iou_threshold
-                if hit:
-                    taken[best] = True
-                hits.append(hit)
-        if total == 0:
-            continue
-        order = np.argsort(-np.asarray(scores), kind="stable")
-        hits_sorted = np.asarray(hits, bool)[order]
-        tp = np.cumsum(hits_sorted)
-        precision = tp / np.arange(1, len(tp) + 1)
-        recall = tp / total
-        # All-point interpolation: precision made monotone from the right.
-        recall = np.concatenate([[0.0], recall, [recall[-1] if len(recall) else 0.0]])
-        precision = np.concatenate([[1.0], precision, [0.0]])
-        precision = np.maximum.accumulate(precision[::-1])[::-1]
-        aps[cls] = float(np.sum(np.diff(recall) * precision[1:]))
-    return aps
+    hits = detection_hits(detections, truths, num_classes, iou_threshold)
+    return ap_from_hits(hits, np.ones(len(detections)))[0]
 
 
 def nan_mean(values) -> float:

@@ -46,3 +46,29 @@ def test_ap_threshold_and_duplicates_and_missing_class():
     assert np.isnan(average_precision(loose, truth, 2, 0.5)[1])  # class 1 has no truth
     twice = [_dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.8], [0, 0])]
     assert average_precision(twice, truth, 1, 0.5)[0] == pytest.approx(1.0)  # dup is FP after
+
+
+def test_ap_of_an_image_multiset_equals_ap_of_the_repeated_images():
+    """The bootstrap weights images; that must equal scoring the images repeated."""
+    from retinaunet_deploy.metrics import ap_from_hits, detection_hits
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        count = int(rng.integers(1, 6))
+        dets, truths = [], []
+        for _ in range(count):
+            k, m = rng.integers(0, 8), rng.integers(0, 5)
+            corner, size = rng.uniform(0, 50, (k, 2)), rng.uniform(5, 20, (k, 2))
+            boxes = np.concatenate([corner, corner + size], 1).astype(np.float32)
+            dets.append(_dets(boxes.tolist(), rng.uniform(0, 1, k).tolist(),
+                              rng.integers(0, 2, k).tolist()))
+            corner = rng.uniform(0, 50, (m, 2))
+            truths.append((np.concatenate([corner, corner + 12], 1), rng.integers(0, 2, m)))
+        weights = rng.integers(0, 3, count)
+        if weights.sum() == 0:
+            continue
+        repeated = np.repeat(np.arange(count), weights)
+        expected = average_precision([dets[i] for i in repeated],
+                                     [truths[i] for i in repeated], 2, 0.1)
+        weighted = ap_from_hits(detection_hits(dets, truths, 2, 0.1), weights[None])[0]
+        np.testing.assert_allclose(weighted, expected, equal_nan=True)
