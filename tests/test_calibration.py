@@ -8,14 +8,13 @@ import pytest
 
 from retinaunet_deploy.artifacts import load_manifest
 from retinaunet_deploy.compare import Targets
+from retinaunet_deploy.data import splits as splits_module
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
-from retinaunet_deploy.export import calibration as calibration_module
-from retinaunet_deploy.export.calibration import (
-    CalibrationOptions,
-    calibrate,
-    evaluate_variant,
-    make_eval_set,
-)
+from retinaunet_deploy.export import cpu_variant as cpu_variant_module
+from retinaunet_deploy.export import gates as gates_module
+from retinaunet_deploy.export import quantize as quantize_module
+from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
+from retinaunet_deploy.export.gates import evaluate_variant, make_eval_set
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
 
 FAST = {"calibration_images": 16, "eval_images": 16, "threads": 2}
@@ -114,11 +113,11 @@ def test_trt_check_fails_with_the_reason_on_uint8_activations(calibrated, tmp_pa
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     run, _ = calibrated
-    images = calibration_module.calibration_images(json.loads(
+    images = splits_module.calibration_images(json.loads(
         (run / "model_card.json").read_text()), 8)
     target = tmp_path / "u8.onnx"
     quantize_static(str(run / "model.onnx"), str(target),
-                    calibration_module._reader(images, 8), quant_format=QuantFormat.QDQ,
+                    quantize_module._reader(images, 8), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     result = check_tensorrt_import(target)
     assert not result.ok
@@ -139,25 +138,30 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
         calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.8,
                                            fallback=False, cpu_variant=False, **FAST),
                   fp16=False)
-    # Record which images every evaluation sees: the fallback must see no test image.
+    # Record which images every judgement sees: the fallback must see no test image.
     seen = []
-    real_evaluate = calibration_module.evaluate_variant
+    real_judge = gates_module.judge
 
-    def recording(path, card, eval_set, *args, **kwargs):
-        seen.append({s.name.split("-")[1] for s in eval_set.samples})
-        return real_evaluate(path, card, eval_set, *args, **kwargs)
+    def recording(eval_set, *args, **kwargs):
+        seen.append(set(eval_set.names))
+        return real_judge(eval_set, *args, **kwargs)
 
-    monkeypatch.setattr(calibration_module, "evaluate_variant", recording)
+    monkeypatch.setattr(gates_module, "judge", recording)
     try:
         result = calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.7,
                                                     cpu_variant=False, **FAST), fp16=False)
     except ArtifactError as error:  # tuned on validation, it may still miss on test: honest
         assert "misses the target on 16 test images" in str(error)
         pytest.skip(f"the validation-tuned fallback missed on the test images: {error}")
-    # Every evaluation before the last two (test: unfused gate, fused figures) is on val.
-    assert seen[-2:] == [{"test"}, {"test"}] and all(s == {"val"} for s in seen[:-2])
+    # Every judgement before the last two (test: unfused gate, fused figures) is on val.
+    test_names = {f"synthetic-test-{i:05d}.png" for i in range(16)}
+    assert seen[-2:] == [test_names, test_names]
+    assert len(seen) > 3 and all(s and not s & test_names for s in seen[:-2])
+    assert all(name.startswith("synthetic-val-") for s in seen[:-2] for name in s)
     int8 = result["variants"]["model.int8.onnx"]
-    assert int8["fallback_tuned_on"] == {"split": "val", "images": 16}
+    assert int8["fallback_tuned_on"]["split"] == "val"
+    assert int8["fallback_tuned_on"]["images"] == 16
+    assert not set(int8["fallback_tuned_on"]["names"]) & test_names
     assert all(trial["split"] == "val" for trial in int8["fallback_trials"])
     assert int8["kept_float"], "the fallback kept no layer in float"
     assert int8["agreement"]["pixel_agreement"] >= demanding
@@ -177,7 +181,7 @@ def test_planted_fused_kernel_failure_is_caught(calibrated, tmp_path, monkeypatc
     import onnx
 
     run, _ = calibrated
-    original = calibration_module.quantize
+    original = cpu_variant_module.quantize
 
     def broken_cpu_quantize(source, target, images, options, cache_dir, cpu_form=False,
                             exclude=()):
@@ -191,7 +195,7 @@ def test_planted_fused_kernel_failure_is_caught(calibrated, tmp_path, monkeypatc
                     tensor.CopyFrom(onnx.numpy_helper.from_array(value, tensor.name))
             onnx.save(model, target)
 
-    monkeypatch.setattr(calibration_module, "quantize", broken_cpu_quantize)
+    monkeypatch.setattr(cpu_variant_module, "quantize", broken_cpu_quantize)
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "model.int8.cpu.onnx").write_bytes(b"stale variant from an earlier run")
@@ -264,16 +268,16 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
 
     run, _ = calibrated
     card = json.loads((run / "model_card.json").read_text())
-    images = calibration_module.calibration_images(card, 8)
+    images = splits_module.calibration_images(card, 8)
     prepared = tmp_path / "prepared.onnx"
     quant_pre_process(str(run / "model.onnx"), str(prepared), skip_symbolic_shape=True)
     ranges = {}
     for method in ("minmax", "entropy", "percentile"):
         folder = tmp_path / method
         folder.mkdir()
-        calibration_module.calibrate_ranges(prepared, images, CalibrationOptions(method=method),
+        quantize_module.calibrate_ranges(prepared, images, CalibrationOptions(method=method),
                                             folder / "ranges-symmetric.json", symmetric=True)
-        ranges[method] = calibration_module.activation_ranges(folder)
+        ranges[method] = quantize_module.activation_ranges(folder)
     assert ranges["minmax"].keys() == ranges["entropy"].keys() == ranges["percentile"].keys()
     for method in ("entropy", "percentile"):
         narrower = [name for name in ranges["minmax"]
@@ -283,7 +287,7 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
 
 def test_the_cpu_variant_needs_a_stated_speed_margin_and_its_gate():
     from retinaunet_deploy.compare import Agreement
-    from retinaunet_deploy.export.calibration import cpu_variant_verdict
+    from retinaunet_deploy.export.cpu_variant import cpu_variant_verdict
 
     passed = Agreement(images=16, pixel_agreement=1.0, dice_vs_reference={"d": 1.0},
                        mean_dice_vs_reference=1.0, mean_abs_prob_diff=0.0,
