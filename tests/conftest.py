@@ -6,6 +6,14 @@ import pytest
 # Quiet TensorFlow's C++ start-up logs in test output; set before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
+def pytest_configure(config):
+    """TensorFlow reads its thread counts once per process: every test's Keras runs with
+    the 2 threads the stages are asked for (`configure_tensorflow` refuses a switch)."""
+    from retinaunet_deploy.runtime.backends import configure_tensorflow
+
+    configure_tensorflow(2)
+
 TINY = {"preset": "tiny", "size": 64, "batch_size": 8, "train_images": 16, "val_images": 8,
         "test_images": 8, "steps_per_epoch": 20}
 

@@ -3,6 +3,7 @@ checks, Triton repository, ONNX Runtime GPU provider options."""
 
 import importlib
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -147,6 +148,48 @@ def test_plan_is_a_predictor_artifact_checked_before_tensorrt(tmp_path):
         plan.write_bytes(b"engine")
         with pytest.raises(NotBuiltError, match="TensorRT is not installed"):
             Predictor.from_artifact(plan)
+
+
+def _engine_without_gpu(min_batch, opt_batch, max_batch):
+    """A TensorRTBackend whose one engine call is a fake that checks the profile: the
+    chunking and padding logic, without a GPU."""
+    from retinaunet_deploy.runtime.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend.__new__(TensorRTBackend)
+    backend.path, backend.channels = "fake.plan", 1
+    backend.min_size, backend.max_size = 16, 64
+    backend.min_batch, backend.opt_batch, backend.max_batch = min_batch, opt_batch, max_batch
+    calls = []
+
+    def execute(batch):
+        assert min_batch <= len(batch) <= max_batch, f"batch {len(batch)} outside the profile"
+        calls.append(len(batch))
+        return {"mask": batch.sum(axis=(1, 2, 3)) * 2, "cls_logits": batch[:, :2, :2]}
+
+    backend._execute = execute
+    return backend, calls
+
+
+@pytest.mark.parametrize("count,expected_calls", [(1, [2]), (2, [2]), (7, [3, 3, 2]),
+                                                   (10, [3, 3, 3, 2]), (9, [3, 3, 3])])
+def test_engine_batches_are_chunked_and_padded_to_its_profile(count, expected_calls):
+    backend, calls = _engine_without_gpu(min_batch=2, opt_batch=3, max_batch=3)
+    batch = np.arange(count * 32 * 32, dtype=np.float32).reshape(count, 32, 32, 1)
+    outputs = backend.run(batch)
+    assert calls == expected_calls
+    assert np.array_equal(outputs["mask"], batch.sum(axis=(1, 2, 3)) * 2)  # order and count
+    assert outputs["cls_logits"].shape == (count, 2, 2, 1)
+
+
+def test_predictor_feeds_an_engine_its_tuned_batch():
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    backend, _ = _engine_without_gpu(min_batch=1, opt_batch=4, max_batch=8)
+    card = {"input": {"channels": 1, "stride": 16, "patch_size": 32}, "class_names": ["bg"],
+            "builder": {"depth": 4, "input_shape": [32, 32, 1]}}
+    predictor = Predictor(backend, card)
+    assert predictor.batch_size == 4
+    assert Predictor(backend, card, batch_size=2).batch_size == 2
 
 
 # === Triton ===

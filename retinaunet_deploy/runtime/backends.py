@@ -8,14 +8,16 @@ heads `cls_logits`, `box_deltas`). Validation, batching and postprocess live in
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from retinaunet_deploy.artifacts import check_onnx_external_data
-from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.runtime.tensorrt import TensorRTBackend  # imports TensorRT lazily
+from retinaunet_deploy.runtime.tflite import TFLiteBackend  # imports LiteRT lazily
 
 
 def load_keras_model(path: Path):
@@ -53,8 +55,7 @@ class KerasBackend:
 
     def __init__(self, path: Path, threads: int | None = None):
 
-        if threads:
-            _set_tf_threads(threads)
+        configure_tensorflow(threads)
         self.path = Path(path)
         self.model = load_keras_model(self.path)
         self._card = None
@@ -141,14 +142,65 @@ class OnnxRuntimeBackend:
 
 
 BACKENDS = {backend.suffix: backend
-            for backend in (KerasBackend, OnnxRuntimeBackend, TensorRTBackend)}
+            for backend in (KerasBackend, OnnxRuntimeBackend, TensorRTBackend, TFLiteBackend)}
+# Runtimes that can run an .onnx file, besides "auto" (by suffix).
+ONNX_RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")
+RUNTIMES = ("auto", *ONNX_RUNTIMES)
 
 
-def _set_tf_threads(threads: int) -> None:
+def backend_for(path: Path, runtime: str = "auto", threads: int | None = None,
+                providers: list | None = None):
+    """The backend that runs `path` in `runtime` (see `Predictor.from_artifact`)."""
+    from retinaunet_deploy.runtime.openvino import OpenVINOBackend
+
+    path = Path(path)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
+    if runtime != "auto" and path.suffix != ".onnx":
+        raise ConfigError(f"{path}: runtime {runtime!r} runs .onnx files; use --runtime auto "
+                          f"for a {path.suffix} artifact")
+    if runtime.startswith("openvino"):
+        return OpenVINOBackend(path, threads=threads,
+                               precision="bf16" if runtime == "openvino-bf16" else None)
+    if path.suffix not in BACKENDS:
+        raise ArtifactError(f"{path}: unsupported artifact type {path.suffix!r}; use one of "
+                            f"{sorted(BACKENDS)}")
+    if providers is not None:
+        return OnnxRuntimeBackend(path, threads=threads, providers=providers)
+    return BACKENDS[path.suffix](path, threads=threads)
+
+
+def configure_tensorflow(threads: int | None = None) -> None:
+    """Set TensorFlow up before it starts: `threads` intra-op threads (inter-op 1), and
+    GPU memory that grows on demand (so TensorRT or ONNX Runtime in the same process
+    still find memory for their engines).
+
+    TensorFlow reads these once per process, when it first runs anything. Raises
+    `ConfigError` when it already runs with another intra-op thread count: a
+    Keras row timed with other threads than the rest would mislead.
+    """
     import tensorflow as tf
 
+    with contextlib.suppress(RuntimeError, ValueError):  # started already: it keeps its pool
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if not threads:
+        return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised in this process: keep its setting
-        pass
+    except RuntimeError:
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            raise ConfigError(
+                f"TensorFlow already runs in this process with "
+                f"{current or 'its default number of'} intra-op threads and cannot switch to "
+                f"{threads}; set threads before anything runs TensorFlow (a fresh process, "
+                f"or configure_tensorflow({threads}) first)") from None
+
+
+def tensorflow_threads() -> int:
+    """TensorFlow's intra-op thread count in this process (0: its default, all cores)."""
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads()

@@ -69,11 +69,12 @@ class Predictor:
         overlap: fraction of a tile shared with its neighbour.
     """
 
-    def __init__(self, backend, card: dict, batch_size: int = 8, tile: int = DEFAULT_TILE,
-                 overlap: float = DEFAULT_OVERLAP):
+    def __init__(self, backend, card: dict, batch_size: int | None = None,
+                 tile: int = DEFAULT_TILE, overlap: float = DEFAULT_OVERLAP):
         self.backend = backend
         self.card = card
-        self.batch_size = batch_size
+        # Default: 8 images per call, or the batch an engine's kernels were tuned for.
+        self.batch_size = batch_size or getattr(backend, "opt_batch", None) or 8
         spec = card["input"]
         self.channels = spec["channels"]
         self.stride = card_stride(card)
@@ -99,30 +100,27 @@ class Predictor:
 
     @classmethod
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
-                      batch_size: int = 8, tile: int = DEFAULT_TILE,
-                      overlap: float = DEFAULT_OVERLAP) -> Predictor:
-        """Pick the backend from the suffix (.keras, .onnx, .plan) and read the model card.
+                      batch_size: int | None = None, tile: int = DEFAULT_TILE,
+                      overlap: float = DEFAULT_OVERLAP, runtime: str = "auto") -> Predictor:
+        """Open an artifact in a runtime and read its model card.
 
         Args:
             threads: intra-op threads of the backend (None: the library's default).
-            providers: for .onnx, ONNX Runtime providers as names or (name, options)
+            providers: for .onnx in ONNX Runtime, providers as names or (name, options)
                 pairs (`runtime.providers.tensorrt_provider()`...); None: the ones that
                 can load here.
+            runtime: "auto" (by suffix: .keras Keras, .onnx ONNX Runtime, .plan TensorRT,
+                .tflite LiteRT), or for an .onnx file "onnxruntime", "openvino" (fp32, or
+                int8 for the Q/DQ file) or "openvino-bf16" (the bf16 precision hint).
         """
-        from retinaunet_deploy.runtime.backends import BACKENDS
+        from retinaunet_deploy.runtime.backends import backend_for
 
         path = Path(path)
-        if path.suffix not in BACKENDS:
-            raise ArtifactError(f"{path}: unsupported artifact type {path.suffix!r}; use one of "
-                                f"{sorted(BACKENDS)}")
-        backend_class = BACKENDS[path.suffix]
-        kwargs = {"threads": threads}
-        if providers is not None:
-            if path.suffix != ".onnx":
-                raise ConfigError(f"{path}: execution providers apply to .onnx files only; "
-                                  f"drop the provider choice for a {path.suffix} artifact")
-            kwargs["providers"] = providers
-        backend = backend_class(path, **kwargs)
+        if providers is not None and (path.suffix != ".onnx"
+                                      or runtime not in ("auto", "onnxruntime")):
+            raise ConfigError(f"{path}: execution providers apply to .onnx files in ONNX "
+                              f"Runtime only; drop the provider choice")
+        backend = backend_for(path, runtime, threads, providers)
         card = backend.card()
         if card is None:
             raise ArtifactError(f"{path} has no model card (embedded or model_card.json beside "

@@ -77,8 +77,12 @@ class TensorRTBackend:
             raise ArtifactError(f"{self.path} has inputs {self.input_names}; expected one "
                                 f"('image')")
         self.input_name = self.input_names[0]
-        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
-        self.max_batch = int(max_shape[0])
+        min_shape, opt_shape, max_shape = self.engine.get_tensor_profile_shape(
+            self.input_name, 0)
+        # The Predictor feeds opt_batch images per call (what TensorRT tuned kernels for);
+        # `run` cuts larger batches into chunks and pads smaller ones up to min_batch.
+        self.min_batch, self.opt_batch, self.max_batch = (
+            int(min_shape[0]), int(opt_shape[0]), int(max_shape[0]))
         # The Predictor pads images up to min_size and tiles beyond max_size.
         self.min_size = int(max(min_shape[1], min_shape[2]))
         self.max_size = int(min(max_shape[1], max_shape[2]))
@@ -99,15 +103,26 @@ class TensorRTBackend:
         return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Any batch size: chunks of at most max_batch, each padded up to min_batch."""
         h, w, c = batch.shape[1:]
         if c != self.channels or not (self.min_size <= min(h, w) and max(h, w) <= self.max_size):
             raise InputError(f"{self.path} takes (N, H, W, {self.channels}) with H and W in "
                              f"{self.min_size}..{self.max_size} (its optimisation profile), got "
                              f"{batch.shape}; rebuild it with other --min-size/--max-size")
-        if len(batch) > self.max_batch:  # the engine's profile ends here: run in chunks
-            chunks = [self.run(batch[i:i + self.max_batch])
-                      for i in range(0, len(batch), self.max_batch)]
-            return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        chunks = []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = batch[start:start + self.max_batch]
+            count = len(chunk)
+            if count < self.min_batch:  # the profile starts here: repeat the last image
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_batch - count, 0)])
+            outputs = self._execute(chunk)
+            chunks.append({name: value[:count] for name, value in outputs.items()})
+        if len(chunks) == 1:
+            return chunks[0]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+    def _execute(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One call of the engine on a batch its profile takes."""
         rt, call = self._rt, self._call
         to_device = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         to_host = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
