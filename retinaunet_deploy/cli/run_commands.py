@@ -1,0 +1,165 @@
+"""Commands that run a model: predict, bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from retinaunet_deploy.bench.rows import BenchOptions
+from retinaunet_deploy.cli.group import cli, comma_text, console, int_list
+from retinaunet_deploy.cli.model_commands import PRESET_NAMES
+from retinaunet_deploy.runtime.backends import RUNTIMES
+from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
+
+BENCH = BenchOptions()
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, path_type=Path))
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("predictions"), show_default=True)
+@click.option("--threads", type=int, default=None, help="Inference threads [default: library's].")
+@click.option("--score-threshold", type=float, default=0.5, show_default=True,
+              help="Keep detections scoring at least this. (The model card's 0.05 is for "
+                   "evaluation, where AP needs the low-score tail.)")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+              default="auto", show_default=True,
+              help="ONNX Runtime execution provider for an .onnx ARTIFACT (auto: CUDA when a "
+                   "GPU is present, else CPU). 'tensorrt' caches its engines beside ARTIFACT.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+              help="How to run an .onnx ARTIFACT: auto (ONNX Runtime), onnxruntime, openvino "
+                   "(fp32, or int8 for model.int8.onnx) or openvino-bf16 (bf16 hint).")
+@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
+              help="Images larger than this (padded height or width) run as a sliding window "
+                   "of tiles at most this large (a multiple of 16; an engine's profile caps it).")
+@click.option("--overlap", type=float, default=DEFAULT_OVERLAP, show_default=True,
+              help="Fraction of a tile shared with its neighbour.")
+def predict(artifact, images, out_dir, threads, score_threshold, provider, runtime, tile,
+            overlap):
+    """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
+    write masks, overlays and detections.json.
+
+    ARTIFACT may be a run folder: then the variant its bench recommended runs (the
+    fastest that passed its gate on this machine, with its runtime).
+    """
+    from retinaunet_deploy.predict import predict_files
+    from retinaunet_deploy.runtime import providers as ort_providers
+
+    if provider != "auto" and (runtime != "auto" or artifact.is_dir()):
+        raise click.UsageError("--provider applies to an .onnx file in ONNX Runtime only")
+    chosen = {"auto": None, "cpu": [ort_providers.CPU],
+              "cuda": [ort_providers.cuda_provider(), ort_providers.CPU],
+              "tensorrt": [ort_providers.tensorrt_provider(
+                  fp16=ort_providers.precision_of(artifact) == "fp16",
+                  int8=ort_providers.precision_of(artifact) == "int8",
+                  cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
+    results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
+                            tile, overlap, runtime)
+    for path, entry in results.items():
+        found = entry.get("detections", [])
+        summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
+        size = "x".join(map(str, entry["size"])) + (", tiled" if entry["tiled"] else "")
+        click.echo(f"{path} ({size}): {len(found)} detection(s)"
+                   f"{': ' + summary if found else ''}")
+    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/ and {out_dir}/detections.json")
+
+
+@cli.command()
+@click.argument("run_dir", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Report folder [default: bench/default, or bench/<preset>-"
+                                 "latency with --latency-only].")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="With --latency-only: the architecture to time on random weights.")
+@click.option("--latency-only", is_flag=True,
+              help="Time a random-weights --preset at --sizes (no fidelity figures).")
+@click.option("--sizes", default="128,256", show_default=True, callback=int_list,
+              help="Input sizes of the --latency-only sweep.")
+@click.option("--images", type=int, default=BENCH.images, show_default=True,
+              help="Held-out images for the fidelity figures.")
+@click.option("--batch-sizes", default=None, callback=int_list,
+              help=f"Comma-separated batch sizes [default: {comma_text(BENCH.batch_sizes)}; 1 "
+                   f"with --latency-only].")
+@click.option("--threads", type=int, default=BENCH.threads, show_default=True,
+              help="Intra-op threads of every CPU row, Keras included (asserted).")
+@click.option("--rounds", type=int, default=BENCH.rounds, show_default=True,
+              help="Minimum timed runs per row and batch size.")
+@click.option("--min-seconds", type=float, default=BENCH.min_seconds, show_default=True,
+              help="Minimum timed seconds per row and batch size (shared by its "
+                   "inference-only and end-to-end figures).")
+@click.option("--backends", default=comma_text(BENCH.backends), show_default=True,
+              help="Comma-separated backends to include.")
+@click.option("--no-limits", is_flag=True,
+              help="Skip measuring this CPU's int8/bf16/fp32 limits (the 'share of limit').")
+@click.option("--sweep-sizes", default="128,256,512,1024", show_default=True,
+              callback=int_list, help="With RUN_DIR: image sizes of the cost-vs-size sweep of "
+                                       "model.onnx, whole, plus tiled at the largest.")
+@click.option("--sweep-tile", type=int, default=None,
+              help="Tile of the sweep's tiled run [default: half the largest size].")
+@click.option("--no-size-sweep", is_flag=True, help="Skip the cost-vs-size sweep.")
+def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
+          min_seconds, backends, no_limits, sweep_sizes, sweep_tile, no_size_sweep):
+    """Benchmark every artifact of RUN_DIR against the Keras float reference.
+
+    With --latency-only --preset P, time P on random weights at --sizes instead.
+    """
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from retinaunet_deploy.bench.harness import run_bench
+    from retinaunet_deploy.bench.recommend import recommendation_line
+    from retinaunet_deploy.bench.report import header, table_rows
+    from retinaunet_deploy.bench.sweep import latency_sweep
+
+    if latency_only != (preset is not None) or latency_only == (run_dir is not None):
+        raise click.UsageError("give either RUN_DIR, or --latency-only with --preset")
+    batch_sizes = batch_sizes or ((1,) if latency_only else BENCH.batch_sizes)
+    options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
+                           rounds=rounds, min_seconds=min_seconds, peak=not no_limits,
+                           backends=tuple(b.strip() for b in backends.split(",")))
+    out_dir = out_dir or Path("bench/default" if run_dir else f"bench/{preset}-latency")
+    out = console()
+    if latency_only:
+        with Progress(console=out, transient=True) as progress:
+            task = progress.add_task("sweep", total=None)
+            latency_sweep(out_dir, preset, sizes, options,
+                          progress=lambda message: progress.update(task, description=message))
+        out.print((out_dir / "report.md").read_text(), markup=False)
+        return
+    with Progress(console=out, transient=True) as progress:
+        task = progress.add_task("benchmark", total=None)
+        report = run_bench(run_dir, out_dir, options,
+                           progress=lambda message: progress.update(task, description=message))
+    table = Table(title=f"{run_dir}: {report['images']} held-out images, "
+                        f"{report['machine']['cpu']}, {threads} threads")
+    for column in header(report):
+        table.add_column(column)
+    for cells in table_rows(report):
+        table.add_row(*cells)
+    out.print(table)
+    for row in report["rows"]:
+        if row["status"] != "ok":
+            out.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False)
+    out.print(f"wrote {out_dir}/report.json, report.md, latency_vs_agreement.png, "
+              f"overlays.png")
+    if not no_size_sweep:
+        _size_sweep(out, run_dir, out_dir, sweep_sizes, sweep_tile, threads)
+    # The last line of the bench: what to ship here (also in RUN_DIR/recommendation.json).
+    out.print(recommendation_line(report["recommendation"]).replace("RUN_DIR", str(run_dir)),
+              markup=False)
+
+
+def _size_sweep(out, run_dir, out_dir, sweep_sizes, sweep_tile, threads):
+    from rich.progress import Progress
+
+    from retinaunet_deploy.bench.sweep import size_sweep
+
+    with Progress(console=out, transient=True) as progress:
+        task = progress.add_task("size sweep", total=None)
+        size_sweep(run_dir, out_dir, sweep_sizes, tile=sweep_tile, threads=threads,
+                   progress=lambda message: progress.update(task, description=message))
+    out.print((out_dir / "size_sweep.md").read_text(), markup=False)
