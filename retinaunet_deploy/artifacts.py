@@ -148,6 +148,37 @@ def record_artifact(run_dir: Path, name: str, stage: str, parent: str | None = N
     return entry
 
 
+def record_runtime_variant(run_dir: Path, name: str, file: str, runtime: str, passed: bool,
+                           figures: dict, tools: dict | None = None) -> dict:
+    """Record a variant that is a way of *running* a file, not a file of its own (OpenVINO
+    int8 on model.int8.onnx, bf16 on model.onnx): its gate figures, tied to the file's hash.
+
+    Kept in the manifest's ``runtime_variants`` table by `name`.
+    """
+    import datetime
+
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir)
+    entry = {"file": file, "sha256": sha256_file(run_dir / file), "runtime": runtime,
+             "passed": passed, "stage": "calibrate", "tools": tools or {},
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                 timespec="seconds"), "figures": figures}
+    manifest.setdefault("runtime_variants", {})[name] = entry
+    write_json(run_dir / MANIFEST, manifest)
+    return entry
+
+
+def runtime_variants(run_dir: Path) -> dict[str, dict]:
+    """The recorded runtime variants whose file still has the hash they were judged on."""
+    run_dir = Path(run_dir)
+    current = {}
+    for name, entry in load_manifest(run_dir).get("runtime_variants", {}).items():
+        path = run_dir / entry["file"]
+        if path.exists() and sha256_file(path) == entry["sha256"]:
+            current[name] = entry
+    return current
+
+
 def forget_artifact(run_dir: Path, name: str) -> None:
     """Delete `run_dir/name` if present and drop it from the manifest."""
     run_dir = Path(run_dir)

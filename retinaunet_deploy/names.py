@@ -13,6 +13,7 @@ A run folder holds the trained model, its variants and their records::
     calibration.json      how the variants were made and how they measured (calibrate)
     manifest.json         sha256, parent and figures of every file above
     reference/            the float model's stored outputs on held-out images
+    recommendation.json   the fastest variant that passed its gate here (bench)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CALIBRATION = "calibration.json"
 MANIFEST = "manifest.json"
 TIMING_CACHE = "tensorrt.timing.cache"
 REFERENCE_DIR = "reference"
+RECOMMENDATION = "recommendation.json"
 
 # The ONNX file each TensorRT engine precision is compiled from (the U8S8 CPU form is
 # not for TensorRT).

@@ -51,12 +51,15 @@ def _shared_prefix(parts_lists) -> int:
 def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                   threads: int | None = None, score_threshold: float | None = None,
                   providers: list | None = None, tile: int | None = None,
-                  overlap: float | None = None) -> dict:
+                  overlap: float | None = None, runtime: str = "auto") -> dict:
     """Run `artifact` on image files and write the outputs above; returns the detections dict.
 
     Args:
+        artifact: a file, or a run folder: then the file and runtime its bench
+            recommended (``recommendation.json``: the fastest that passed its gate here).
         providers: ONNX Runtime providers for an .onnx artifact (None: what loads here).
         tile, overlap: the sliding window (None: the Predictor's defaults).
+        runtime: "auto" (by suffix) or an .onnx runtime (`runtime.backends.RUNTIMES`).
     """
     import dataclasses
 
@@ -68,9 +71,17 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
     from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
     from retinaunet_deploy.visualize import overlay
 
+    if Path(artifact).is_dir():
+        from retinaunet_deploy.bench.recommend import recommended_artifact
+
+        if runtime != "auto":
+            raise InputError(f"{artifact} is a run folder: its recommendation names the "
+                             f"runtime; give a file to choose one with --runtime")
+        artifact, runtime = recommended_artifact(artifact)
     predictor = Predictor.from_artifact(artifact, threads=threads, providers=providers,
                                         tile=tile or DEFAULT_TILE,
-                                        overlap=DEFAULT_OVERLAP if overlap is None else overlap)
+                                        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+                                        runtime=runtime)
     if score_threshold is not None:
         predictor.detection_config = dataclasses.replace(predictor.detection_config,
                                                          score_threshold=score_threshold)
@@ -109,5 +120,6 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                  else int(cls)}
                 for box, score, cls in zip(dets.boxes, dets.scores, dets.classes)]
         results[str(path)] = entry
-    write_json(out_dir / "detections.json", {"artifact": str(artifact), "images": results})
+    write_json(out_dir / "detections.json", {"artifact": str(artifact), "runtime": runtime,
+                                              "images": results})
     return results

@@ -26,7 +26,8 @@ def test_every_report_file_exists_and_parses(bench_report):
     out, report = bench_report
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     markdown = (out / "report.md").read_text()
-    assert "| row | precision | MB | pixel agreement |" in markdown
+    assert "| row | precision | MB | pixel agreement [95% CI] | Dice vs float [95% CI] |" in markdown
+    assert "| gate |" in markdown
     assert "| AP@0.5 |" in markdown
     # Every figure says its image count; 2 images (< 16) are flagged loudly.
     assert "Every figure is measured on 2 whole held-out images" in markdown
@@ -167,3 +168,34 @@ def test_size_sweep_times_whole_and_tiled_images_in_one_run(tiny_exported, tmp_p
     assert report["tiles"]["pixels_ratio"] > 1 and report["tiled_over_whole"] > 0
     assert json.loads((tmp_path / "size_sweep.json").read_text())["rows"] == report["rows"]
     assert "| tiled 256 |" in (tmp_path / "size_sweep.md").read_text()
+
+
+def test_latency_only_threads_hold_for_every_row_keras_included(tmp_path):
+    """TensorFlow sets its pools once per process, so this runs the CLI in a fresh one."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "retinaunet_deploy.cli", "bench", "--latency-only",
+               "--preset", "tiny", "--sizes", "64", "--threads", "1", "--rounds", "1",
+               "--min-seconds", "0", "--backends", "keras,onnxruntime,tflite", "--out",
+               str(tmp_path)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = [row for row in report["sweeps"][0]["rows"] if row["status"] == "ok"]
+    assert {row["backend"] for row in rows} >= {"keras", "onnxruntime", "tflite"}
+    assert all(row["threads"] == 1 for row in rows), [(r["name"], r["threads"]) for r in rows]
+    assert "1 intra-op thread(s), asserted" in rows[0]["notes"]
+    assert "ran with 1 intra-op thread(s), read back from its runtime and asserted" in \
+        (tmp_path / "report.md").read_text()
+
+
+def test_a_keras_thread_count_tensorflow_cannot_take_is_refused():
+    from retinaunet_deploy.errors import ConfigError
+    from retinaunet_deploy.runtime.backends import configure_tensorflow, tensorflow_threads
+
+    assert tensorflow_threads() == 2  # conftest set it before TensorFlow started
+    configure_tensorflow(2)           # the same count again is fine
+    with pytest.raises(ConfigError, match="already runs in this process with 2 intra-op "
+                                          "threads and cannot switch to 1"):
+        configure_tensorflow(1)

@@ -21,6 +21,30 @@ def _fmt(value, spec, missing="—"):
     return missing if value is None else format(value, spec)
 
 
+def _with_interval(fidelity: dict, name: str, value, spec: str) -> str:
+    """A figure and its 95% interval: 99.95% [99.91, 99.98]."""
+    text = _fmt(value, spec)
+    bounds = (fidelity.get("intervals") or {}).get(name)
+    if bounds and value is not None:
+        low, high = (format(b, spec).rstrip("%") for b in bounds)
+        text += f" [{low}, {high}]"
+    return text
+
+
+def gate_verdict(row: dict) -> str:
+    """pass, miss (which target), or pass with the 95% interval reaching past a target."""
+    fidelity = row["fidelity"]
+    if row["name"] == "keras fp32":
+        return "reference"
+    if "passed" not in fidelity:
+        return "—"
+    if not fidelity["passed"]:
+        return "miss: " + "; ".join(fidelity["failures"])
+    if fidelity.get("interval_failures"):
+        return "pass, but " + "; ".join(fidelity["interval_failures"])
+    return "pass"
+
+
 def table_rows(report: dict) -> list[list[str]]:
     """The report's rows as display strings (shared by report.md and the terminal)."""
     batches = [str(b) for b in report["options"]["batch_sizes"]]
@@ -31,25 +55,33 @@ def table_rows(report: dict) -> list[list[str]]:
         lat = row["latency"]
         size = f"{row['size_bytes'] / 1e6:.2f}" if row["size_bytes"] else "—"
         if row["status"] != "ok":
-            lines.append([row["name"], row["precision"], size, row["status"], "", "", "", "",
-                          "", "", ""])
+            lines.append([row["name"], row["precision"], size, row["status"]]
+                         + [""] * (len(HEADER) - 4))
             continue
+        matched = fidelity.get("detections", {}).get("matched_fraction")
         lines.append([
             row["name"], row["precision"], size,
-            _fmt(fidelity.get("pixel_agreement"), ".4%"),
-            _fmt(fidelity.get("mean_dice_vs_reference"), ".4f"),
+            _with_interval(fidelity, "pixel_agreement", fidelity.get("pixel_agreement"),
+                           ".3%"),
+            _with_interval(fidelity, "mean_dice_vs_reference",
+                           fidelity.get("mean_dice_vs_reference"), ".4f"),
+            _with_interval(fidelity, "matched_fraction", matched, ".1%"),
+            gate_verdict(row),
             _fmt(truth.get("mean_dice"), ".4f"),
             _fmt(truth.get("map@0.1"), ".3f"),
             _fmt(truth.get("map@0.5"), ".3f"),
             _fmt(lat.get(first, {}).get("end_to_end", {}).get("p50_ms"), ".1f"),
             _fmt(lat.get(last, {}).get("end_to_end", {}).get("images_per_s"), ".1f"),
             _fmt(lat.get(first, {}).get("speedup_vs_reference"), ".2f") + "x",
+            _fmt(lat.get(first, {}).get("share_of_limit"), ".0%"),
         ])
     return lines
 
 
-HEADER = ["row", "precision", "MB", "pixel agreement", "Dice vs float", "Dice vs GT",
-          "AP@0.1", "AP@0.5", "p50 ms (batch {first})", "images/s (batch {last})", "speed-up vs Keras"]
+HEADER = ["row", "precision", "MB", "pixel agreement [95% CI]", "Dice vs float [95% CI]",
+          "boxes matched [95% CI]", "gate", "Dice vs GT",
+          "AP@0.1", "AP@0.5", "p50 ms (batch {first})", "images/s (batch {last})",
+          "speed-up vs Keras", "share of limit"]
 
 
 def header(report: dict) -> list[str]:
@@ -66,13 +98,18 @@ def write_markdown(path: Path, report: dict) -> None:
          f"({report['split']} split, {report.get('image_sizes', 'various sizes')}) through the "
          f"Predictor that apps use (padding, tiling, decoding); {machine['cpu']} "
          f"({', '.join(machine.get('cpu_flags', [])) or 'flags unknown'}), "
-         f"{machine['cores']} cores, {machine['threads']} threads; "
+         f"{machine['cores']} cores, {machine['threads']} threads (every CPU row's intra-op "
+         f"thread count, Keras included, read back from its runtime and asserted); "
          f"{report['model']['parameters']:,} parameters, "
          f"{report['model']['gflops_per_image']:.2f} GFLOPs per training patch."),
         "",
         *([f"**{report['few_images_warning']}**", ""] if report.get("few_images_warning")
           else []),
-        ("Agreement is against the Keras float model on the same images; Dice and AP against "
+        ("Agreement is against the Keras float model on the same images (its stored "
+         "predictions, the reference calibrate gates with); brackets hold 95% bootstrap "
+         "intervals over the images. A row's gate is the target calibrate applies to its "
+         "precision; 'pass, but' means the interval reaches past a target, so these images "
+         "cannot tell the row from a miss. Dice and AP against "
          "ground truth count one box per instance. Latency is the median end to end (input "
          f"checks + inference + box decoding/NMS) on {report.get('latency_input', 'images')}; "
          "rows were timed interleaved in one run. Compare rows within this report, never "
@@ -87,9 +124,26 @@ def write_markdown(path: Path, report: dict) -> None:
     notes += [f"- {row['name']}: {row['notes']}" for row in report["rows"] if row.get("notes")]
     if notes:
         lines += ["", "Notes:", *notes]
+    lines += ["", limits_text(report.get("limits"))]
     lines += ["", f"Versions: {machine['versions']}", ""]
+    if "recommendation" in report:
+        from retinaunet_deploy.bench.recommend import recommendation_line
+
+        lines += [f"**{recommendation_line(report['recommendation'])}**", ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def limits_text(limits: dict | None) -> str:
+    """One line: the measured limits, and what 'share of limit' means."""
+    if not limits or "skipped" in limits:
+        return f"No limit measured: {(limits or {}).get('skipped', 'not asked for')}."
+    parts = [f"{precision} {limits[precision]['gflops']:.0f} GFLOP/s" if "gflops" in
+             limits.get(precision, {}) else f"{precision}: {limits[precision].get('skipped')}"
+             for precision in ("int8", "bf16", "fp32") if precision in limits]
+    return (f"Limits measured here ({limits['workload']}): {', '.join(parts)}. 'Share of "
+            f"limit' is a CPU row's model GFLOP/s (inference only, p50) over the limit of its "
+            f"precision (fp16 on CPU: fp32).")
 
 
 def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, card: dict):
@@ -163,19 +217,21 @@ def write_sweep_markdown(path: Path, report: dict) -> None:
     lines = [f"# Latency only: `{report['preset']}` preset, random weights",
              "",
              (f"No accuracy is claimed here: the weights are random. {machine['cpu']}, "
-             f"{machine['cores']} cores, {machine['threads']} threads; rows interleaved in "
-             f"one run per size."), ""]
+             f"{machine['cores']} cores; every CPU row, Keras included, ran with "
+             f"{machine['threads']} intra-op thread(s), read back from its runtime and "
+             f"asserted; rows interleaved in one run per size."), ""]
     for sweep in report["sweeps"]:
         batches = list(sweep["rows"][0]["latency"]) or ["1"]
         lines += [(f"## {sweep['size']}x{sweep['size']}: {sweep['parameters']:,} parameters, "
                   f"{sweep['gflops_per_image']:.2f} GFLOPs per image"), "",
                   ("| row | precision | MB | batch | p50 ms (inference) | p50 ms (end to end) "
-                  "| images/s | speed-up vs Keras |"), "|---|---|---|---|---|---|---|---|"]
+                  "| images/s | speed-up vs Keras | share of limit |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in sweep["rows"]:
             size = f"{row['size_bytes'] / 1e6:.2f}" if row["size_bytes"] else "—"
             if row["status"] != "ok":
                 lines.append(f"| {row['name']} | {row['precision']} | {size} | | "
-                             f"{row['status']}: {row['reason']} | | | |")
+                             f"{row['status']}: {row['reason']} | | | | |")
                 continue
             for batch in batches:
                 lat = row["latency"][batch]
@@ -183,7 +239,9 @@ def write_sweep_markdown(path: Path, report: dict) -> None:
                     f"| {row['name']} | {row['precision']} | {size} | {batch} | "
                     f"{lat['inference']['p50_ms']:.1f} | {lat['end_to_end']['p50_ms']:.1f} | "
                     f"{lat['end_to_end']['images_per_s']:.1f} | "
-                    f"{lat.get('speedup_vs_reference', float('nan')):.2f}x |")
+                    f"{lat.get('speedup_vs_reference', float('nan')):.2f}x | "
+                    f"{_fmt(lat.get('share_of_limit'), '.0%')} |")
         lines.append("")
+    lines += [limits_text(report.get("limits")), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))

@@ -28,58 +28,31 @@ def synthetic_crops(config, count: int, seed: int, split: str) -> np.ndarray:
                      synthetic_samples(config, count, seed, split)]).astype(np.float32)
 
 
-def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0) -> dict:
-    """A run folder with random weights, made by the pipeline's own code: latency only.
+def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0,
+                     threads: int | None = None) -> dict:
+    """A run folder on random weights, made by the pipeline's own stages: latency only.
 
-    Writes model.keras, model_card.json, model.onnx, model.int8.onnx and
-    model.int8.cpu.onnx (INT8 calibrated on 32 synthetic images). Returns the card.
+    `train` for a single step (the weights stay essentially random), `export_onnx`
+    with its parity check, and `calibrate` ungated (random weights agree with
+    nothing, so no target can apply; the figures are still recorded). Writes
+    model.keras, model.onnx, model.int8.onnx and model.int8.cpu.onnx. Returns the card.
     """
-    import keras
-    import onnx
-    import onnxslim
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import shutil
 
-    from retinaunet_deploy.artifacts import record_artifact
-    from retinaunet_deploy.card import save_card
-    from retinaunet_deploy.data.synthetic import CLASS_NAMES, SyntheticConfig
-    from retinaunet_deploy.export.calibration import CalibrationOptions, quantize
-    from retinaunet_deploy.export.onnx import embed_metadata, keras_to_onnx, name_dynamic_axes
-    from retinaunet_deploy.model import RetinaUNet
-    from retinaunet_deploy.postprocess import DetectionConfig
+    from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
+    from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
+    from retinaunet_deploy.train import TrainOptions, train
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    builder = RetinaUNet.from_preset(preset, (size, size, 1), len(CLASS_NAMES))
-    model = builder.build_model(any_size=True)
-    model.save(run_dir / "model.keras")
-    synthetic = SyntheticConfig(size=size)
-    card = save_card(run_dir, {
-        "preset": preset, "builder": builder.get_config(), "class_names": list(CLASS_NAMES),
-        "det_class_names": list(CLASS_NAMES[1:]),
-        "input": {"name": "image", "layout": "NHWC", "height": None, "width": None,
-                  "channels": 1, "dtype": "float32", "stride": builder.stride,
-                  "patch_size": size, "pixel_dtype": "uint8", "pixel_max": 255},
-        "normalization": {"in_graph": False, "note": "random weights: latency only"},
-        "anchors": builder.anchor_config.to_dict(), "postprocess": DetectionConfig().to_dict(),
-        "data": {"kind": "synthetic", "seed": seed, "config": synthetic.to_dict(),
-                 "counts": {"train": 32, "val": 0, "test": 8}},
-    })
-    proto = onnxslim.slim(keras_to_onnx(model, card, 17))
-    name_dynamic_axes(proto)
-    embed_metadata(proto, card, "random weights")
-    onnx.save(proto, run_dir / "model.onnx")
-    prepared = run_dir / "prepared.onnx"
-    quant_pre_process(str(run_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
-    calib = synthetic_crops(synthetic, 32, seed, "train")
-    options = CalibrationOptions(calibration_images=32)
-    quantize(prepared, run_dir / "model.int8.onnx", calib, options, run_dir)
-    quantize(prepared, run_dir / "model.int8.cpu.onnx", calib, options, run_dir, cpu_form=True)
-    # Recorded like any run, so the rows pass the same lineage checks.
-    record_artifact(run_dir, "model.keras", "latency-sweep")
-    for name in ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):
-        record_artifact(run_dir, name, "latency-sweep",
-                        parent="model.keras" if name == "model.onnx" else "model.onnx")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a stale folder from an earlier sweep
+    card = train(TrainOptions(preset=preset, size=size, epochs=1, steps_per_epoch=1,
+                              batch_size=1, train_images=8, val_images=2, test_images=2,
+                              seed=seed), run_dir, verbose=0)
+    # Random weights give large unbounded logits: parity is checked relative to them.
+    export_onnx(run_dir, ExportOptions(parity_images=1, tolerance=1e-2))
+    calibrate(run_dir, CalibrationOptions(calibration_images=32, eval_images=2,
+                                          ungated=True, threads=threads), fp16=False)
     return card
 
 
@@ -90,15 +63,20 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
     from retinaunet_deploy.bench.report import write_sweep_markdown
     from retinaunet_deploy.data.synthetic import SyntheticConfig
     from retinaunet_deploy.model import RetinaUNet
+    from retinaunet_deploy.runtime.backends import configure_tensorflow
 
     options = options or BenchOptions(batch_sizes=(1,))
+    configure_tensorflow(options.threads)  # before the first stage runs TensorFlow
     out_dir = Path(out_dir)
     say = progress or (lambda message: None)
+    from retinaunet_deploy.bench.harness import limit_shares, machine_limits
+
+    limits = machine_limits(options, say)
     sweeps = []
     for size in sizes:
         run_dir = out_dir / f"{preset}-{size}"
         say(f"{preset} at {size}x{size}: random weights, exporting and quantising")
-        card = make_latency_run(run_dir, preset, size)
+        card = make_latency_run(run_dir, preset, size, threads=options.threads)
         calibration = synthetic_crops(SyntheticConfig(size=size), 32, 0, "train")
         rows = build_rows(run_dir, card, options, run_dir, calibration)
         if rows[0].status != "ok":
@@ -108,12 +86,13 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
         measure_latency(rows, card, images, options)
         speedups(rows)
         summary = RetinaUNet.from_config(card["builder"]).summary()
+        limit_shares(rows, summary.total_gflops, limits)
         sweeps.append({"size": size, "parameters": summary.total_params,
                        "gflops_per_image": round(summary.total_gflops, 3),
                        "rows": [row.to_dict() for row in rows]})
     report = {"latency_only": True, "preset": preset, "weights": "random (latency only)",
               "machine": machine_info(options.threads), "options": asdict(options),
-              "sweeps": sweeps}
+              "limits": limits, "sweeps": sweeps}
     write_json(out_dir / "report.json", report)
     write_sweep_markdown(out_dir / "report.md", report)
     return report

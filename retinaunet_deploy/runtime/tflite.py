@@ -1,8 +1,11 @@
-"""TFLite baseline: what a Keras user would otherwise ship to a CPU edge device.
+"""LiteRT (TFLite): what runs on ARM boards and phones, and the baseline a Keras user knows.
 
-Converted from the same Keras model: float32, and full-integer int8 (weights
-and activations, TFLITE_BUILTINS_INT8, float32 I/O) calibrated on the images
-given. Run by TFLite's interpreter with its default XNNPACK delegate.
+Converted from the same Keras model (`tf.lite.TFLiteConverter`): float32, or
+full-integer int8 (weights and activations, TFLITE_BUILTINS_INT8, float32 I/O)
+calibrated on the images given. Run by LiteRT's interpreter (`ai-edge-litert`,
+which replaces the deprecated `tf.lite.Interpreter`) with its default XNNPACK
+delegate, through the model's serving signature, so outputs come back by their
+Keras names and the input is resized to any batch, height and width.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import io
 from pathlib import Path
 
 import numpy as np
+
+from retinaunet_deploy.errors import ArtifactError
 
 
 def convert_to_tflite(model, calibration_images: np.ndarray | None = None) -> bytes:
@@ -31,41 +36,36 @@ def convert_to_tflite(model, calibration_images: np.ndarray | None = None) -> by
 
 
 class TFLiteBackend:
-    """A `.tflite` file behind the backend interface: run(batch) -> outputs by name.
-
-    TFLite drops the Keras output names: its outputs are `...:i`, in the order of
-    the Keras model's `output_names`, which the caller passes.
-    """
+    """A `.tflite` file behind the backend interface: run(batch) -> outputs by name."""
 
     suffix = ".tflite"
 
-    def __init__(self, path: Path, output_names: list[str], threads: int | None = None):
-        import warnings
-
-        import tensorflow as tf
+    def __init__(self, path: Path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
-        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated" on TF >= 2.20
-            warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_path=str(self.path),
-                                                   num_threads=threads)
-        self._shape = None
-        self.output_names = list(output_names)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path} not found")
+        self.threads = threads
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            signatures = self.interpreter.get_signature_list()
+            (self.signature,) = signatures  # a Keras conversion has one: serving_default
+            self.runner = self.interpreter.get_signature_runner(self.signature)
+        except (ValueError, RuntimeError) as error:
+            raise ArtifactError(f"cannot load {self.path} ({str(error).splitlines()[0][:200]}); "
+                                f"re-run 'retinaunet-deploy calibrate' to rewrite it") from error
+        (self.input_name,) = signatures[self.signature]["inputs"]
+        self.output_names = list(signatures[self.signature]["outputs"])
 
-    def _resize(self, shape: tuple[int, ...]) -> None:
-        # The model has symbolic batch, height and width: size the tensors per input shape.
-        if self._shape != shape:
-            detail = self.interpreter.get_input_details()[0]
-            self.interpreter.resize_tensor_input(detail["index"], list(shape))
-            self.interpreter.allocate_tensors()
-            self._shape = shape
+    def card(self) -> dict | None:
+        """The run's model card, beside the file."""
+        from retinaunet_deploy.card import load_card
+        from retinaunet_deploy.names import CARD
+
+        return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self._resize(tuple(batch.shape))
-        self.interpreter.set_tensor(self.interpreter.get_input_details()[0]["index"], batch)
-        self.interpreter.invoke()
-        outputs = {}
-        for detail in self.interpreter.get_output_details():
-            index = int(detail["name"].rsplit(":", 1)[-1])
-            outputs[self.output_names[index]] = self.interpreter.get_tensor(detail["index"])
-        return outputs
+        # The runner resizes the input (and reallocates) whenever the shape changes.
+        outputs = self.runner(**{self.input_name: np.ascontiguousarray(batch, np.float32)})
+        return {name: np.array(value) for name, value in outputs.items()}
