@@ -149,7 +149,8 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
     monkeypatch.setattr(gates_module, "judge", recording)
     try:
         result = calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.7,
-                                                    cpu_variant=False, **FAST), fp16=False)
+                                                    cpu_variant=False, openvino=False,
+                                                    tflite=False, **FAST), fp16=False)
     except ArtifactError as error:  # tuned on validation, it may still miss on test: honest
         assert "misses the target on 16 test images" in str(error)
         pytest.skip(f"the validation-tuned fallback missed on the test images: {error}")
@@ -160,6 +161,7 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
     assert all(name.startswith("synthetic-val-") for s in seen[:-2] for name in s)
     int8 = result["variants"]["model.int8.onnx"]
     assert int8["fallback_tuned_on"]["split"] == "val"
+    assert int8["fallback_tuned_on"]["runtimes"] == ["onnxruntime"]
     assert int8["fallback_tuned_on"]["images"] == 16
     assert not set(int8["fallback_tuned_on"]["names"]) & test_names
     assert all(trial["split"] == "val" for trial in int8["fallback_trials"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy import names
 from retinaunet_deploy.bench.harness import BenchOptions, build_rows, measure_latency, speedups
 from retinaunet_deploy.bench.machine import machine_info
 from retinaunet_deploy.errors import ArtifactError
@@ -99,7 +100,7 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
 
 
 def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256, 512, 1024),
-               tile: int | None = None, overlap: float = 0.25, artifact: str = "model.onnx",
+               tile: int | None = None, overlap: float = 0.25, artifact: str = names.ONNX,
                threads: int = 2, rounds: int = 5, min_seconds: float = 4.0,
                progress=None) -> dict:
     """Time `artifact` end to end (Predictor: pad, run, decode) on one square synthetic-style

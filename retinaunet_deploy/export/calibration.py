@@ -79,6 +79,9 @@ class CalibrationOptions:
     max_ap_drop: float = 0.02
     fp16_pixel_agreement: float = 0.999
     fallback: bool = True
+    # The Q/DQ file's fallback makes it pass as TensorRT computes it and, with a few more
+    # float layers at most, under OpenVINO's int8 kernels too (`export.fallback`).
+    fallback_runtimes: tuple[str, ...] = ("onnxruntime", "openvino")
     cpu_variant: bool = True
     openvino: bool = True              # judge OpenVINO int8 (and bf16 where the CPU has it)
     tflite: bool = True                # make and judge model.int8.tflite (LiteRT)

@@ -4,9 +4,15 @@ Everything here is tuned on the *validation* split: whether a fallback is needed
 the ranking of layers and where the search stops. The caller judges the final
 file once on the test split, so no reported figure was tuned on.
 
-Sensitivity is leave-one-out: the agreement gained when one conv alone stays
-float, re-quantised from the cached ranges (no recalibration), on up to 32
-validation images. The search then keeps the top 1, 2, 4, ... layers in float.
+The one Q/DQ file must pass as TensorRT computes it (ONNX Runtime unfused:
+exact fake-quant) and, where OpenVINO is judged too, as OpenVINO's fused int8
+kernels run it: OpenVINO rounds differently, and on the trained small model one
+conv after a decoder concat cost its thin class 0.01 of Dice there alone.
+
+Sensitivity is leave-one-out: the agreement gained (summed over the runtimes
+that miss) when one conv alone stays float, re-quantised from the cached ranges (no
+recalibration), on up to 16 validation images. The search then keeps the top
+1, 2, 4, ... layers in float.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.gates import EvalSet, evaluate_variant
 from retinaunet_deploy.export.quantize import QUANTIZED_OPS, quantize
 
-RANKING_IMAGES = 32
+RANKING_IMAGES = 16
+OPENVINO_EXTRA_LAYERS = 4   # at most this many more float layers to pass OpenVINO too
 
 
 @dataclass
@@ -40,13 +47,34 @@ def _gain(agreement: Agreement, baseline: Agreement) -> float:
             - baseline.detections.get("matched_fraction", 0.0))
 
 
+def judging_runtimes(options) -> tuple[str, ...]:
+    """The runtimes the Q/DQ file should pass under: TensorRT's arithmetic, and OpenVINO's."""
+    runtimes = tuple(r for r in options.fallback_runtimes
+                     if r == "onnxruntime" or (r == "openvino" and options.openvino))
+    if "openvino" in runtimes:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return ("onnxruntime",)
+    return runtimes
+
+
+def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, options,
+                     runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[Agreement]:
+    """The file's agreement under each of `runtimes` (ONNX Runtime runs it unfused)."""
+    return [evaluate_variant(path, card, eval_set, options.targets, fused=False,
+                             threads=options.threads, runtime=runtime)
+            for runtime in runtimes]
+
+
 def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray, options, cache: Path,
-                      card: dict, eval_set: EvalSet,
-                      baseline: Agreement) -> list[tuple[str, float]]:
+                      card: dict, eval_set: EvalSet, baseline: list[Agreement],
+                      runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[tuple[str, float]]:
     """Leave-one-out: each conv's gain in agreement when it alone is kept in float.
 
     Returns (node name, gain) sorted largest gain first, where gain = pixel
-    agreement + Dice vs float + confident-box match fraction gained.
+    agreement + Dice vs float + confident-box match fraction gained, summed over
+    the judging runtimes.
     """
     trial = work / "leave-one-out.onnx"
     scores = []
@@ -54,9 +82,8 @@ def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray, options, ca
         if node.op_type not in QUANTIZED_OPS:
             continue
         quantize(prepared, trial, calib, options, cache, exclude=(node.name,))
-        agreement = evaluate_variant(trial, card, eval_set, options.targets, fused=False,
-                                     threads=options.threads)
-        scores.append((node.name, _gain(agreement, baseline)))
+        agreements = judge_everywhere(trial, card, eval_set, options, runtimes)
+        scores.append((node.name, sum(_gain(a, b) for a, b in zip(agreements, baseline))))
     return sorted(scores, key=lambda item: -item[1])
 
 
@@ -64,36 +91,75 @@ def search_fallback(prepared: Path, qdq: Path, work: Path, calib: np.ndarray, op
                     cache: Path, card: dict, tune_set: EvalSet, say) -> FallbackResult:
     """Re-write `qdq` with the fewest float layers that pass on `tune_set` (validation).
 
-    Leaves `qdq` all-INT8 when it already passes. Raises `ArtifactError` when only
-    every layer in float would pass (that is no INT8 model).
+    First as TensorRT computes it. Then, where OpenVINO is judged too and misses,
+    with at most `OPENVINO_EXTRA_LAYERS` more layers in float so that one file
+    passes under both; if that is not enough, the TensorRT-tuned file stays (and
+    OpenVINO int8 is reported as missing its gate). Leaves `qdq` all-INT8 when it
+    already passes. Raises `ArtifactError` when only every layer in float would
+    pass as TensorRT computes it (that is no INT8 model).
     """
     if tune_set.split == "test":
         raise ValueError("the fallback must be tuned on validation images, not test images")
-    result = FallbackResult(tuned_on={"split": tune_set.split, "images": len(tune_set.samples),
-                                      "names": tune_set.names})
-    tuned = evaluate_variant(qdq, card, tune_set, options.targets, fused=False,
-                             threads=options.threads)
-    if tuned.passed:
+    result = _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
+                     ("onnxruntime",), limit=None)
+    runtimes = judging_runtimes(options)
+    if "openvino" not in runtimes:
         return result
-    say(f"INT8 misses the target on {len(tune_set.samples)} validation images "
-        f"({'; '.join(tuned.failures)}): ranking layers")
+    both = _search(prepared, qdq, work, calib, options, cache, card, tune_set, say, runtimes,
+                   limit=len(result.kept_float) + OPENVINO_EXTRA_LAYERS,
+                   start=result.kept_float)
+    if both is not None:
+        return both
+    say(f"OpenVINO int8 would need more than {OPENVINO_EXTRA_LAYERS} more layer(s) in float; "
+        f"the file keeps the TensorRT-tuned {len(result.kept_float)}")
+    quantize(prepared, qdq, calib, options, cache, exclude=tuple(result.kept_float))
+    result.tuned_on["openvino"] = f"not tuned for: needs more than {OPENVINO_EXTRA_LAYERS} layers"
+    return result
+
+
+def _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
+            runtimes: tuple[str, ...], limit: int | None,
+            start: list[str] = ()) -> FallbackResult | None:
+    """Keep the top 1, 2, 4, ... ranked layers (after `start`) in float until every runtime
+    passes; None when `limit` layers are not enough (raises when no count is)."""
+    result = FallbackResult(kept_float=list(start), tuned_on={
+        "split": tune_set.split, "images": len(tune_set.samples), "names": tune_set.names,
+        "runtimes": list(runtimes)})
+    if start:
+        quantize(prepared, qdq, calib, options, cache, exclude=tuple(start))
+    tuned = judge_everywhere(qdq, card, tune_set, options, runtimes)
+    if all(a.passed for a in tuned):
+        return result
+    missed = [f"{r}: {'; '.join(a.failures)}" for r, a in zip(runtimes, tuned) if not a.passed]
+    say(f"INT8 with {len(start)} layer(s) in float misses the target on "
+        f"{len(tune_set.samples)} validation images ({' | '.join(missed)}): ranking layers")
+    # Rank by the runtimes that miss: the gains of one that passes already are noise
+    # (and ONNX Runtime's unfused fake-quant is the slow one to run 40 times).
+    failing = tuple(r for r, a in zip(runtimes, tuned) if not a.passed)
     subset = tune_set.head(RANKING_IMAGES)
-    baseline = evaluate_variant(qdq, card, subset, options.targets, fused=False,
-                                threads=options.threads)
-    ranking = layer_sensitivity(prepared, work, calib, options, cache, card, subset, baseline)
+    baseline = judge_everywhere(qdq, card, subset, options, failing)
+    ranking = [(name, gain) for name, gain in layer_sensitivity(
+        prepared, work, calib, options, cache, card, subset, baseline, failing)
+        if name not in start]
     result.ranking = [[name, round(gain, 6)] for name, gain in ranking]
     count = 1
-    while not tuned.passed and count <= len(ranking):
-        result.kept_float = [name for name, _ in ranking[:count]]
+    while not all(a.passed for a in tuned) and count <= len(ranking):
+        if limit is not None and len(start) + count > limit:
+            return None
+        result.kept_float = list(start) + [name for name, _ in ranking[:count]]
         quantize(prepared, qdq, calib, options, cache, exclude=tuple(result.kept_float))
-        tuned = evaluate_variant(qdq, card, tune_set, options.targets, fused=False,
-                                 threads=options.threads)
-        result.trials.append({"kept_float": count, "split": tune_set.split,
-                              "pixel_agreement": tuned.pixel_agreement,
-                              "mean_dice_vs_reference": tuned.mean_dice_vs_reference})
-        say(f"  {count} layer(s) in float (validation): {tuned.summary()}")
+        tuned = judge_everywhere(qdq, card, tune_set, options, runtimes)
+        result.trials.append({"kept_float": len(result.kept_float), "split": tune_set.split,
+                              **{r: {"pixel_agreement": a.pixel_agreement,
+                                     "mean_dice_vs_reference": a.mean_dice_vs_reference,
+                                     "passed": a.passed} for r, a in zip(runtimes, tuned)}})
+        say(f"  {len(result.kept_float)} layer(s) in float (validation): " + " | ".join(
+            f"{r}: {a.summary()}" for r, a in zip(runtimes, tuned)))
         count = len(ranking) if count * 2 > len(ranking) > count else count * 2
-    if result.kept_float and len(result.kept_float) == len(ranking):
+    only_all_float = ranking and len(result.kept_float) - len(start) == len(ranking)
+    if not all(a.passed for a in tuned) or only_all_float:
+        if limit is not None:
+            return None
         raise ArtifactError(
             f"INT8 ({options.method}) reaches the target only with every layer in float, "
             f"which is no INT8 model; try --method entropy or percentile, or more "

@@ -75,18 +75,24 @@ def run_predictor(backend, card: dict, eval_set: EvalSet, batch_size: int = 8) -
 
 def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets,
                      fused: bool, threads: int | None = None, batch_size: int = 8,
-                     intervals: bool = False) -> Agreement:
+                     intervals: bool = False, runtime: str = "onnxruntime") -> Agreement:
     """Run an ONNX variant on the whole held-out images, as apps run it, and judge it.
 
     Args:
         fused: run with ONNX Runtime's graph optimisations (as the CPU will run it);
-            False runs every op as written (exact fake-quant for Q/DQ).
+            False runs every op as written (exact fake-quant for Q/DQ). OpenVINO
+            always fuses.
         intervals: bootstrap intervals (for reported figures; the fallback's many
             trials skip them).
+        runtime: "onnxruntime" or "openvino" (its int8 kernels for a Q/DQ file).
     """
     from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+    from retinaunet_deploy.runtime.openvino import OpenVINOBackend
 
-    backend = OnnxRuntimeBackend(path, threads=threads, optimize=fused)
+    if runtime == "openvino":
+        backend = OpenVINOBackend(path, threads=threads)
+    else:
+        backend = OnnxRuntimeBackend(path, threads=threads, optimize=fused)
     return judge(eval_set, run_predictor(backend, card, eval_set, batch_size), card, targets,
                  intervals=intervals)
 

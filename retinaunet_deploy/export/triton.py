@@ -148,8 +148,8 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the model from Triton's user
     try:
         (staging / "1").mkdir()
-        shutil.copyfile(run_dir / model, staging / "1" / ("model.plan" if is_plan else
-                                                          "model.onnx"))
+        # Triton's default file name in a version folder: model.onnx or model.plan.
+        shutil.copyfile(run_dir / model, staging / "1" / f"model{Path(model).suffix}")
         card = run_dir / names.CARD
         if card.exists():
             shutil.copyfile(card, staging / names.CARD)

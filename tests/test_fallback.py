@@ -1,0 +1,90 @@
+"""The INT8 fallback's search, as logic: which layers stay float, under which runtimes."""
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+
+from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.export import fallback
+from retinaunet_deploy.export.gates import EvalSet
+
+LAYERS = [f"conv{i}" for i in range(10)]
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    pixel_agreement: float = 0.99
+    mean_dice_vs_reference: float = 0.99
+
+    @property
+    def failures(self):
+        return [] if self.passed else ["planted miss"]
+
+    def summary(self):
+        return "passes" if self.passed else "misses"
+
+
+def _plant(monkeypatch, needs: dict[str, set[str]]):
+    """Each runtime passes once the layers in `needs[runtime]` are all kept float; the
+    ranking lists the needed layers first (as a real sensitivity ranking would)."""
+    state = {"excluded": set(), "quantized": []}
+
+    def quantize(prepared, target, calib, options, cache, exclude=()):
+        state["excluded"] = set(exclude)
+        state["quantized"].append(tuple(exclude))
+
+    def judge_everywhere(path, card, eval_set, options, runtimes=("onnxruntime",)):
+        assert eval_set.split == "val"
+        return [Verdict(needs[r] <= state["excluded"]) for r in runtimes]
+
+    def layer_sensitivity(prepared, work, calib, options, cache, card, eval_set, baseline,
+                          runtimes=("onnxruntime",)):
+        wanted = set().union(*(needs[r] for r in runtimes))
+        return [(name, 1.0 if name in wanted else 0.0)
+                for name in sorted(LAYERS, key=lambda n: n not in wanted)]
+
+    monkeypatch.setattr(fallback, "quantize", quantize)
+    monkeypatch.setattr(fallback, "judge_everywhere", judge_everywhere)
+    monkeypatch.setattr(fallback, "layer_sensitivity", layer_sensitivity)
+    monkeypatch.setattr(fallback, "judging_runtimes", lambda options: ("onnxruntime", "openvino"))
+    return state
+
+
+def _search(split="val"):
+    tune = EvalSet([SimpleNamespace(name=f"synthetic-{split}-{i:05d}.png") for i in range(4)],
+                   [], [], split)
+    options = SimpleNamespace(method="minmax")
+    return fallback.search_fallback("prepared", "qdq", "work", None, options, "cache", {},
+                                    tune, lambda message: None)
+
+
+def test_one_more_float_layer_makes_the_file_pass_under_openvino_too(monkeypatch):
+    state = _plant(monkeypatch, {"onnxruntime": set(), "openvino": {"conv7"}})
+    result = _search()
+    assert result.kept_float == ["conv7"]
+    assert result.tuned_on["runtimes"] == ["onnxruntime", "openvino"]
+    assert state["excluded"] == {"conv7"}  # the file written last is the chosen one
+
+
+def test_openvino_never_costs_tensorrt_more_than_a_few_layers(monkeypatch):
+    needs = set(LAYERS[:fallback.OPENVINO_EXTRA_LAYERS + 2])
+    state = _plant(monkeypatch, {"onnxruntime": {"conv1"}, "openvino": needs})
+    result = _search()
+    assert result.kept_float == ["conv1"]              # tuned for TensorRT only
+    assert result.tuned_on["runtimes"] == ["onnxruntime"]
+    assert "not tuned for" in result.tuned_on["openvino"]
+    assert state["excluded"] == {"conv1"}              # and the file on disk says so
+
+
+def test_a_model_that_passes_only_all_float_is_refused(monkeypatch):
+    _plant(monkeypatch, {"onnxruntime": set(LAYERS), "openvino": set()})
+    with pytest.raises(ArtifactError, match="only with every layer in float"):
+        _search()
+
+
+def test_the_fallback_refuses_test_images(monkeypatch):
+    _plant(monkeypatch, {"onnxruntime": set(), "openvino": set()})
+    with pytest.raises(ValueError, match="validation images, not test images"):
+        _search("test")
