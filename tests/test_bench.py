@@ -66,7 +66,7 @@ def test_every_ok_row_has_latency_throughput_and_agreement(bench_report):
 
 
 def test_rows_that_cannot_run_here_are_skipped_with_the_reason(bench_report):
-    from retinaunet_deploy.bench.harness import tensorrt_unavailable
+    from retinaunet_deploy.bench.rows import tensorrt_unavailable
 
     _, report = bench_report
     reason = tensorrt_unavailable()

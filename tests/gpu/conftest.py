@@ -4,7 +4,7 @@ import pytest
 
 
 def pytest_collection_modifyitems(config, items):
-    from retinaunet_deploy.bench.harness import tensorrt_unavailable
+    from retinaunet_deploy.bench.rows import tensorrt_unavailable
 
     reason = tensorrt_unavailable()
     for item in items:
