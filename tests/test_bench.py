@@ -11,6 +11,8 @@ from retinaunet_deploy.cli import cli
 from retinaunet_deploy.errors import ArtifactError
 
 QUICK = BenchOptions(images=2, batch_sizes=(1,), rounds=2, min_seconds=0.0)
+FASTER = BenchOptions(images=2, batch_sizes=(1,), rounds=2, min_seconds=0.0, peak=False,
+                      backends=("keras", "onnxruntime"))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,15 @@ def test_every_ok_row_has_latency_throughput_and_agreement(bench_report):
         else:
             assert row["status"] == "skipped" and row["reason"]
     assert report["model"]["gflops_per_image"] > 0 and report["machine"]["threads"] == 2
+    # The measured limit, and each CPU row's share of the one for its precision.
+    limits = report["limits"]
+    assert limits["int8"]["gflops"] > limits["fp32"]["gflops"] > 0
+    int8 = names["openvino int8 (model.int8.onnx)"]["latency"]["1"]
+    expected = (report["model"]["gflops_per_image"] / (int8["inference"]["p50_ms"] / 1e3)
+                / limits["int8"]["gflops"])
+    assert int8["share_of_limit"] == pytest.approx(expected, rel=0.01)
+    assert names["openvino int8 (model.int8.onnx)"]["threads"] == 2
+    assert "Limits measured here" in (bench_report[0] / "report.md").read_text()
 
 
 def test_rows_that_cannot_run_here_are_skipped_with_the_reason(bench_report):
@@ -83,7 +94,7 @@ def test_a_broken_artifact_becomes_a_failed_row(tiny_calibrated, tmp_path):
     (copy / "model.fp16.onnx").write_bytes(b"\x08\x07not an onnx model")
     report = run_bench(copy, tmp_path / "out",
                        BenchOptions(images=2, batch_sizes=(1,), rounds=1, min_seconds=0.0,
-                                    backends=("keras", "onnxruntime")))
+                                    backends=("keras", "onnxruntime"), peak=False))
     row = next(r for r in report["rows"] if r["artifact"] == "model.fp16.onnx")
     assert row["status"] == "failed"
     assert "model.fp16.onnx changed since 'calibrate' recorded it" in row["reason"]
@@ -108,7 +119,7 @@ def test_a_variant_of_an_older_onnx_becomes_a_failed_row(tiny_calibrated, tmp_pa
     record_artifact(copy, "model.onnx", "export", parent="model.keras")
     report = run_bench(copy, tmp_path / "out",
                        BenchOptions(images=2, batch_sizes=(1,), rounds=1, min_seconds=0.0,
-                                    backends=("keras", "onnxruntime")))
+                                    backends=("keras", "onnxruntime"), peak=False))
     status = {r["artifact"]: (r["status"], r["reason"]) for r in report["rows"]
               if r["backend"] == "onnxruntime"}
     assert status["model.onnx"][0] == "ok"
@@ -122,7 +133,7 @@ def test_a_broken_reference_fails_the_bench(tiny_calibrated, tmp_path):
     shutil.copytree(run, copy)
     (copy / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ArtifactError, match="the reference .*model.keras cannot run"):
-        run_bench(copy, tmp_path / "out", QUICK)
+        run_bench(copy, tmp_path / "out", FASTER)
     result = CliRunner().invoke(cli, ["bench", str(copy), "--out", str(tmp_path / "cli"),
                                       "--images", "2", "--batch-sizes", "1", "--rounds", "1",
                                       "--min-seconds", "0"])
@@ -131,7 +142,7 @@ def test_a_broken_reference_fails_the_bench(tiny_calibrated, tmp_path):
 
 def test_latency_only_sweep(tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--latency-only", "--preset", "tiny", "--sizes",
-                                      "64", "--rounds", "2", "--min-seconds", "0",
+                                      "64", "--rounds", "2", "--min-seconds", "0", "--no-limits",
                                       "--backends", "keras,onnxruntime", "--out",
                                       str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -177,7 +188,8 @@ def test_latency_only_threads_hold_for_every_row_keras_included(tmp_path):
 
     command = [sys.executable, "-m", "retinaunet_deploy.cli", "bench", "--latency-only",
                "--preset", "tiny", "--sizes", "64", "--threads", "1", "--rounds", "1",
-               "--min-seconds", "0", "--backends", "keras,onnxruntime,tflite", "--out",
+               "--min-seconds", "0", "--no-limits", "--backends", "keras,onnxruntime,tflite",
+               "--out",
                str(tmp_path)]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

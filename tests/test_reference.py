@@ -13,7 +13,7 @@ from retinaunet_deploy.runtime import reference as reference_module
 from retinaunet_deploy.runtime.reference import float_reference
 
 QUICK = BenchOptions(images=4, batch_sizes=(1,), rounds=1, min_seconds=0.0,
-                     backends=("keras", "onnxruntime"))
+                     backends=("keras", "onnxruntime"), peak=False)
 
 
 def test_calibrate_and_bench_read_one_stored_reference(tiny_calibrated, tmp_path, monkeypatch):

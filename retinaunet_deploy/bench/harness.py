@@ -194,17 +194,16 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = load_card(run_dir)
-    say(f"float reference on {options.images} whole held-out images")
-    eval_set = make_eval_set(run_dir, card, options.images, progress=say)
-    samples = eval_set.samples
     # Latency is timed on patches of the training size (one shape for every batch size).
     calibration = calibration_images(card, 32)
-
     say(f"building rows for {run_dir}")
     rows = build_rows(run_dir, card, options, out_dir, calibration)
     if rows[0].status != "ok":
         raise ArtifactError(f"the reference {run_dir / names.KERAS} cannot run: "
                             f"{rows[0].reason}")
+    say(f"float reference on {options.images} whole held-out images")
+    eval_set = make_eval_set(run_dir, card, options.images, progress=say)
+    samples = eval_set.samples
     targets = row_targets(run_dir)
     say(f"fidelity on {len(samples)} whole held-out images")
     masks_by_row = measure_fidelity(rows, card, eval_set, targets)

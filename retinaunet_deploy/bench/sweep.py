@@ -30,7 +30,8 @@ def synthetic_crops(config, count: int, seed: int, split: str) -> np.ndarray:
 
 
 def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0,
-                     threads: int | None = None) -> dict:
+                     threads: int | None = None,
+                     backends: tuple[str, ...] = ("openvino", "tflite")) -> dict:
     """A run folder on random weights, made by the pipeline's own stages: latency only.
 
     `train` for a single step (the weights stay essentially random), `export_onnx`
@@ -53,7 +54,9 @@ def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0,
     # Random weights give large unbounded logits: parity is checked relative to them.
     export_onnx(run_dir, ExportOptions(parity_images=1, tolerance=1e-2))
     calibrate(run_dir, CalibrationOptions(calibration_images=32, eval_images=2,
-                                          ungated=True, threads=threads), fp16=False)
+                                          ungated=True, threads=threads,
+                                          openvino="openvino" in backends,
+                                          tflite="tflite" in backends), fp16=False)
     return card
 
 
@@ -77,7 +80,8 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
     for size in sizes:
         run_dir = out_dir / f"{preset}-{size}"
         say(f"{preset} at {size}x{size}: random weights, exporting and quantising")
-        card = make_latency_run(run_dir, preset, size, threads=options.threads)
+        card = make_latency_run(run_dir, preset, size, threads=options.threads,
+                                backends=options.backends)
         calibration = synthetic_crops(SyntheticConfig(size=size), 32, 0, "train")
         rows = build_rows(run_dir, card, options, run_dir, calibration)
         if rows[0].status != "ok":
