@@ -76,7 +76,7 @@ def _load(run_dir: Path, split: str, key: dict) -> list[Prediction] | None:
                 != {k: v for k, v in key.items() if k != "images"}
                 or stored_key["images"][:count] != key["images"]):
             return None
-        with np.load(arrays_path) as arrays:
+        with np.load(arrays_path, allow_pickle=False) as arrays:
             return [_prediction(arrays, i) for i in range(count)]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # missing, stale or damaged: recompute
