@@ -51,3 +51,15 @@ def load_card(run_dir: Path) -> dict:
         raise ArtifactError(f"{path} has card_version {card['card_version']}, this toolkit "
                             f"reads {CARD_VERSION}; re-run training with this version")
     return card
+
+
+def embedded_card(path: Path, text: str | None) -> dict | None:
+    """The model card an ONNX file carries in its ``model_card`` metadata (None: it has
+    none), parsed as JSON and never evaluated."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{path} has a corrupt model_card in its metadata; "
+                            f"re-export it") from error

@@ -9,7 +9,6 @@ heads `cls_logits`, `box_deltas`). Validation, batching and postprocess live in
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -127,14 +126,10 @@ class OnnxRuntimeBackend:
 
     def card(self) -> dict | None:
         """The model card embedded in the ONNX metadata (parsed as JSON, never evaluated)."""
-        text = self.session.get_modelmeta().custom_metadata_map.get("model_card")
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ArtifactError(f"{self.path} has a corrupt model_card in its metadata; "
-                                f"re-export it") from error
+        from retinaunet_deploy.card import embedded_card
+
+        return embedded_card(self.path, self.session.get_modelmeta().custom_metadata_map
+                             .get("model_card"))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, {self.input_name: batch})

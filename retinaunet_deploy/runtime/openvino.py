@@ -17,7 +17,6 @@ outputs by name out. OpenVINO is imported lazily.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +95,9 @@ class OpenVINOBackend:
 
     def card(self) -> dict | None:
         """The model card embedded in the ONNX metadata (parsed as JSON, never evaluated)."""
-        text = self._metadata.get("model_card")
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ArtifactError(f"{self.path} has a corrupt model_card in its metadata; "
-                                f"re-export it") from error
+        from retinaunet_deploy.card import embedded_card
+
+        return embedded_card(self.path, self._metadata.get("model_card"))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         results = self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
