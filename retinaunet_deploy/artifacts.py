@@ -242,8 +242,6 @@ def remedy_for(run_dir: Path, name: str, stage: str) -> str:
         return f"retinaunet-deploy build-engine {run_dir} --precision {precision}"
     if stage == "train":
         return f"retinaunet-deploy train --out {run_dir}"
-    if stage == "latency-sweep":
-        return "retinaunet-deploy bench --latency-only (it re-creates this folder)"
     return f"retinaunet-deploy {stage} {run_dir}"
 
 
