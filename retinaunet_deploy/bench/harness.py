@@ -170,7 +170,7 @@ def limit_shares(rows: list[Row], gflops_per_image: float, limits: dict) -> None
             share = share_of_peak(gflops_per_image, figures["inference"]["p50_ms"], int(batch),
                                   limit)
             if share is not None:
-                figures["share_of_limit"] = round(share, 3)
+                figures["share_of_limit"] = float(f"{share:.4g}")
 
 
 def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
@@ -225,7 +225,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
                                                                        "every figure"),
         "latency_input": f"{calibration.shape[1]}x{calibration.shape[2]} training patches",
         "model": {"preset": card.get("preset"), "parameters": summary.total_params,
-                  "gflops_per_image": round(summary.total_gflops, 3),
+                  "gflops_per_image": float(f"{summary.total_gflops:.4g}"),
                   "input": card["input"]},
         "targets": {precision: asdict(t) for precision, t in targets.items()},
         "intervals": "95% percentile bootstrap over images (1000 resamples)",

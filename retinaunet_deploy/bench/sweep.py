@@ -93,7 +93,7 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
         summary = RetinaUNet.from_config(card["builder"]).summary()
         limit_shares(rows, summary.total_gflops, limits)
         sweeps.append({"size": size, "parameters": summary.total_params,
-                       "gflops_per_image": round(summary.total_gflops, 3),
+                       "gflops_per_image": float(f"{summary.total_gflops:.4g}"),
                        "rows": [row.to_dict() for row in rows]})
     report = {"latency_only": True, "preset": preset, "weights": "random (latency only)",
               "machine": machine_info(options.threads), "options": asdict(options),
