@@ -32,6 +32,72 @@ def test_onnx_names_axes_opset_and_standard_ops(tiny_exported):
     assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
 
 
+def test_the_up_convolutions_feed_their_concats_directly(tiny_exported):
+    """tf2onnx's run-time 'same' crop after each 2x2 stride-2 ConvTranspose is empty
+    and is removed (parity, measured by the export, still holds)."""
+    import onnx
+
+    run_dir, _ = tiny_exported
+    graph = onnx.load(run_dir / "model.onnx").graph
+    producers = {out: node for node in graph.node for out in node.output}
+    concats = [node for node in graph.node if node.op_type == "Concat"
+               and any(producers.get(i) is not None and producers[i].op_type == "ConvTranspose"
+                       for i in node.input)]
+    assert len(concats) == 4  # depth 4: one per decoder level
+    assert not any(node.op_type in ("Slice", "Pad") and producers.get(node.input[0]) is not None
+                   and producers[node.input[0]].op_type == "ConvTranspose" for node in graph.node)
+    entry = load_manifest(run_dir)["artifacts"]["model.onnx"]
+    assert entry["figures"]["identity_crops_removed"] == 4
+
+
+def _up_conv_graph(kernel: int, crop_end: int):
+    """x (1, 2, H, W) -> ConvTranspose(kernel, stride 2) -> Slice[..., :crop_end] -> Pad(0) -> Relu."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(2, 3, kernel, kernel)).astype(np.float32)
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["up"], kernel_shape=[kernel] * 2,
+                         strides=[2, 2]),
+        helper.make_node("Shape", ["up"], ["up_shape"]),
+        helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["cropped"]),
+        helper.make_node("Pad", ["cropped", "pads"], ["padded"]),
+        helper.make_node("Relu", ["padded"], ["y"]),
+        helper.make_node("Cast", ["up_shape"], ["shape_out"], to=TensorProto.INT64),
+    ]
+    inits = [numpy_helper.from_array(weight, "w"),
+             numpy_helper.from_array(np.array([0, 0], np.int64), "starts"),
+             numpy_helper.from_array(np.array([crop_end] * 2, np.int64), "ends"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+             numpy_helper.from_array(np.zeros(8, np.int64), "pads")]
+    graph = helper.make_graph(
+        nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("shape_out", TensorProto.INT64, None)], inits)
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                  ir_version=8)
+
+
+@pytest.mark.parametrize("kernel, crop_end, removed", [(2, 2**30, 1), (3, -1, 0)])
+def test_only_an_empty_up_convolution_crop_is_removed(kernel, crop_end, removed):
+    import onnxruntime as ort
+
+    from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
+
+    model = _up_conv_graph(kernel, crop_end)
+    before = model.SerializeToString()
+    assert drop_identity_transpose_crops(model) == removed
+    assert {n.op_type for n in model.graph.node} >= ({"Relu", "Shape"} if removed
+                                                     else {"Slice", "Pad"})
+    x = np.random.default_rng(1).normal(size=(1, 2, 5, 7)).astype(np.float32)
+    run = [ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+           for m in (before, model.SerializeToString())]
+    for expected, edited in zip(*run):
+        np.testing.assert_array_equal(expected, edited)
+    if removed:
+        assert not {"Slice", "Pad"} & {n.op_type for n in model.graph.node}
+
+
 def test_onnx_metadata_carries_the_model_card(tiny_exported, tiny_trained):
     import onnx
 

@@ -25,6 +25,7 @@ import numpy as np
 from retinaunet_deploy.artifacts import atomic_path, record_artifact, tool_versions, verify_artifact
 from retinaunet_deploy.card import load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
 from retinaunet_deploy.names import KERAS, ONNX
 
 MIN_OPSET = 17
@@ -155,6 +156,7 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
         import onnxslim
 
         proto = onnxslim.slim(proto)
+    crops_removed = drop_identity_transpose_crops(proto)
     check_standard_ops(proto, str(run_dir / ONNX))
     name_dynamic_axes(proto)
     embed_metadata(proto, card, parent_sha)
@@ -176,7 +178,8 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
                 f"{run_dir / ONNX} was not written")
     ops = sorted({node.op_type for node in proto.graph.node})
     record_artifact(run_dir, ONNX, "export", parent=KERAS, options=asdict(options),
-                    figures={"parity": parity, "nodes": len(proto.graph.node), "op_types": ops},
+                    figures={"parity": parity, "nodes": len(proto.graph.node), "op_types": ops,
+                             "identity_crops_removed": crops_removed},
                     tools=tool_versions("tensorflow", "tf2onnx", "onnx", "onnxslim",
                                         "onnxruntime", "onnxruntime-gpu"))
     return parity
