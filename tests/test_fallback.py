@@ -39,7 +39,7 @@ def _plant(monkeypatch, needs: dict[str, set[str]]):
         assert eval_set.split == "val"
         return [Verdict(needs[r] <= state["excluded"]) for r in runtimes]
 
-    def layer_sensitivity(prepared, work, calib, options, cache, card, eval_set, baseline,
+    def layer_sensitivity(prepared, qdq, work, options, card, eval_set, baseline,
                           runtimes=("onnxruntime",)):
         wanted = set().union(*(needs[r] for r in runtimes))
         return [(name, 1.0 if name in wanted else 0.0)
@@ -88,3 +88,44 @@ def test_the_fallback_refuses_test_images(monkeypatch):
     _plant(monkeypatch, {"onnxruntime": set(), "openvino": set()})
     with pytest.raises(ValueError, match="validation images, not test images"):
         _search("test")
+
+
+def test_a_conv_put_back_in_float_computes_as_if_it_had_been_excluded(tiny_exported, tmp_path):
+    """The ranking edits the quantised graph instead of re-quantising: same arithmetic."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from retinaunet_deploy.artifacts import load_onnx
+    from retinaunet_deploy.export.quantize import keep_float, quantize
+
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(tiny_exported[0] / "model.onnx"), str(prepared),
+                      skip_symbolic_shape=True)
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(0, 255, (8, 64, 64, 1)).astype(np.float32)
+    options = SimpleNamespace(method="minmax", percentile=99.99, batch_size=4)
+    quantize(prepared, tmp_path / "all.onnx", calib, options, tmp_path)
+    convs = [n.name for n in load_onnx(prepared).graph.node if n.op_type == "Conv"
+             and "head" not in n.name]  # the heads share weights across levels
+    chosen = (convs[0], convs[len(convs) // 2], convs[-1])
+    quantize(prepared, tmp_path / "excluded.onnx", calib, options, tmp_path, exclude=chosen)
+    keep_float(tmp_path / "all.onnx", prepared, tmp_path / "edited.onnx", chosen)
+
+    def count(path, op):
+        return sum(n.op_type == op for n in load_onnx(path).graph.node)
+
+    assert count(tmp_path / "edited.onnx", "DequantizeLinear") == count(
+        tmp_path / "excluded.onnx", "DequantizeLinear") < count(tmp_path / "all.onnx",
+                                                                 "DequantizeLinear")
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    image = rng.uniform(0, 255, (2, 64, 96, 1)).astype(np.float32)
+    outputs = [ort.InferenceSession(str(tmp_path / name), plain,
+                                    providers=["CPUExecutionProvider"]).run(None, {"image": image})
+               for name in ("excluded.onnx", "edited.onnx", "all.onnx")]
+    for excluded, edited in zip(outputs[0], outputs[1]):
+        np.testing.assert_array_equal(excluded, edited)
+    assert any(not np.array_equal(a, b) for a, b in zip(outputs[1], outputs[2]))
+    with pytest.raises(ValueError, match="no node named"):
+        keep_float(tmp_path / "all.onnx", prepared, tmp_path / "x.onnx", ("not-a-conv",))

@@ -10,8 +10,8 @@ kernels run it: OpenVINO rounds differently, and on the trained small model one
 conv after a decoder concat cost its thin class 0.01 of Dice there alone.
 
 Sensitivity is leave-one-out: the agreement gained (summed over the runtimes
-that miss) when one conv alone stays float, re-quantised from the cached ranges (no
-recalibration), on up to 16 validation images. The search then keeps the top
+that miss) when one more conv is put back in float (the graph edited, nothing
+re-quantised), on up to 16 validation images. The search then keeps the top
 1, 2, 4, ... layers in float.
 """
 
@@ -26,7 +26,7 @@ from retinaunet_deploy.artifacts import load_onnx
 from retinaunet_deploy.compare import Agreement
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.gates import EvalSet, evaluate_variant
-from retinaunet_deploy.export.quantize import QUANTIZED_OPS, quantize
+from retinaunet_deploy.export.quantize import QUANTIZED_OPS, keep_float, quantize
 
 RANKING_IMAGES = 16
 OPENVINO_EXTRA_LAYERS = 4   # at most this many more float layers to pass OpenVINO too
@@ -67,10 +67,11 @@ def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, options,
             for runtime in runtimes]
 
 
-def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray, options, cache: Path,
-                      card: dict, eval_set: EvalSet, baseline: list[Agreement],
+def layer_sensitivity(prepared: Path, qdq: Path, work: Path, options, card: dict,
+                      eval_set: EvalSet, baseline: list[Agreement],
                       runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[tuple[str, float]]:
-    """Leave-one-out: each conv's gain in agreement when it alone is kept in float.
+    """Leave-one-out: each conv's gain in agreement when it alone is put back in float
+    in `qdq` (a graph edit: no re-quantisation).
 
     Returns (node name, gain) sorted largest gain first, where gain = pixel
     agreement + Dice vs float + confident-box match fraction gained, summed over
@@ -78,10 +79,12 @@ def layer_sensitivity(prepared: Path, work: Path, calib: np.ndarray, options, ca
     """
     trial = work / "leave-one-out.onnx"
     scores = []
-    for node in load_onnx(prepared).graph.node:
-        if node.op_type not in QUANTIZED_OPS:
-            continue
-        quantize(prepared, trial, calib, options, cache, exclude=(node.name,))
+    graph = load_onnx(qdq).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    for node in graph.node:
+        if node.op_type not in QUANTIZED_OPS or not dequantized & set(node.input[:2]):
+            continue  # not a conv, or one already in float
+        keep_float(qdq, prepared, trial, (node.name,))
         agreements = judge_everywhere(trial, card, eval_set, options, runtimes)
         scores.append((node.name, sum(_gain(a, b) for a, b in zip(agreements, baseline))))
     return sorted(scores, key=lambda item: -item[1])
@@ -139,7 +142,7 @@ def _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
     subset = tune_set.head(RANKING_IMAGES)
     baseline = judge_everywhere(qdq, card, subset, options, failing)
     ranking = [(name, gain) for name, gain in layer_sensitivity(
-        prepared, work, calib, options, cache, card, subset, baseline, failing)
+        prepared, qdq, work, options, card, subset, baseline, failing)
         if name not in start]
     result.ranking = [[name, round(gain, 6)] for name, gain in ranking]
     count = 1

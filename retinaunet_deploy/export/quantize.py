@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import load_onnx
+from retinaunet_deploy.export.graph_edits import drop_dead_nodes
 from retinaunet_deploy.export.precision import preprocess_node_names, unshare_conv_biases
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -135,3 +136,36 @@ def activation_ranges(cache_dir: Path) -> dict:
                              else value[k], np.float64).reshape(-1) for k in ("lowest", "highest"))
         ranges[name] = [round(float(lo.min()), 6), round(float(hi.max()), 6)]
     return ranges
+
+
+def keep_float(qdq_path: Path, prepared_path: Path, target: Path, names: tuple[str, ...]) -> None:
+    """Write `qdq_path` with the convs in `names` back in float, without re-quantising.
+
+    Each named conv takes its float inputs from `prepared_path` (the graph that was
+    quantised: ONNX Runtime keeps its tensor names) instead of the Dequantize
+    outputs; Q/DQ nodes left without a consumer are dropped. For a conv with its own
+    weights this is exactly what `quantize(..., exclude=names)` computes (tested); a
+    conv that shares its weights with quantised ones (the detection heads across
+    levels) gets float weights here too. One file edit instead of a
+    `quantize_static` run per trial of the leave-one-out ranking.
+    """
+    import onnx
+
+    proto, prepared = load_onnx(qdq_path), load_onnx(prepared_path)
+    float_inputs = {node.name: list(node.input) for node in prepared.graph.node
+                    if node.name in names}
+    missing = set(names) - set(float_inputs)
+    if missing:
+        raise ValueError(f"{prepared_path}: no node named {sorted(missing)}")
+    graph = proto.graph
+    present = {init.name for init in graph.initializer}
+    wanted = {name for inputs in float_inputs.values() for name in inputs}
+    graph.initializer.extend(init for init in prepared.graph.initializer
+                             if init.name in wanted and init.name not in present)
+    for node in graph.node:
+        if node.name in float_inputs:
+            del node.input[:]
+            node.input.extend(float_inputs[node.name])
+    drop_dead_nodes(graph)  # the Q/DQ nodes nothing reads any more
+    onnx.save(proto, target)
+
