@@ -131,12 +131,15 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
     if baseline == 1.0:
         pytest.skip("INT8 already agrees perfectly: no target can demand a fallback")
     demanding = baseline + (1.0 - baseline) / 2
+    # Pixels are what this test demands; the barely trained tiny model has ~8 confident
+    # boxes in 16 test images, so one box lost would decide it under the default 95%.
+    boxes = {k: LENIENT[k] for k in ("matched_fraction", "max_ap_drop")}
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     with pytest.raises(ArtifactError, match=r"misses the target on 16 test images with 0 "
                                             r"layer\(s\) in float"):
         calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.8,
-                                           fallback=False, cpu_variant=False, **FAST),
+                                           fallback=False, cpu_variant=False, **boxes, **FAST),
                   fp16=False)
     # Record which images every judgement sees: the fallback must see no test image.
     seen = []
@@ -150,7 +153,7 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
     try:
         result = calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.7,
                                                     cpu_variant=False, openvino=False,
-                                                    tflite=False, **FAST), fp16=False)
+                                                    tflite=False, **boxes, **FAST), fp16=False)
     except ArtifactError as error:  # tuned on validation, it may still miss on test: honest
         assert "misses the target on 16 test images" in str(error)
         pytest.skip(f"the validation-tuned fallback missed on the test images: {error}")

@@ -29,23 +29,25 @@ class Verdict:
 def _plant(monkeypatch, needs: dict[str, set[str]]):
     """Each runtime passes once the layers in `needs[runtime]` are all kept float; the
     ranking lists the needed layers first (as a real sensitivity ranking would)."""
-    state = {"excluded": set(), "quantized": []}
+    state = {"excluded": set()}
 
-    def quantize(prepared, target, calib, options, cache, exclude=()):
-        state["excluded"] = set(exclude)
-        state["quantized"].append(tuple(exclude))
+    def write_kept_float(all_int8, prepared, qdq, kept):
+        assert all_int8 == "all-int8"  # every file is the all-INT8 one with convs in float
+        if qdq == "qdq":
+            state["excluded"] = set(kept)
 
     def judge_everywhere(path, card, eval_set, options, runtimes=("onnxruntime",)):
         assert eval_set.split == "val"
         return [Verdict(needs[r] <= state["excluded"]) for r in runtimes]
 
-    def layer_sensitivity(prepared, qdq, work, options, card, eval_set, baseline,
+    def layer_sensitivity(prepared, all_int8, kept, work, options, card, eval_set, baseline,
                           runtimes=("onnxruntime",)):
+        assert set(kept) == state["excluded"]  # ranked on top of the layers already float
         wanted = set().union(*(needs[r] for r in runtimes))
         return [(name, 1.0 if name in wanted else 0.0)
-                for name in sorted(LAYERS, key=lambda n: n not in wanted)]
+                for name in sorted(LAYERS, key=lambda n: n not in wanted) if name not in kept]
 
-    monkeypatch.setattr(fallback, "quantize", quantize)
+    monkeypatch.setattr(fallback, "write_kept_float", write_kept_float)
     monkeypatch.setattr(fallback, "judge_everywhere", judge_everywhere)
     monkeypatch.setattr(fallback, "layer_sensitivity", layer_sensitivity)
     monkeypatch.setattr(fallback, "judging_runtimes", lambda options: ("onnxruntime", "openvino"))
@@ -56,8 +58,8 @@ def _search(split="val"):
     tune = EvalSet([SimpleNamespace(name=f"synthetic-{split}-{i:05d}.png") for i in range(4)],
                    [], [], split)
     options = SimpleNamespace(method="minmax")
-    return fallback.search_fallback("prepared", "qdq", "work", None, options, "cache", {},
-                                    tune, lambda message: None)
+    return fallback.search_fallback("prepared", "all-int8", "qdq", "work", options, {}, tune,
+                                    lambda message: None)
 
 
 def test_one_more_float_layer_makes_the_file_pass_under_openvino_too(monkeypatch):

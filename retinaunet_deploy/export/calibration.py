@@ -158,8 +158,9 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         prepared = work / "prepared.onnx"
         quant_pre_process(str(run_dir / ONNX), str(prepared), skip_symbolic_shape=True)
         cache = work  # ranges-{symmetric,asymmetric}.json, calibrated once each
-        qdq = work / "int8.onnx"
-        quantize(prepared, qdq, calib, options, cache)
+        all_int8, qdq = work / "int8-all.onnx", work / "int8.onnx"
+        quantize(prepared, all_int8, calib, options, cache)
+        shutil.copyfile(all_int8, qdq)
         report["activation_ranges"] = activation_ranges(cache)
         figures = _int8_variant(run_dir, card, eval_set, options, prepared, qdq, work, calib,
                                 cache, report, tools, warning, say)
@@ -220,8 +221,8 @@ def _int8_variant(run_dir, card, eval_set, options, prepared, qdq, work, calib, 
         tune_set = make_eval_set(run_dir, card, options.eval_images, options.threads,
                                  split="val", progress=say)
         try:
-            fallback = search_fallback(prepared, qdq, work, calib, options, cache, card,
-                                       tune_set, say)
+            fallback = search_fallback(prepared, work / "int8-all.onnx", qdq, work, options,
+                                       card, tune_set, say)
         except ArtifactError as error:
             raise ArtifactError(f"{error}; {target} was not written") from error
         if fallback.ranking:
@@ -251,10 +252,9 @@ def _int8_variant(run_dir, card, eval_set, options, prepared, qdq, work, calib, 
         format="QDQ, int8 activations (symmetric, zero point 0), per-channel symmetric "
                "int8 weights", ungated=options.ungated)
     if kept_float:  # what keeping layers in float cost, on this CPU
-        all_int8 = work / "int8-all.onnx"
-        quantize(prepared, all_int8, calib, options, cache)
         figures["latency_ms_cpu_batch1"] = compare_latency(
-            {"fp32": run_dir / ONNX, "int8": qdq, "int8_all_layers": all_int8}, calib[:1],
+            {"fp32": run_dir / ONNX, "int8": qdq, "int8_all_layers": work / "int8-all.onnx"},
+            calib[:1],
             options.threads)
     with atomic_path(target) as tmp:
         tmp.write_bytes(qdq.read_bytes())

@@ -17,16 +17,15 @@ re-quantised), on up to 16 validation images. The search then keeps the top
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from retinaunet_deploy.artifacts import load_onnx
 from retinaunet_deploy.compare import Agreement
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.gates import EvalSet, evaluate_variant
-from retinaunet_deploy.export.quantize import QUANTIZED_OPS, keep_float, quantize
+from retinaunet_deploy.export.quantize import QUANTIZED_OPS, keep_float
 
 RANKING_IMAGES = 16
 OPENVINO_EXTRA_LAYERS = 4   # at most this many more float layers to pass OpenVINO too
@@ -67,11 +66,11 @@ def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, options,
             for runtime in runtimes]
 
 
-def layer_sensitivity(prepared: Path, qdq: Path, work: Path, options, card: dict,
-                      eval_set: EvalSet, baseline: list[Agreement],
+def layer_sensitivity(prepared: Path, all_int8: Path, kept: list[str], work: Path, options,
+                      card: dict, eval_set: EvalSet, baseline: list[Agreement],
                       runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[tuple[str, float]]:
-    """Leave-one-out: each conv's gain in agreement when it alone is put back in float
-    in `qdq` (a graph edit: no re-quantisation).
+    """Leave-one-out: each conv's gain in agreement when it is put back in float on top
+    of the `kept` ones (the baseline's file), by a graph edit: nothing re-quantised.
 
     Returns (node name, gain) sorted largest gain first, where gain = pixel
     agreement + Dice vs float + confident-box match fraction gained, summed over
@@ -79,20 +78,32 @@ def layer_sensitivity(prepared: Path, qdq: Path, work: Path, options, card: dict
     """
     trial = work / "leave-one-out.onnx"
     scores = []
-    graph = load_onnx(qdq).graph
-    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
-    for node in graph.node:
-        if node.op_type not in QUANTIZED_OPS or not dequantized & set(node.input[:2]):
-            continue  # not a conv, or one already in float
-        keep_float(qdq, prepared, trial, (node.name,))
+    for node in load_onnx(prepared).graph.node:
+        if node.op_type not in QUANTIZED_OPS or node.name in kept:
+            continue
+        write_kept_float(all_int8, prepared, trial, kept + [node.name])
         agreements = judge_everywhere(trial, card, eval_set, options, runtimes)
         scores.append((node.name, sum(_gain(a, b) for a, b in zip(agreements, baseline))))
     return sorted(scores, key=lambda item: -item[1])
 
 
-def search_fallback(prepared: Path, qdq: Path, work: Path, calib: np.ndarray, options,
-                    cache: Path, card: dict, tune_set: EvalSet, say) -> FallbackResult:
+def write_kept_float(all_int8: Path, prepared: Path, qdq: Path, kept: list[str]) -> None:
+    """`qdq` := the all-INT8 file with the convs in `kept` put back in float.
+
+    Every file the search judges, the leave-one-out trials included, is made this
+    one way, so the ranking measures exactly what the chosen file will compute.
+    """
+    if kept:
+        keep_float(all_int8, prepared, qdq, tuple(kept))
+    else:
+        shutil.copyfile(all_int8, qdq)
+
+
+def search_fallback(prepared: Path, all_int8: Path, qdq: Path, work: Path, options,
+                    card: dict, tune_set: EvalSet, say) -> FallbackResult:
     """Re-write `qdq` with the fewest float layers that pass on `tune_set` (validation).
+
+    `prepared` is the float graph that was quantised into `all_int8` (every conv).
 
     First as TensorRT computes it. Then, where OpenVINO is judged too and misses,
     with at most `OPENVINO_EXTRA_LAYERS` more layers in float so that one file
@@ -103,24 +114,24 @@ def search_fallback(prepared: Path, qdq: Path, work: Path, calib: np.ndarray, op
     """
     if tune_set.split == "test":
         raise ValueError("the fallback must be tuned on validation images, not test images")
-    result = _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
+    result = _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
                      ("onnxruntime",), limit=None)
     runtimes = judging_runtimes(options)
     if "openvino" not in runtimes:
         return result
-    both = _search(prepared, qdq, work, calib, options, cache, card, tune_set, say, runtimes,
+    both = _search(prepared, all_int8, qdq, work, options, card, tune_set, say, runtimes,
                    limit=len(result.kept_float) + OPENVINO_EXTRA_LAYERS,
                    start=result.kept_float)
     if both is not None:
         return both
     say(f"OpenVINO int8 would need more than {OPENVINO_EXTRA_LAYERS} more layer(s) in float; "
         f"the file keeps the TensorRT-tuned {len(result.kept_float)}")
-    quantize(prepared, qdq, calib, options, cache, exclude=tuple(result.kept_float))
+    write_kept_float(all_int8, prepared, qdq, result.kept_float)
     result.tuned_on["openvino"] = f"not tuned for: needs more than {OPENVINO_EXTRA_LAYERS} layers"
     return result
 
 
-def _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
+def _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
             runtimes: tuple[str, ...], limit: int | None,
             start: list[str] = ()) -> FallbackResult | None:
     """Keep the top 1, 2, 4, ... ranked layers (after `start`) in float until every runtime
@@ -129,7 +140,7 @@ def _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
         "split": tune_set.split, "images": len(tune_set.samples), "names": tune_set.names,
         "runtimes": list(runtimes)})
     if start:
-        quantize(prepared, qdq, calib, options, cache, exclude=tuple(start))
+        write_kept_float(all_int8, prepared, qdq, list(start))
     tuned = judge_everywhere(qdq, card, tune_set, options, runtimes)
     if all(a.passed for a in tuned):
         return result
@@ -141,16 +152,15 @@ def _search(prepared, qdq, work, calib, options, cache, card, tune_set, say,
     failing = tuple(r for r, a in zip(runtimes, tuned) if not a.passed)
     subset = tune_set.head(RANKING_IMAGES)
     baseline = judge_everywhere(qdq, card, subset, options, failing)
-    ranking = [(name, gain) for name, gain in layer_sensitivity(
-        prepared, qdq, work, options, card, subset, baseline, failing)
-        if name not in start]
+    ranking = layer_sensitivity(prepared, all_int8, list(start), work, options, card, subset,
+                                baseline, failing)
     result.ranking = [[name, round(gain, 6)] for name, gain in ranking]
     count = 1
     while not all(a.passed for a in tuned) and count <= len(ranking):
         if limit is not None and len(start) + count > limit:
             return None
         result.kept_float = list(start) + [name for name, _ in ranking[:count]]
-        quantize(prepared, qdq, calib, options, cache, exclude=tuple(result.kept_float))
+        write_kept_float(all_int8, prepared, qdq, result.kept_float)
         tuned = judge_everywhere(qdq, card, tune_set, options, runtimes)
         result.trials.append({"kept_float": len(result.kept_float), "split": tune_set.split,
                               **{r: {"pixel_agreement": a.pixel_agreement,
