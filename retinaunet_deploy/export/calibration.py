@@ -64,6 +64,10 @@ from retinaunet_deploy.names import (
     ONNX,
 )
 
+# In the work folder: every conv quantised. The fallback puts convs back in float from
+# it, and its latency is what keeping them float costs.
+ALL_INT8 = "int8-all.onnx"
+
 
 @dataclass
 class CalibrationOptions:
@@ -158,7 +162,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         prepared = work / "prepared.onnx"
         quant_pre_process(str(run_dir / ONNX), str(prepared), skip_symbolic_shape=True)
         cache = work  # ranges-{symmetric,asymmetric}.json, calibrated once each
-        all_int8, qdq = work / "int8-all.onnx", work / "int8.onnx"
+        all_int8, qdq = work / ALL_INT8, work / "int8.onnx"
         quantize(prepared, all_int8, calib, options, cache)
         shutil.copyfile(all_int8, qdq)
         report["activation_ranges"] = activation_ranges(cache)
@@ -221,7 +225,7 @@ def _int8_variant(run_dir, card, eval_set, options, prepared, qdq, work, calib, 
         tune_set = make_eval_set(run_dir, card, options.eval_images, options.threads,
                                  split="val", progress=say)
         try:
-            fallback = search_fallback(prepared, work / "int8-all.onnx", qdq, work, options,
+            fallback = search_fallback(prepared, work / ALL_INT8, qdq, work, options,
                                        card, tune_set, say)
         except ArtifactError as error:
             raise ArtifactError(f"{error}; {target} was not written") from error
@@ -253,9 +257,8 @@ def _int8_variant(run_dir, card, eval_set, options, prepared, qdq, work, calib, 
                "int8 weights", ungated=options.ungated)
     if kept_float:  # what keeping layers in float cost, on this CPU
         figures["latency_ms_cpu_batch1"] = compare_latency(
-            {"fp32": run_dir / ONNX, "int8": qdq, "int8_all_layers": work / "int8-all.onnx"},
-            calib[:1],
-            options.threads)
+            {"fp32": run_dir / ONNX, "int8": qdq, "int8_all_layers": work / ALL_INT8},
+            calib[:1], options.threads)
     with atomic_path(target) as tmp:
         tmp.write_bytes(qdq.read_bytes())
     report["variants"][INT8_ONNX] = figures

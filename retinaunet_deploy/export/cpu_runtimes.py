@@ -43,14 +43,15 @@ def judge_openvino(run_dir: Path, card: dict, eval_set: EvalSet, options, warnin
 
     Returns name -> figures (with ``passed``), or ``skipped`` with the reason.
     """
-    from retinaunet_deploy.runtime.openvino import OpenVINOBackend, bf16_unavailable
+    from retinaunet_deploy.runtime.openvino import (
+        OpenVINOBackend,
+        bf16_unavailable,
+        openvino_unavailable,
+    )
 
-    try:
-        tools = tool_versions("openvino")
-        import openvino  # noqa: F401 - only to say clearly when it is missing
-    except ImportError:
-        return {name: {"skipped": "OpenVINO is not installed (pip install openvino)"}
-                for name in OPENVINO_VARIANTS}
+    if openvino_unavailable():
+        return {name: {"skipped": openvino_unavailable()} for name in OPENVINO_VARIANTS}
+    tools = tool_versions("openvino")
     results = {}
     for name, (file, precision) in OPENVINO_VARIANTS.items():
         if not (run_dir / file).exists():

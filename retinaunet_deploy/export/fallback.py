@@ -26,6 +26,7 @@ from retinaunet_deploy.compare import Agreement
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.gates import EvalSet, evaluate_variant
 from retinaunet_deploy.export.quantize import QUANTIZED_OPS, keep_float
+from retinaunet_deploy.runtime.openvino import openvino_unavailable
 
 RANKING_IMAGES = 16
 OPENVINO_EXTRA_LAYERS = 4   # at most this many more float layers to pass OpenVINO too
@@ -50,11 +51,8 @@ def judging_runtimes(options) -> tuple[str, ...]:
     """The runtimes the Q/DQ file should pass under: TensorRT's arithmetic, and OpenVINO's."""
     runtimes = tuple(r for r in options.fallback_runtimes
                      if r == "onnxruntime" or (r == "openvino" and options.openvino))
-    if "openvino" in runtimes:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return ("onnxruntime",)
+    if "openvino" in runtimes and openvino_unavailable():
+        return ("onnxruntime",)
     return runtimes
 
 

@@ -26,6 +26,18 @@ from retinaunet_deploy.errors import ArtifactError, ConfigError
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
+NOT_INSTALLED = "OpenVINO is not installed (pip install openvino)"
+
+
+def openvino_unavailable() -> str | None:
+    """Why OpenVINO cannot run here (it is not installed), or None when it can."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return NOT_INSTALLED
+    return None
+
+
 def openvino_capabilities() -> list[str]:
     """What this CPU can do for OpenVINO (e.g. FP32, BF16, INT8), or [] without OpenVINO."""
     try:
@@ -39,7 +51,7 @@ def bf16_unavailable() -> str | None:
     """Why the bf16 hint cannot run natively here, or None when it can."""
     capabilities = openvino_capabilities()
     if not capabilities:
-        return "OpenVINO is not installed (pip install openvino)"
+        return NOT_INSTALLED
     if "BF16" not in capabilities:
         return ("this CPU has no native bf16 (AVX512_BF16 or AMX); OpenVINO would emulate it, "
                 "slower than fp32")
