@@ -65,7 +65,7 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
 
     from PIL import Image
 
-    from retinaunet_deploy.data.folder import read_image
+    from retinaunet_deploy.data.readers import read_image
     from retinaunet_deploy.errors import InputError
     from retinaunet_deploy.runtime import Predictor
     from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE

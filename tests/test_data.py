@@ -6,16 +6,16 @@ import hashlib
 import numpy as np
 import pytest
 
-from retinaunet_deploy.data.folder import (
+from retinaunet_deploy.data.folder import load_folder_dataset, write_folder_dataset
+from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
+from retinaunet_deploy.data.sample import (
     Sample,
+    boxes_from_mask,
     components_as_instances,
     instance_boxes,
-    load_folder_dataset,
-    write_folder_dataset,
 )
-from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
 from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_sample, synthetic_samples
-from retinaunet_deploy.data.targets import boxes_from_mask, match_anchors
+from retinaunet_deploy.data.targets import match_anchors
 from retinaunet_deploy.errors import ConfigError, DataError
 from retinaunet_deploy.model.anchors import AnchorConfig, decode_boxes, generate_anchors
 

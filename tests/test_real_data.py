@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("stardist") is None,
 
 
 def test_nuclei_instances_separate_touching_objects():
-    from retinaunet_deploy.data.folder import components_as_instances, instance_boxes
     from retinaunet_deploy.data.real import stardist_nuclei
+    from retinaunet_deploy.data.sample import components_as_instances, instance_boxes
 
     image, instances = stardist_nuclei()
     assert image.shape == (512, 512, 1) and image.dtype == np.uint16

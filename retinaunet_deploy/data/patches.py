@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retinaunet_deploy.data.folder import Sample, instance_boxes
+from retinaunet_deploy.data.sample import Sample, instance_boxes
 
 
 @dataclass(frozen=True)

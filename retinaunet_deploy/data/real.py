@@ -45,7 +45,7 @@ def stardist_files() -> tuple[Path, Path]:
 
 def stardist_nuclei() -> tuple[np.ndarray, np.ndarray]:
     """The whole image (512, 512, 1) uint16 and its instance labels (512, 512) int32."""
-    from retinaunet_deploy.data.folder import read_image, read_labels
+    from retinaunet_deploy.data.readers import read_image, read_labels
 
     image_path, labels_path = stardist_files()
     return read_image(image_path), read_labels(labels_path, "instance label image").astype(

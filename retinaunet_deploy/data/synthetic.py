@@ -91,12 +91,12 @@ def synthetic_sample(config: SyntheticConfig, seed: int, split: str, index: int)
     """One synthetic image with its labels.
 
     Returns:
-        `folder.Sample` with image (H, W, 1) uint8, mask (H, W) uint8 in {0, 1, 2}
+        `sample.Sample` with image (H, W, 1) uint8, mask (H, W) uint8 in {0, 1, 2}
         (`CLASS_NAMES`) and instances (H, W) int32 (0 = background).
     """
     from scipy import ndimage
 
-    from retinaunet_deploy.data.folder import Sample
+    from retinaunet_deploy.data.sample import Sample
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
@@ -153,7 +153,7 @@ def synthetic_sample(config: SyntheticConfig, seed: int, split: str, index: int)
 
 
 def synthetic_samples(config: SyntheticConfig, count: int, seed: int = 0, split: str = "train"):
-    """`count` samples of one split (a list of `folder.Sample`)."""
+    """`count` samples of one split (a list of `sample.Sample`)."""
     if count < 1:
         raise ConfigError(f"synthetic image count must be >= 1, got {count}")
     return [synthetic_sample(config, seed, split, i) for i in range(count)]

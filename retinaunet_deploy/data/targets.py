@@ -1,7 +1,7 @@
-"""Detection targets from class masks (numpy): boxes by connected component, anchor matching.
+"""Detection targets (numpy): RetinaNet anchor matching of ground-truth boxes.
 
-One dataset format (image + class mask) trains both heads: every connected
-component of a foreground class in the mask is one box of that class.
+The boxes come from a sample's labels (`sample.instance_boxes`: one box per
+instance, of the mask class under it).
 """
 
 from __future__ import annotations
@@ -11,27 +11,6 @@ import numpy as np
 from retinaunet_deploy.model.anchors import box_iou, encode_boxes
 
 POSITIVE, NEGATIVE, IGNORED = 1.0, 0.0, -1.0
-
-
-def boxes_from_mask(mask: np.ndarray, num_classes: int):
-    """Boxes of the connected components (8-connectivity) of each foreground class.
-
-    Args:
-        mask: (H, W) integer class indices, 0 = background.
-        num_classes: mask classes including background.
-    Returns:
-        boxes: (M, 4) float32 (y1, x1, y2, x2) pixels, y2/x2 exclusive.
-        classes: (M,) int32 detection class = mask class - 1.
-    """
-    from scipy import ndimage
-
-    boxes, classes = [], []
-    for mask_class in range(1, num_classes):
-        labels, count = ndimage.label(mask == mask_class, structure=np.ones((3, 3)))
-        for rows, cols in ndimage.find_objects(labels)[:count]:
-            boxes.append((rows.start, cols.start, rows.stop, cols.stop))
-            classes.append(mask_class - 1)
-    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int32))
 
 
 def match_anchors(boxes: np.ndarray, classes: np.ndarray, anchors: np.ndarray,
