@@ -23,6 +23,7 @@ import numpy as np
 
 from retinaunet_deploy.artifacts import record_artifact, tool_versions
 from retinaunet_deploy.card import save_card
+from retinaunet_deploy.data.sources import Splits, source_for
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.names import CARD, KERAS
 
@@ -31,8 +32,8 @@ from retinaunet_deploy.names import CARD, KERAS
 class TrainOptions:
     """Everything that decides a training run (recorded in the model card).
 
-    `data` is "synthetic" or a folder path; the synthetic counts apply to the
-    embedded dataset only. A folder dataset is split by a seeded shuffle into
+    `data` names a dataset source (`data.sources`): "synthetic", or a folder
+    path; the synthetic counts apply to the embedded dataset only. A folder dataset is split by a seeded shuffle into
     train / validation (`val_fraction`) / test (`test_fraction`), or as the JSON
     file `splits` says.
     """
@@ -77,54 +78,11 @@ class TrainOptions:
                               f"{self.foreground_fraction}")
 
 
-@dataclass
-class Splits:
-    """The samples of each split (`folder.Sample`), plus the card's ``data`` block."""
-
-    train: list
-    val: list
-    test: list
-    class_names: list[str]
-    description: dict
-
-
 def load_splits(options: TrainOptions) -> Splits:
-    """The embedded synthetic splits, or a folder dataset split once and recorded."""
-    from retinaunet_deploy.data import splits as split_module
-
-    if options.data == "synthetic":
-        from retinaunet_deploy.data.synthetic import (
-            CLASS_NAMES,
-            SyntheticConfig,
-            synthetic_samples,
-        )
-
-        config = SyntheticConfig(size=options.size)
-        parts = {name: synthetic_samples(config, count, options.seed, name) for name, count in
-                 (("train", options.train_images), ("val", options.val_images),
-                  ("test", options.test_images))}
-        description = {"kind": "synthetic", "seed": options.seed, "config": config.to_dict(),
-                       "instances": True,
-                       "counts": {name: len(s) for name, s in parts.items()}}
-        return Splits(parts["train"], parts["val"], parts["test"], list(CLASS_NAMES),
-                      description)
-
-    from retinaunet_deploy.data.folder import list_folder, load_folder_dataset
-
-    root = Path(options.data)
-    names = sorted(list_folder(root))
-    if options.splits:
-        chosen = split_module.read_splits_file(Path(options.splits), names)
-    else:
-        chosen = split_module.decide_splits(names, options.seed, options.val_fraction,
-                                            options.test_fraction)
-    samples = load_folder_dataset(root, [n for part in chosen.values() for n in part])
-    by_name = {s.name: s for s in samples}
-    num_classes = max(2, max(int(s.mask.max()) for s in samples) + 1)
-    class_names = ["background"] + [f"class_{c}" for c in range(1, num_classes)]
-    parts = {split: [by_name[n] for n in part] for split, part in chosen.items()}
-    return Splits(parts["train"], parts["val"], parts["test"], class_names,
-                  split_module.folder_description(root, chosen, samples))
+    """The samples of each split and the card's ``data`` block, from the source that
+    ``options.data`` names (`data.sources`: synthetic, or a folder split once and
+    recorded)."""
+    return source_for(options.data).split(options)
 
 
 def whole_image_figures(predictor, samples, class_names, num_det_classes) -> dict:

@@ -8,6 +8,7 @@ import click
 
 from retinaunet_deploy import names
 from retinaunet_deploy.cli.group import cli, console
+from retinaunet_deploy.data.sources import SOURCES, importable
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.onnx import ExportOptions
 from retinaunet_deploy.model import PRESETS
@@ -141,7 +142,7 @@ def train(data, preset, size, epochs, steps_per_epoch, batch_size, train_images,
 
 
 @cli.command("import-data")
-@click.argument("source", type=click.Choice(["stardist-nuclei"]))
+@click.argument("source", type=click.Choice(importable()))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 def import_data(source, out_dir):
     """Write a real labelled image set that ships inside a package as a folder dataset.
@@ -150,9 +151,7 @@ def import_data(source, out_dir):
     instance labels) shipped in StarDist's wheel (pip install -e '.[realdata]'),
     cut into crops of mixed sizes.
     """
-    from retinaunet_deploy.data.real import import_stardist_nuclei
-
-    written = import_stardist_nuclei(out_dir)
+    written = SOURCES[source].write_folder(out_dir)
     click.echo(f"wrote {len(written)} image(s) with masks and instance labels to {out_dir}/ "
                f"(sizes {', '.join(sorted({f'{h}x{w}' for h, w in written.values()}))}); "
                f"train with: retinaunet-deploy train --data {out_dir}")
