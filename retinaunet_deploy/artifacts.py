@@ -232,7 +232,8 @@ def verify_artifact(run_dir: Path, name: str, remedy: str) -> str:
 
 # === Lineage of a run ===
 
-ARTIFACT_SUFFIXES = (".keras", ".onnx", ".plan", ".json")
+# Every suffix a registered runtime runs (tests/test_runtime_registry.py checks), and JSON.
+ARTIFACT_SUFFIXES = (".keras", ".onnx", ".plan", ".tflite", ".json")
 
 
 def remedy_for(run_dir: Path, name: str, stage: str) -> str:

@@ -59,33 +59,43 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             recommended (``recommendation.json``: the fastest that passed its gate here).
         providers: ONNX Runtime providers for an .onnx artifact (None: what loads here).
         tile, overlap: the sliding window (None: the Predictor's defaults).
-        runtime: "auto" (by suffix) or an .onnx runtime (`runtime.backends.RUNTIMES`).
+        runtime: "auto" (by suffix) or a registered runtime's name
+            (`runtime.registry.runtime_choices()`).
     """
     import dataclasses
 
-    from PIL import Image
-
-    from retinaunet_deploy.data.readers import read_image
     from retinaunet_deploy.errors import InputError
     from retinaunet_deploy.runtime import Predictor
     from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
-    from retinaunet_deploy.visualize import overlay
 
     if Path(artifact).is_dir():
-        from retinaunet_deploy.bench.recommend import recommended_artifact
+        from retinaunet_deploy.recommendation import recommended_artifact
 
         if runtime != "auto":
             raise InputError(f"{artifact} is a run folder: its recommendation names the "
                              f"runtime; give a file to choose one with --runtime")
         artifact, runtime = recommended_artifact(artifact)
-    predictor = Predictor.from_artifact(artifact, threads=threads, providers=providers,
-                                        tile=tile or DEFAULT_TILE,
-                                        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-                                        runtime=runtime)
-    if score_threshold is not None:
-        predictor.detection_config = dataclasses.replace(predictor.detection_config,
-                                                         score_threshold=score_threshold)
-    out_dir = Path(out_dir)
+    with Predictor.from_artifact(artifact, threads=threads, providers=providers,
+                                 tile=tile or DEFAULT_TILE,
+                                 overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+                                 runtime=runtime) as predictor:
+        if score_threshold is not None:
+            predictor.detection_config = dataclasses.replace(predictor.detection_config,
+                                                             score_threshold=score_threshold)
+        results = _predict_into(predictor, image_paths, Path(out_dir))
+    write_json(Path(out_dir) / "detections.json", {"artifact": str(artifact),
+                                                    "runtime": runtime, "images": results})
+    return results
+
+
+def _predict_into(predictor, image_paths: list[Path], out_dir: Path) -> dict:
+    """Masks and overlays of every image written into `out_dir`; the detections by path."""
+    from PIL import Image
+
+    from retinaunet_deploy.data.readers import read_image
+    from retinaunet_deploy.errors import InputError
+    from retinaunet_deploy.visualize import overlay
+
     # Read and check every image before writing anything, so one bad file in a list
     # leaves no partial set of outputs behind.
     images = {}
@@ -120,6 +130,4 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                  else int(cls)}
                 for box, score, cls in zip(dets.boxes, dets.scores, dets.classes)]
         results[str(path)] = entry
-    write_json(out_dir / "detections.json", {"artifact": str(artifact), "runtime": runtime,
-                                              "images": results})
     return results

@@ -78,10 +78,10 @@ def test_every_ok_row_has_latency_throughput_and_agreement(bench_report):
 
 
 def test_rows_that_cannot_run_here_are_skipped_with_the_reason(bench_report):
-    from retinaunet_deploy.bench.rows import tensorrt_unavailable
+    from retinaunet_deploy.runtime.registry import runtime_named
 
     _, report = bench_report
-    reason = tensorrt_unavailable()
+    reason = runtime_named("tensorrt").unavailable()
     if reason is None:
         pytest.skip("TensorRT and a GPU are present")
     trt = [row for row in report["rows"] if row["backend"] == "tensorrt"]

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from retinaunet_deploy.artifacts import forget_artifact, load_manifest, runtime_variants
-from retinaunet_deploy.bench.recommend import recommend, recommendation_line, runtime_of
+from retinaunet_deploy.bench.recommend import recommend, recommendation_line
 from retinaunet_deploy.cli import cli
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.calibration import CalibrationOptions
@@ -94,9 +94,10 @@ def test_the_litert_file_has_its_lineage_and_passes_or_is_refused(tiny_calibrate
     assert "model.int8.tflite" not in load_manifest(copy)["artifacts"]
 
 
-def _row(name, backend, precision, artifact, p50, passed=True, ok=True):
-    return {"name": name, "backend": backend, "precision": precision, "artifact": artifact,
-            "status": "ok" if ok else "failed",
+def _row(name, runtime, precision, artifact, p50, passed=True, ok=True):
+    backend = "openvino" if runtime == "openvino-bf16" else runtime
+    return {"name": name, "backend": backend, "runtime": runtime, "precision": precision,
+            "artifact": artifact, "status": "ok" if ok else "failed",
             "fidelity": {"passed": passed, "pixel_agreement": 0.999, "images": 64,
                          "intervals": {"pixel_agreement": [0.998, 0.9995]},
                          "interval_failures": []},
@@ -113,7 +114,7 @@ def test_the_recommendation_is_the_fastest_row_that_passed_its_gate():
             _row("onnxruntime fp32 (model.onnx)", "onnxruntime", "fp32", "model.onnx", 90.0),
             _row("openvino int8 (model.int8.onnx)", "openvino", "int8", "model.int8.onnx", 20.0,
                  passed=False),                       # fastest, but missed its gate
-            _row("openvino bf16 (model.onnx)", "openvino", "bf16", "model.onnx", 40.0),
+            _row("openvino bf16 (model.onnx)", "openvino-bf16", "bf16", "model.onnx", 40.0),
             _row("tflite int8", "tflite", "int8", "/bench/model.int8.tflite", 30.0),  # not a run file
             _row("onnxruntime int8 (model.int8.cpu.onnx)", "onnxruntime", "int8",
                  "model.int8.cpu.onnx", 10.0, ok=False)]  # failed row
@@ -127,7 +128,16 @@ def test_the_recommendation_is_the_fastest_row_that_passed_its_gate():
     # Nothing passes: no recommendation, and the line says so.
     assert recommend(_report([rows[0], rows[2]])) is None
     assert "none" in recommendation_line(None)
-    assert runtime_of(rows[2]) == "openvino" and runtime_of(rows[0]) is None
+    # The choice's runtime is the row's registered one; Keras (not recommendable), a row
+    # of no registered runtime (a GPU provider's) and one of an unknown runtime never win.
+    passing = dict(rows[2], fidelity=rows[1]["fidelity"])
+    assert recommend(_report([rows[0], passing]))["runtime"] == "openvino"
+    fast = {"1": {"end_to_end": {"p50_ms": 1.0}}}
+    fastest = [dict(rows[0], latency=fast),
+               dict(rows[1], name="onnxruntime CUDA fp32 (model.onnx)",
+                    backend="onnxruntime-gpu", runtime=None, latency=fast),
+               dict(rows[1], runtime="gone", latency=fast), rows[1]]
+    assert recommend(_report(fastest))["row"] == "onnxruntime fp32 (model.onnx)"
 
 
 def test_predict_on_a_run_folder_runs_the_recommended_variant(tiny_calibrated, tmp_path):
@@ -158,6 +168,6 @@ def test_predict_on_a_run_folder_runs_the_recommended_variant(tiny_calibrated, t
     # The chosen file changed since the bench: refused, not silently run.
     (copy / choice["file"]).write_bytes((copy / choice["file"]).read_bytes() + b"\0")
     with pytest.raises(ArtifactError):
-        from retinaunet_deploy.bench.recommend import recommended_artifact
+        from retinaunet_deploy.recommendation import recommended_artifact
 
         recommended_artifact(copy)

@@ -20,6 +20,7 @@ from hypothesis.extra import numpy as hnp
 from retinaunet_deploy.errors import InputError
 from retinaunet_deploy.model.anchors import AnchorConfig, box_iou, generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, batched_nms, decode_detections, nms
+from retinaunet_deploy.runtime.base import BackendBase
 from retinaunet_deploy.runtime.predictor import Predictor
 
 SIZE = 32
@@ -33,7 +34,7 @@ FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-class RandomHeads:
+class RandomHeads(BackendBase):
     """A backend whose outputs are random but well-formed, seeded by the input."""
 
     def run(self, batch):

@@ -14,6 +14,7 @@ from retinaunet_deploy.data.folder import Sample, write_folder_dataset
 from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_sample, synthetic_samples
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.runtime import Predictor
+from retinaunet_deploy.runtime.base import BackendBase, Limits
 from retinaunet_deploy.runtime.providers import check_providers, cuda_device_count
 from retinaunet_deploy.runtime.tiling import axis_layout, core_bounds, gaussian_weights, tile_grid
 
@@ -105,10 +106,10 @@ def test_tiled_matches_whole_image_on_a_large_image(tiny_exported):
     assert sum(iou >= 0.5 for iou in ious) >= 0.95 * reference
 
 
-class ProfiledEngine:
+class ProfiledEngine(BackendBase):
     """A fake engine-like backend: takes only sizes in its profile, records what it ran."""
 
-    min_size, max_size = 64, 128
+    limits = Limits(min_size=64, max_size=128)
 
     def __init__(self, card):
         from retinaunet_deploy.model.anchors import AnchorConfig
@@ -118,7 +119,8 @@ class ProfiledEngine:
 
     def run(self, batch):
         n, h, w, _ = batch.shape
-        assert self.min_size <= min(h, w) and max(h, w) <= self.max_size, batch.shape
+        assert self.limits.min_size <= min(h, w) and max(h, w) <= self.limits.max_size, \
+            batch.shape
         self.shapes.append(batch.shape)
         a = self.anchors.num_anchors((h, w))
         probs = np.zeros((n, h, w, 3), np.float32)

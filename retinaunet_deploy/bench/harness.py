@@ -27,7 +27,6 @@ from retinaunet_deploy.bench.machine import machine_info
 from retinaunet_deploy.bench.rows import (
     REFERENCE,
     BenchOptions,
-    KerasFastest,
     Row,
     build_rows,
 )
@@ -99,8 +98,8 @@ def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: Be
     from retinaunet_deploy.timing import interleaved_latency
 
     for row in rows:
-        if isinstance(row.runner, KerasFastest):
-            row.runner.use_fastest()
+        if row.status == "ok":
+            row.runner.use_fastest()  # Keras: XLA when that is faster here
     for batch_size in options.batch_sizes:
         batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])),
                                      dtype=np.float32)

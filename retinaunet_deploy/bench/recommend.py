@@ -1,28 +1,28 @@
 """The recommendation: the fastest way to run this model here that passes every gate.
 
 `bench` ends with it, and writes it into the run as ``recommendation.json``
-(recorded in the manifest, parent: the chosen file), so that
-``retinaunet-deploy predict RUN_DIR images...`` runs exactly what was chosen.
+(`retinaunet_deploy.recommendation`: the file format, read back by `predict`), so
+that ``retinaunet-deploy predict RUN_DIR images...`` runs exactly what was chosen.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from retinaunet_deploy import names
-from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.recommendation import write_recommendation
+from retinaunet_deploy.runtime.registry import RUNTIMES
 
-# A row's runtime as `Predictor.from_artifact(..., runtime=...)` names it.
-_RUNTIMES = {("onnxruntime", None): "onnxruntime", ("openvino", "bf16"): "openvino-bf16",
-             ("openvino", None): "openvino", ("tflite", None): "auto",
-             ("tensorrt", None): "auto"}
+__all__ = ["recommend", "recommendation_line", "write_recommendation"]
 
 
-def runtime_of(row: dict) -> str | None:
-    """How `predict` runs a row's artifact, or None for a row it cannot (Keras, GPU providers)."""
-    backend, precision = row["backend"], row["precision"]
-    return _RUNTIMES.get((backend, precision if precision == "bf16" else None))
+def is_candidate(row: dict, batch: str) -> bool:
+    """An ok row that passed its gate, timed at `batch`, of a registered runtime that
+    `predict` may be sent to (`Runtime.recommendable`), running a file of the run (not one
+    the bench converted into its own folder)."""
+    runtime = RUNTIMES.get(row.get("runtime") or "")
+    return (row["status"] == "ok" and runtime is not None and runtime.recommendable
+            and bool((row.get("fidelity") or {}).get("passed"))
+            and not Path(row["artifact"]).is_absolute() and batch in row["latency"])
 
 
 def recommend(report: dict) -> dict | None:
@@ -30,21 +30,14 @@ def recommend(report: dict) -> dict | None:
     their gate and run a file of the run; None when no row qualifies."""
     batch = str(report["options"]["batch_sizes"][0])
     reference = next((r for r in report["rows"] if r["backend"] == "keras"), None)
-    candidates = []
-    for row in report["rows"]:
-        fidelity = row.get("fidelity") or {}
-        if (row["status"] != "ok" or row["backend"] == "keras" or not fidelity.get("passed")
-                or Path(row["artifact"]).is_absolute() or runtime_of(row) is None
-                or batch not in row["latency"]):
-            continue
-        candidates.append(row)
+    candidates = [row for row in report["rows"] if is_candidate(row, batch)]
     if not candidates:
         return None
     best = min(candidates, key=lambda r: r["latency"][batch]["end_to_end"]["p50_ms"])
     p50 = best["latency"][batch]["end_to_end"]["p50_ms"]
     keras = reference["latency"][batch]["end_to_end"]["p50_ms"] if reference else None
     fidelity = best["fidelity"]
-    return {"row": best["name"], "file": best["artifact"], "runtime": runtime_of(best),
+    return {"row": best["name"], "file": best["artifact"], "runtime": best["runtime"],
             "batch_size": int(batch), "p50_ms": p50,
             "speedup_vs_keras": keras / p50 if keras else None,
             "pixel_agreement": fidelity["pixel_agreement"],
@@ -69,30 +62,3 @@ def recommendation_line(choice: dict | None) -> str:
     if choice["interval_failures"]:
         text += f" (note: {'; '.join(choice['interval_failures'])})"
     return text
-
-
-def write_recommendation(run_dir: Path, choice: dict | None) -> None:
-    """Record the choice in the run (or drop a stale one when nothing qualifies)."""
-    from retinaunet_deploy.artifacts import forget_artifact, record_artifact, write_json
-
-    if choice is None:
-        forget_artifact(run_dir, names.RECOMMENDATION)
-        return
-    write_json(Path(run_dir) / names.RECOMMENDATION, choice)
-    record_artifact(run_dir, names.RECOMMENDATION, "bench", parent=choice["file"])
-
-
-def recommended_artifact(run_dir: Path) -> tuple[Path, str]:
-    """(file, runtime) the run's bench recommended, its file verified unchanged since."""
-    from retinaunet_deploy.artifacts import verify_lineage
-
-    run_dir = Path(run_dir)
-    path = run_dir / names.RECOMMENDATION
-    if not path.exists():
-        raise ArtifactError(f"{run_dir} has no {names.RECOMMENDATION}; run 'retinaunet-deploy "
-                            f"bench {run_dir}' to choose the fastest variant that passes its "
-                            f"gate, or give an artifact file")
-    verify_lineage(run_dir, names.RECOMMENDATION, f"retinaunet-deploy bench {run_dir}")
-    choice = json.loads(path.read_text())
-    verify_lineage(run_dir, choice["file"], f"retinaunet-deploy bench {run_dir}")
-    return run_dir / choice["file"], choice["runtime"]

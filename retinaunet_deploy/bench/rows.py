@@ -1,9 +1,17 @@
-"""Bench rows: one per (artifact, runtime) that can run here, each with a live runner.
+"""Bench rows: one per (run file, registered runtime), each with a live runner.
+
+The rows derive from `runtime.registry.RUNTIMES`: for each runtime whose name or
+family is in `BenchOptions.backends` (the Keras reference always, first), one
+row per file of its `bench_files` present in the run, named, noted and opened
+as its entry says. A few rows belong to one runtime only and are made beside
+it (`EXTRA_ROWS`): ONNX Runtime's GPU providers, LiteRT models converted into
+the bench folder, TensorRT engines not built.
 
 A row whose runner cannot be built becomes "failed" with the reason; a row that
-cannot run on this machine (TensorRT, GPU providers, bf16 without native bf16)
-is "skipped" with the reason. Every CPU row's intra-op thread count is read
-back from its runtime and must equal the one asked for (`check_threads`).
+cannot run on this machine (its runtime's `unavailable()`: TensorRT, GPU
+providers, bf16 without native bf16) is "skipped" with the reason. Every CPU
+row's intra-op thread count is read back from its runtime (`Backend.threads`)
+and must equal the one asked for (`check_threads`).
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ import numpy as np
 
 from retinaunet_deploy import names
 from retinaunet_deploy.errors import ConfigError
+from retinaunet_deploy.runtime.registry import RUNTIMES, Runtime, file_precision, runtime_named
 
 REFERENCE = "keras fp32"
+REFERENCE_RUNTIME = "keras"
+PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass
@@ -47,69 +58,12 @@ class Row:
     latency: dict = field(default_factory=dict)
     notes: str = ""
     threads: int | None = None    # intra-op threads the runtime reports it runs with
+    runtime: str | None = None    # the registered runtime that runs it as `predict` would
     runner: object = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         # Not asdict(): it would deep-copy the live runner (TF graphs cannot be copied).
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "runner"}
-
-
-def tensorrt_unavailable() -> str | None:
-    """Why TensorRT rows cannot run here (the build-engine message), or None when they can."""
-    from retinaunet_deploy.errors import NotBuiltError
-    from retinaunet_deploy.runtime.cuda import require_tensorrt
-
-    try:
-        require_tensorrt()
-    except NotBuiltError as error:
-        return str(error)
-    return None
-
-
-class KerasFastest:
-    """The Keras reference as a compiled tf.function, timed with XLA if that is faster here.
-
-    Fidelity runs the plain traced function (the reference `calibrate` uses too): XLA
-    compiles once per input shape, and whole test images come in many sizes. The
-    timing (`use_fastest`, called by `measure_latency`) runs one shape, XLA or not.
-    """
-
-    def __init__(self, path: Path, threads: int):
-        from retinaunet_deploy.runtime.backends import (
-            KerasBackend,
-            tensorflow_threads,
-            traced_call,
-        )
-        from retinaunet_deploy.timing import interleaved_latency
-
-        self.backend = KerasBackend(path, threads=threads)
-        # Every row runs with `threads`; a Keras row on TensorFlow's default pool would
-        # make each speed-up over it a comparison of thread counts.
-        self.threads = tensorflow_threads()
-        if self.threads != threads:
-            raise ConfigError(f"Keras runs with {self.threads or 'default'} intra-op threads, "
-                              f"not the {threads} asked for")
-        model = self.backend.model
-        plain = traced_call(model)
-        xla = traced_call(model, jit_compile=True)
-        probe = np.zeros((1, 128, 128, model.input_shape[-1]), np.float32)
-        figures = interleaved_latency({"tf.function": lambda: plain(probe),
-                                       "tf.function + XLA": lambda: xla(probe)},
-                                      rounds=5, warmup=2)
-        self.mode = min(figures, key=lambda k: figures[k]["p50_ms"])
-        self._fastest = xla if self.mode == "tf.function + XLA" else plain
-        self._call = plain
-        self.path = path
-
-    def use_fastest(self) -> None:
-        """Run the mode chosen for timing from now on."""
-        self._call = self._fastest
-
-    def card(self):
-        return self.backend.card()
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: np.asarray(value) for name, value in self._call(batch).items()}
 
 
 def _guard(row: Row, make):
@@ -123,49 +77,32 @@ def _guard(row: Row, make):
 
 def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
                calibration: np.ndarray | None) -> list[Row]:
-    """Every row this run and machine allow, with runners (or failed/skipped reasons)."""
-    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend, TensorRTBackend
+    """Every row this run and machine allow, with runners (or failed/skipped reasons):
+    the Keras reference first, then each registered runtime's family in registry order.
 
-    def verified(name: str) -> Path:
-        return _verified(run_dir, name)
+    Raises `ConfigError` when a CPU row runs with other threads than `options.threads`.
+    """
+    from retinaunet_deploy.artifacts import load_manifest
 
-    rows = [_guard(Row(REFERENCE, "keras", "fp32", names.KERAS),
-                   lambda: KerasFastest(verified(names.KERAS), options.threads))]
-    if rows[0].status == "ok":
-        rows[0].notes = (f"timed as {rows[0].runner.mode}; {rows[0].runner.threads} intra-op "
-                         f"thread(s), asserted")
-    if "onnxruntime" in options.backends:
-        for name, precision, note in (
-            (names.ONNX, "fp32", ""),
-            (names.FP16_ONNX, "fp16", "fp16 compute on CPU runs through casts"),
-            (names.INT8_ONNX, "int8", "TensorRT form (Q/DQ), run fused by ONNX Runtime"),
-            (names.INT8_CPU_ONNX, "int8", "ONNX Runtime CPU form (QOperator U8S8)"),
-        ):
-            if (run_dir / name).exists():
-                row = Row(f"onnxruntime {precision} ({name})", "onnxruntime", precision, name,
-                          notes=note)
-                rows.append(_guard(row, lambda n=name: OnnxRuntimeBackend(
-                    verified(n), threads=options.threads, providers=["CPUExecutionProvider"])))
-        rows += _gpu_provider_rows(run_dir, options)
-    if "openvino" in options.backends:
-        rows += _openvino_rows(run_dir, options)
-    if "tflite" in options.backends:
-        rows += _tflite_rows(run_dir, options, out_dir, calibration)
-    if "tensorrt" in options.backends:
-        reason = tensorrt_unavailable()
-        for precision in ("fp32", "fp16", "int8"):
-            plan = names.plan_name(precision)
-            if precision == "fp32" and not (run_dir / plan).exists():
-                continue  # fp32 engines are optional: a row only when one was built
-            row = Row(f"tensorrt {precision}", "tensorrt", precision, plan)
-            if reason:
-                row.status, row.reason = "skipped", reason
-            elif not (run_dir / plan).exists():
-                row.status, row.reason = "skipped", (f"{plan} not built (retinaunet-deploy "
-                                                     f"build-engine --precision {precision})")
-            else:
-                _guard(row, lambda p=plan: TensorRTBackend(verified(p)))
-            rows.append(row)
+    run_dir = Path(run_dir)
+    recorded = list(load_manifest(run_dir)["artifacts"])
+    context = {"run_dir": run_dir, "options": options, "out_dir": Path(out_dir),
+               "calibration": calibration}
+    rows = []
+    for family in _families(options.backends):
+        files = {runtime.name: _bench_files(runtime, run_dir, recorded) for runtime in family}
+        order = list(dict.fromkeys(f for runtime in family for f in files[runtime.name]))
+        reasons = {runtime.name: runtime.unavailable() for runtime in family}
+        pairs = sorted(((file, index, runtime) for index, runtime in enumerate(family)
+                        for file in files[runtime.name]),
+                       key=lambda pair: (order.index(pair[0]), pair[1]))
+        family_rows = [_file_row(runtime, file, run_dir, options, reasons[runtime.name])
+                       for file, _, runtime in pairs]
+        for runtime in family:
+            if runtime.name in EXTRA_ROWS:
+                family_rows = EXTRA_ROWS[runtime.name](family_rows, reasons[runtime.name],
+                                                       **context)
+        rows += family_rows
     check_threads(rows, options.threads)
     for row in rows:
         path = run_dir / row.artifact  # an absolute artifact path (TFLite) stays as it is
@@ -174,16 +111,47 @@ def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
     return rows
 
 
-def runner_threads(runner) -> int | None:
-    """The intra-op thread count a runner reports it runs with; None on a GPU."""
-    if isinstance(runner, KerasFastest):
-        return runner.threads
-    session = getattr(runner, "session", None)
-    if session is not None:
-        if any(p != "CPUExecutionProvider" for p in session.get_providers()[:1]):
-            return None
-        return session.get_session_options().intra_op_num_threads
-    return getattr(runner, "threads", None)
+def _families(backends: tuple[str, ...]) -> list[list[Runtime]]:
+    """The runtimes to bench, grouped by family (the backend column), in registry order:
+    the reference's first, then those named (by name or family) in `backends`."""
+    chosen = [r for r in RUNTIMES.values()
+              if r.name == REFERENCE_RUNTIME or r.name in backends or r.backend in backends]
+    chosen.sort(key=lambda r: r.name != REFERENCE_RUNTIME)
+    families: dict[str, list[Runtime]] = {}
+    for runtime in chosen:
+        families.setdefault(runtime.backend, []).append(runtime)
+    return list(families.values())
+
+
+def _bench_files(runtime: Runtime, run_dir: Path, recorded: list[str]) -> list[str]:
+    """The run's files this runtime is benched on: its `bench_files` present in the run,
+    or (None) every file the manifest records with one of its suffixes, by precision
+    (fp32, fp16, bf16, int8), the plain name before its longer forms. The reference's
+    file always has its row (failed when missing: the bench cannot run without it)."""
+    if runtime.name == REFERENCE_RUNTIME:
+        return list(runtime.bench_files)
+    if runtime.bench_files is None:
+        files = sorted((f for f in recorded if Path(f).suffix in runtime.suffixes),
+                       key=lambda f: (PRECISION_ORDER.index(file_precision(f)), len(f), f))
+    else:
+        files = list(runtime.bench_files)
+    return [f for f in files if (run_dir / f).is_file()]
+
+
+def _file_row(runtime: Runtime, file: str, run_dir: Path, options: BenchOptions,
+              reason: str | None) -> Row:
+    """The row of one run file in one runtime: skipped when the runtime cannot run here,
+    else opened (verified unchanged) as the runtime's entry says."""
+    row = Row(runtime.row_name(file), runtime.backend, runtime.precision_of(file), file,
+              notes=runtime.bench_notes.get(file, ""), runtime=runtime.name)
+    if reason:
+        row.status, row.reason = "skipped", reason
+        return row
+    _guard(row, lambda: runtime.open(_verified(run_dir, file), threads=options.threads,
+                                     **runtime.bench_options))
+    if row.status == "ok" and row.runner.timing_note:
+        row.notes = "; ".join(filter(None, (row.notes, row.runner.timing_note)))
+    return row
 
 
 def check_threads(rows: list[Row], threads: int) -> None:
@@ -192,15 +160,22 @@ def check_threads(rows: list[Row], threads: int) -> None:
     for row in rows:
         if row.status != "ok":
             continue
-        row.threads = runner_threads(row.runner)
+        row.threads = row.runner.threads
         if row.threads is not None and row.threads != threads:
             raise ConfigError(f"bench row {row.name!r} runs with {row.threads} intra-op "
                               f"threads, not the {threads} asked for")
 
 
-def _gpu_provider_rows(run_dir: Path, options: BenchOptions) -> list[Row]:
-    """ONNX Runtime's CUDA and TensorRT providers on each ONNX file that TensorRT takes."""
-    from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
+# === Rows that belong to one runtime: EXTRA_ROWS[name](its family's rows, its
+# unavailable() reason, run_dir=, options=, out_dir=, calibration=) -> the family's rows.
+
+def _gpu_provider_rows(rows: list[Row], reason, run_dir: Path, options: BenchOptions,
+                       **_) -> list[Row]:
+    """ONNX Runtime's CUDA and TensorRT providers on each ONNX file that TensorRT takes.
+
+    Their `runtime` is None: `predict` chooses its own providers, so it cannot be sent
+    to run one of these as it was timed.
+    """
     from retinaunet_deploy.runtime.providers import (
         CPU,
         cuda_device_count,
@@ -209,10 +184,11 @@ def _gpu_provider_rows(run_dir: Path, options: BenchOptions) -> list[Row]:
     )
 
     if cuda_device_count() == 0:
-        return [Row(f"onnxruntime {name} provider", "onnxruntime-gpu", "fp32", names.ONNX,
-                    status="skipped", reason="no CUDA device on this machine")
-                for name in ("CUDA", "TensorRT")]
-    rows = []
+        return rows + [Row(f"onnxruntime {name} provider", "onnxruntime-gpu", "fp32",
+                           names.ONNX, status="skipped", reason="no CUDA device on this machine")
+                       for name in ("CUDA", "TensorRT")]
+    onnxruntime = runtime_named("onnxruntime")
+    rows = list(rows)
     for precision, name in names.ONNX_FOR_PRECISION.items():
         if not (run_dir / name).exists():
             continue
@@ -221,65 +197,66 @@ def _gpu_provider_rows(run_dir: Path, options: BenchOptions) -> list[Row]:
                 cache_dir=run_dir / "ort_trt_cache"))):
             row = Row(f"onnxruntime {label} {precision} ({name})", "onnxruntime-gpu", precision,
                       name, notes=f"{label} execution provider")
-            rows.append(_guard(row, lambda n=name, p=provider: OnnxRuntimeBackend(
+            rows.append(_guard(row, lambda n=name, p=provider: onnxruntime.open(
                 run_dir / n, threads=options.threads, providers=[p, CPU])))
     return rows
 
 
-def _tflite_rows(run_dir, options, out_dir, calibration) -> list[Row]:
-    """LiteRT int8: the run's gated model.int8.tflite when calibrate wrote one, else (and
-    for fp32, which is no shipped artifact) converted from model.keras into the bench
-    folder, int8 calibrated on the same training patches."""
+def _converted_tflite_rows(rows: list[Row], reason, run_dir: Path, options: BenchOptions,
+                           out_dir: Path, calibration, **_) -> list[Row]:
+    """LiteRT fp32 (no shipped artifact) converted from model.keras into the bench folder,
+    then int8: the run's gated model.int8.tflite when calibrate wrote one (`rows`), else
+    converted too, full-int8 calibrated on the same training patches."""
     from retinaunet_deploy.artifacts import atomic_path
     from retinaunet_deploy.runtime.backends import load_keras_model
-    from retinaunet_deploy.runtime.tflite import TFLiteBackend, convert_to_tflite
+    from retinaunet_deploy.runtime.tflite import convert_to_tflite
 
-    rows = []
+    tflite = runtime_named("tflite")
+    converted = []
     model = None
-    for precision, images in (("fp32", None), ("int8", calibration)):
-        if precision == "int8" and (run_dir / names.INT8_TFLITE).exists():
-            row = Row("tflite int8", "tflite", "int8", names.INT8_TFLITE,
-                      notes="the run's gated model.int8.tflite (LiteRT, XNNPACK)")
-            rows.append(_guard(row, lambda: TFLiteBackend(_verified(run_dir, names.INT8_TFLITE),
-                                                          threads=options.threads)))
-            continue
-        target = Path(out_dir) / f"model.{precision}.tflite"
+    wanted = [("fp32", None)] + ([] if rows else [("int8", calibration)])
+    for precision, images in wanted:
+        target = out_dir / f"model.{precision}.tflite"
         row = Row(f"tflite {precision}", "tflite", precision, str(target.resolve()),
                   notes="converted from model.keras into the bench folder" + (
                       f", full-int8 calibrated on {len(images)} training patches"
-                      if images is not None else ""))
+                      if images is not None else ""), runtime=tflite.name)
+        if reason:
+            row.status, row.reason = "skipped", reason
+            converted.append(row)
+            continue
 
         def make(images=images, target=target):
             nonlocal model
             model = model or load_keras_model(run_dir / names.KERAS)
             with atomic_path(target) as tmp:
                 tmp.write_bytes(convert_to_tflite(model, images))
-            return TFLiteBackend(target, threads=options.threads)
+            return tflite.open(target, threads=options.threads)
 
-        rows.append(_guard(row, make))
-    return rows
+        converted.append(_guard(row, make))
+    return converted[:1] + list(rows) + converted[1:]
 
 
-def _openvino_rows(run_dir, options) -> list[Row]:
-    """OpenVINO on the CPU: model.onnx in fp32 and with the bf16 hint, model.int8.onnx."""
-    from retinaunet_deploy.runtime.openvino import OpenVINOBackend, bf16_unavailable
+def _absent_engine_rows(rows: list[Row], reason, **_) -> list[Row]:
+    """A skipped row for each fp16 and int8 engine not built (fp32 engines are optional:
+    a row only when one was built), in precision order."""
+    tensorrt = runtime_named("tensorrt")
+    present = {row.artifact: row for row in rows}
+    out = []
+    for precision in names.ONNX_FOR_PRECISION:
+        plan = names.plan_name(precision)
+        if plan in present:
+            out.append(present[plan])
+        elif precision != "fp32":
+            out.append(Row(tensorrt.row_name(plan), tensorrt.backend, precision, plan,
+                           runtime=tensorrt.name, status="skipped", reason=reason or (
+                               f"{plan} not built (retinaunet-deploy build-engine "
+                               f"--precision {precision})")))
+    return out
 
-    rows = []
-    for file, precision, note in (
-            (names.ONNX, "fp32", "f32 precision hint"),
-            (names.ONNX, "bf16", "bf16 precision hint, no calibration"),
-            (names.INT8_ONNX, "int8", "the TensorRT-form Q/DQ file, unchanged")):
-        if not (run_dir / file).exists():
-            continue
-        row = Row(f"openvino {precision} ({file})", "openvino", precision, file, notes=note)
-        reason = bf16_unavailable() if precision == "bf16" else None
-        if reason:
-            row.status, row.reason = "skipped", reason
-        else:
-            _guard(row, lambda f=file, p=precision: OpenVINOBackend(
-                _verified(run_dir, f), threads=options.threads, precision=p))
-        rows.append(row)
-    return rows
+
+EXTRA_ROWS = {"onnxruntime": _gpu_provider_rows, "tflite": _converted_tflite_rows,
+              "tensorrt": _absent_engine_rows}
 
 
 def _verified(run_dir: Path, name: str) -> Path:

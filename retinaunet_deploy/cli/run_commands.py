@@ -9,10 +9,26 @@ import click
 from retinaunet_deploy.bench.rows import BenchOptions
 from retinaunet_deploy.cli.group import cli, comma_text, console, int_list
 from retinaunet_deploy.cli.model_commands import PRESET_NAMES
-from retinaunet_deploy.runtime.backends import RUNTIMES
 from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
+from retinaunet_deploy.runtime.registry import runtime_choices
 
 BENCH = BenchOptions()
+
+
+class RegisteredRuntimes(click.Choice):
+    """`--runtime`'s choices: "auto" and every runtime registered when the command runs
+    (`runtime.registry`), so a runtime registered after import is offered too."""
+
+    def __init__(self):
+        super().__init__(runtime_choices())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return runtime_choices()
+
+    @choices.setter
+    def choices(self, value) -> None:
+        """click.Choice sets its list once; the registry is read on every use instead."""
 
 
 @cli.command()
@@ -29,9 +45,10 @@ BENCH = BenchOptions()
               default="auto", show_default=True,
               help="ONNX Runtime execution provider for an .onnx ARTIFACT (auto: CUDA when a "
                    "GPU is present, else CPU). 'tensorrt' caches its engines beside ARTIFACT.")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
-              help="How to run an .onnx ARTIFACT: auto (ONNX Runtime), onnxruntime, openvino "
-                   "(fp32, or int8 for model.int8.onnx) or openvino-bf16 (bf16 hint).")
+@click.option("--runtime", type=RegisteredRuntimes(), default="auto", show_default=True,
+              help="How to run ARTIFACT: auto (by suffix: .onnx in ONNX Runtime) or a "
+                   "registered runtime; for an .onnx file onnxruntime, openvino (fp32, or "
+                   "int8 for model.int8.onnx) or openvino-bf16 (bf16 hint).")
 @click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
               help="Images larger than this (padded height or width) run as a sliding window "
                    "of tiles at most this large (a multiple of 16; an engine's profile caps it).")

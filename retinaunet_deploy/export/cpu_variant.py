@@ -25,11 +25,11 @@ def compare_latency(paths: dict[str, Path], image: np.ndarray, threads: int | No
     """p50 ms of each ONNX file on one image as its runtime runs it (ONNX Runtime unless
     `runtimes` names another), timed as the bench times (blocks after a settle,
     rotating, at least `rounds` calls and `min_seconds`)."""
-    from retinaunet_deploy.runtime.backends import backend_for
+    from retinaunet_deploy.runtime.registry import open_backend
     from retinaunet_deploy.timing import interleaved_latency
 
     runtimes = runtimes or {}
-    backends = {name: backend_for(path, runtimes.get(name, "onnxruntime"), threads)
+    backends = {name: open_backend(path, runtimes.get(name, "onnxruntime"), threads)
                 for name, path in paths.items()}
     figures = interleaved_latency({name: (lambda b=b: b.run(image)) for name, b in
                                    backends.items()}, rounds=rounds, warmup=2,

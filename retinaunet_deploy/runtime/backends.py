@@ -1,8 +1,8 @@
-"""Backends: run a RetinaUNet artifact on a preprocessed batch, nothing more.
+"""The Keras and ONNX Runtime backends: run a RetinaUNet artifact on a batch, nothing more.
 
-Every backend takes (N, H, W, C) float32 raw pixel values (the graph
-normalises) and returns a dict of output name -> numpy array (`mask`, and with
-heads `cls_logits`, `box_deltas`). Validation, batching and postprocess live in
+Every backend (`runtime.base.Backend`, opened through `runtime.registry`) takes
+(N, H, W, C) float32 raw pixel values (the graph normalises) and returns a dict
+of output name -> numpy array (`mask`, and with heads `cls_logits`, `box_deltas`). Validation, batching and postprocess live in
 `Predictor`, so every backend is treated the same.
 """
 
@@ -15,8 +15,7 @@ import numpy as np
 
 from retinaunet_deploy.artifacts import check_onnx_external_data
 from retinaunet_deploy.errors import ArtifactError, ConfigError
-from retinaunet_deploy.runtime.tensorrt import TensorRTBackend  # imports TensorRT lazily
-from retinaunet_deploy.runtime.tflite import TFLiteBackend  # imports LiteRT lazily
+from retinaunet_deploy.runtime.base import BackendBase
 
 
 def load_keras_model(path: Path):
@@ -47,15 +46,18 @@ def traced_call(model, jit_compile: bool = False):
                        jit_compile=jit_compile)
 
 
-class KerasBackend:
-    """The float reference: the Keras model in a compiled tf.function."""
+class KerasBackend(BackendBase):
+    """The float reference: the Keras model in a compiled tf.function.
 
-    suffix = ".keras"
+    `threads` is TensorFlow's intra-op count in this process, read back
+    (`tensorflow_threads`; TensorFlow sets its pools once per process, see
+    `configure_tensorflow`).
+    """
 
     def __init__(self, path: Path, threads: int | None = None):
-
         configure_tensorflow(threads)
         self.path = Path(path)
+        self.threads = _keras_threads(threads)
         self.model = load_keras_model(self.path)
         self._card = None
         self._call = traced_call(self.model)
@@ -65,6 +67,7 @@ class KerasBackend:
         """A backend over an in-memory Keras model (validation while training)."""
         backend = cls.__new__(cls)
         backend.path, backend.model, backend._card = None, model, card
+        backend.threads = tensorflow_threads() or None
         backend._call = traced_call(model)
         return backend
 
@@ -78,13 +81,63 @@ class KerasBackend:
         return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_open()
         return {name: np.asarray(value) for name, value in self._call(batch).items()}
 
+    def _release(self) -> None:
+        # The traced functions hold the model's variables; dropping both frees them
+        # (TensorFlow's process-wide state, its thread pools, stays).
+        self.model = self._call = None
 
-class OnnxRuntimeBackend:
+
+def _keras_threads(threads: int | None) -> int | None:
+    """TensorFlow's intra-op thread count read back, refused if it is not the one asked for
+    (a Keras row on TensorFlow's default pool would make each speed-up over it a
+    comparison of thread counts)."""
+    current = tensorflow_threads() or None
+    if threads and current != threads:
+        raise ConfigError(f"Keras runs with {current or 'default'} intra-op threads, not the "
+                          f"{threads} asked for")
+    return current
+
+
+class KerasFastest(KerasBackend):
+    """The Keras reference as the bench times it: a compiled tf.function, with XLA when
+    that is faster here (the keras runtime's ``fastest_timing=True``).
+
+    `run` is the plain traced function (the reference `calibrate` stores, used for
+    fidelity): XLA compiles once per input shape, and whole test images come in
+    many sizes. After `use_fastest()` (the bench, before timing one shape) it runs
+    the faster of the two.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from retinaunet_deploy.timing import interleaved_latency
+
+        super().__init__(path, threads=threads)
+        plain = self._call
+        xla = traced_call(self.model, jit_compile=True)
+        probe = np.zeros((1, 128, 128, self.model.input_shape[-1]), np.float32)
+        figures = interleaved_latency({"tf.function": lambda: plain(probe),
+                                       "tf.function + XLA": lambda: xla(probe)},
+                                      rounds=5, warmup=2)
+        self.mode = min(figures, key=lambda k: figures[k]["p50_ms"])
+        self._fastest = xla if self.mode == "tf.function + XLA" else plain
+        self.timing_note = (f"timed as {self.mode}; {self.threads} intra-op thread(s), "
+                            f"asserted")
+
+    def use_fastest(self) -> None:
+        """Run the mode chosen for timing from now on."""
+        self._check_open()
+        self._call = self._fastest
+
+    def _release(self) -> None:
+        super()._release()
+        self._fastest = None
+
+
+class OnnxRuntimeBackend(BackendBase):
     """An `.onnx` file in an ONNX Runtime session (CPU here; CUDA where a GPU is)."""
-
-    suffix = ".onnx"
 
     def __init__(self, path: Path, threads: int | None = None,
                  providers: list | None = None, optimize: bool = True):
@@ -97,6 +150,7 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         from retinaunet_deploy.runtime.providers import (
+            CPU,
             check_providers,
             check_session_providers,
             default_providers,
@@ -123,46 +177,26 @@ class OnnxRuntimeBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
+        # Read back from the session (0: ONNX Runtime's default pool); a GPU provider
+        # first runs the graph on the device: no host thread count applies.
+        self.threads = (self.session.get_session_options().intra_op_num_threads or None
+                        if self.providers[0] == CPU else None)
 
     def card(self) -> dict | None:
         """The model card embedded in the ONNX metadata (parsed as JSON, never evaluated)."""
         from retinaunet_deploy.card import embedded_card
 
+        self._check_open()
         return embedded_card(self.path, self.session.get_modelmeta().custom_metadata_map
                              .get("model_card"))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_open()
         outputs = self.session.run(self.output_names, {self.input_name: batch})
         return dict(zip(self.output_names, outputs))
 
-
-BACKENDS = {backend.suffix: backend
-            for backend in (KerasBackend, OnnxRuntimeBackend, TensorRTBackend, TFLiteBackend)}
-# Runtimes that can run an .onnx file, besides "auto" (by suffix).
-ONNX_RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")
-RUNTIMES = ("auto", *ONNX_RUNTIMES)
-
-
-def backend_for(path: Path, runtime: str = "auto", threads: int | None = None,
-                providers: list | None = None):
-    """The backend that runs `path` in `runtime` (see `Predictor.from_artifact`)."""
-    from retinaunet_deploy.runtime.openvino import OpenVINOBackend
-
-    path = Path(path)
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
-    if runtime != "auto" and path.suffix != ".onnx":
-        raise ConfigError(f"{path}: runtime {runtime!r} runs .onnx files; use --runtime auto "
-                          f"for a {path.suffix} artifact")
-    if runtime.startswith("openvino"):
-        return OpenVINOBackend(path, threads=threads,
-                               precision="bf16" if runtime == "openvino-bf16" else None)
-    if path.suffix not in BACKENDS:
-        raise ArtifactError(f"{path}: unsupported artifact type {path.suffix!r}; use one of "
-                            f"{sorted(BACKENDS)}")
-    if providers is not None:
-        return OnnxRuntimeBackend(path, threads=threads, providers=providers)
-    return BACKENDS[path.suffix](path, threads=threads)
+    def _release(self) -> None:
+        self.session = None  # the session's memory (arena, weights) goes with it
 
 
 def configure_tensorflow(threads: int | None = None) -> None:

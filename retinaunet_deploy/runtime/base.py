@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from retinaunet_deploy.errors import ArtifactError
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -44,17 +46,22 @@ class Backend(Protocol):
         limits: `Limits` of its inputs.
         threads: intra-op CPU threads the runtime reports it runs with, read back
             from the runtime (None on a GPU, or when no count was asked for).
+        timing_note: how the bench times it, when that differs from `run` ("" otherwise).
     """
 
     path: object
     limits: Limits
     threads: int | None
+    timing_note: str
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs by name for an (N, H, W, C) float32 batch."""
+        """Outputs by name for an (N, H, W, C) float32 batch; `ArtifactError` once closed."""
 
     def card(self) -> dict | None:
         """The model card the artifact carries or sits beside, or None."""
+
+    def use_fastest(self) -> None:
+        """Run one input shape its fastest way from now on (the bench, before timing)."""
 
     def close(self) -> None:
         """Release the runtime's memory (sessions, compiled models, device buffers)."""
@@ -65,13 +72,35 @@ class Backend(Protocol):
 
 
 class BackendBase:
-    """Context-manager plumbing shared by the concrete backends: ``with open(...) as b``."""
+    """What the concrete backends share: ``with open(...) as backend``, and a `close()`
+    after which `run` raises a clear `ArtifactError` instead of failing inside a runtime.
 
+    Subclasses drop their runtime objects in `_release()` and call `_check_open()`
+    first in `run` (and wherever else they touch those objects).
+    """
+
+    path: object = None
     limits: Limits = NO_LIMITS
     threads: int | None = None
+    timing_note: str = ""
+    closed: bool = False
+
+    def use_fastest(self) -> None:
+        """Most backends run every shape one way: nothing to switch."""
 
     def close(self) -> None:
-        """Drop the runtime's objects; subclasses release what they hold."""
+        """Release what the runtime holds; later calls raise `ArtifactError`. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Drop the runtime's objects (sessions, compiled models, buffers)."""
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ArtifactError(f"{self.path or 'the in-memory model'} was closed; open it "
+                                f"again to run it")
 
     def __enter__(self):
         return self

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.runtime.base import BackendBase
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -58,10 +59,8 @@ def bf16_unavailable() -> str | None:
     return None
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(BackendBase):
     """An ONNX file compiled by OpenVINO for the CPU, with an explicit precision."""
-
-    suffix = ".onnx"
 
     def __init__(self, path: Path, threads: int | None = None, precision: str | None = None):
         """
@@ -88,7 +87,6 @@ class OpenVINOBackend:
         if self.precision == "bf16" and bf16_unavailable():
             raise ConfigError(f"OpenVINO bf16: {bf16_unavailable()}")
         self._metadata = {p.key: p.value for p in graph.metadata_props}
-        self.threads = threads
         config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[self.precision],
                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -100,8 +98,9 @@ class OpenVINOBackend:
             raise ArtifactError(f"OpenVINO cannot compile {self.path} "
                                 f"({str(error).strip().splitlines()[0][:200]}); re-run "
                                 f"'retinaunet-deploy export' to rewrite it") from error
-        if threads:  # read back: the figure a report states is the one that runs
-            self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        # Read back from the compiled model: the figure a report states is the one that
+        # runs (0: OpenVINO's default, when no count was asked for).
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or None
         self.request = self.compiled.create_infer_request()
         self.output_names = [output.get_any_name() for output in self.compiled.outputs]
 
@@ -112,7 +111,11 @@ class OpenVINOBackend:
         return embedded_card(self.path, self._metadata.get("model_card"))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_open()
         results = self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
         # Copies: the request reuses its output buffers on the next call.
         return {name: np.array(results[output], np.float32)
                 for name, output in zip(self.output_names, self.compiled.outputs)}
+
+    def _release(self) -> None:
+        self.request = self.compiled = None  # the compiled model's memory goes with them

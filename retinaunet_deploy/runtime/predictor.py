@@ -31,6 +31,7 @@ from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
 from retinaunet_deploy.runtime import tiling
+from retinaunet_deploy.runtime.base import Backend
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 DEFAULT_TILE = 1024
@@ -69,12 +70,13 @@ class Predictor:
         overlap: fraction of a tile shared with its neighbour.
     """
 
-    def __init__(self, backend, card: dict, batch_size: int | None = None,
+    def __init__(self, backend: Backend, card: dict, batch_size: int | None = None,
                  tile: int = DEFAULT_TILE, overlap: float = DEFAULT_OVERLAP):
         self.backend = backend
         self.card = card
-        # Default: 8 images per call, or the batch an engine's kernels were tuned for.
-        self.batch_size = batch_size or getattr(backend, "opt_batch", None) or 8
+        limits = backend.limits
+        # Default: 8 images per call, or the batch the backend was tuned for (an engine's).
+        self.batch_size = batch_size or limits.preferred_batch or 8
         spec = card["input"]
         self.channels = spec["channels"]
         self.stride = card_stride(card)
@@ -85,10 +87,10 @@ class Predictor:
         self.det_class_names = card.get("det_class_names") or []
         self.anchor_config = AnchorConfig.from_dict(card["anchors"]) if card.get("anchors") else None
         self.detection_config = DetectionConfig(**(card.get("postprocess") or {}))
-        # An engine's optimisation profile bounds the tile and the smallest input.
-        limit = getattr(backend, "max_size", None)
-        tile = min(tile, limit) if limit else tile
-        self.min_input = max(self.stride, getattr(backend, "min_size", 0) or 0)
+        # The backend's limits (an engine's optimisation profile) bound the tile and the
+        # smallest input.
+        tile = min(tile, limits.max_size) if limits.max_size else tile
+        self.min_input = max(self.stride, limits.min_size)
         if tile < self.stride or tile % self.stride:
             raise ConfigError(f"tile {tile} must be a positive multiple of the stride "
                               f"{self.stride}")
@@ -102,30 +104,52 @@ class Predictor:
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
                       batch_size: int | None = None, tile: int = DEFAULT_TILE,
                       overlap: float = DEFAULT_OVERLAP, runtime: str = "auto") -> Predictor:
-        """Open an artifact in a runtime and read its model card.
+        """Open an artifact in a runtime (`runtime.registry`) and read its model card.
 
         Args:
             threads: intra-op threads of the backend (None: the library's default).
             providers: for .onnx in ONNX Runtime, providers as names or (name, options)
                 pairs (`runtime.providers.tensorrt_provider()`...); None: the ones that
-                can load here.
+                can load here. Refused (`ConfigError`) with any other runtime.
             runtime: "auto" (by suffix: .keras Keras, .onnx ONNX Runtime, .plan TensorRT,
-                .tflite LiteRT), or for an .onnx file "onnxruntime", "openvino" (fp32, or
-                int8 for the Q/DQ file) or "openvino-bf16" (the bf16 precision hint).
+                .tflite LiteRT) or a registered runtime's name (`registry.runtime_choices()`:
+                for an .onnx file "onnxruntime", "openvino" (fp32, or int8 for the Q/DQ
+                file) or "openvino-bf16" (the bf16 precision hint)).
+
+        Raises:
+            ArtifactError: a missing, corrupt or unsupported file, or one without a card.
+            ConfigError: an unknown runtime, or one that does not run this file.
         """
-        from retinaunet_deploy.runtime.backends import backend_for
+        from retinaunet_deploy.runtime.registry import open_backend, resolve
 
         path = Path(path)
-        if providers is not None and (path.suffix != ".onnx"
-                                      or runtime not in ("auto", "onnxruntime")):
-            raise ConfigError(f"{path}: execution providers apply to .onnx files in ONNX "
-                              f"Runtime only; drop the provider choice")
-        backend = backend_for(path, runtime, threads, providers)
+        options = {}
+        if providers is not None:
+            try:
+                onnxruntime = resolve(path, runtime).name == "onnxruntime"
+            except (ArtifactError, ConfigError):
+                onnxruntime = False
+            if not onnxruntime:
+                raise ConfigError(f"{path}: execution providers apply to .onnx files in ONNX "
+                                  f"Runtime only; drop the provider choice")
+            options["providers"] = providers
+        backend = open_backend(path, runtime, threads, **options)
         card = backend.card()
         if card is None:
+            backend.close()
             raise ArtifactError(f"{path} has no model card (embedded or model_card.json beside "
                                 f"it); export it from a trained run")
         return cls(backend, card, batch_size=batch_size, tile=tile, overlap=overlap)
+
+    def close(self) -> None:
+        """Release the backend's runtime (`Backend.close`); `predict` raises afterwards."""
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # === Input validation ===
 

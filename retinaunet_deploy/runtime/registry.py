@@ -15,12 +15,13 @@ them and says why each cannot run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from retinaunet_deploy import names
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.runtime.providers import CPU
 
 AUTO = "auto"
 
@@ -42,7 +43,12 @@ class Runtime:
         precision: a precision the runtime imposes (openvino-bf16: "bf16"); None: the
             file's own (fp32, fp16 or int8 by its name).
         auto_for: suffixes it is the default ("auto") runtime of.
-        bench_files: run-folder files the bench times and judges in it, when present.
+        bench_files: run-folder files the bench times and judges in it, when present;
+            None: every file the run's manifest records with one of `suffixes` (so a
+            new variant file gets its bench rows with no edit).
+        bench_label: its bench rows' names, formatted with backend, precision and file.
+        bench_notes: the bench's note on a row, by run-folder file.
+        bench_options: what the bench opens its files with, besides threads.
         judged_files: run-folder files `calibrate` judges in it as runtime variants
             (recorded in the manifest's ``runtime_variants``, written as no file).
         check: ``check() -> reason | None``: why it cannot run on this machine.
@@ -56,10 +62,13 @@ class Runtime:
     family: str = ""
     precision: str | None = None
     auto_for: tuple[str, ...] = ()
-    bench_files: tuple[str, ...] = ()
+    bench_files: tuple[str, ...] | None = ()
     judged_files: tuple[str, ...] = ()
     check: Callable[[], str | None] = field(default=_always)
     recommendable: bool = True
+    bench_label: str = "{backend} {precision} ({file})"
+    bench_notes: Mapping[str, str] = field(default_factory=dict, compare=False)
+    bench_options: Mapping[str, object] = field(default_factory=dict, compare=False)
 
     @property
     def backend(self) -> str:
@@ -72,6 +81,11 @@ class Runtime:
     def precision_of(self, file: str) -> str:
         """The precision a run-folder file runs at in this runtime."""
         return self.precision or file_precision(file)
+
+    def row_name(self, file: str) -> str:
+        """The bench row of `file` in this runtime ("onnxruntime int8 (model.int8.onnx)")."""
+        return self.bench_label.format(backend=self.backend, precision=self.precision_of(file),
+                                       file=file)
 
     def open(self, path: Path, threads: int | None = None, **options):
         """Open `path`; raises `ConfigError` for a file it does not run, `ArtifactError`
@@ -146,36 +160,40 @@ def runtime_suffixes() -> tuple[str, ...]:
 
 # === The built-in runtimes. Openers import their runtime lazily. ===
 
-def _open_keras(path, threads=None, **options):
-    from retinaunet_deploy.runtime.backends import KerasBackend
+def _open_keras(path, threads=None, fastest_timing: bool = False):
+    """`fastest_timing`: the bench's Keras runner, timed with XLA when that is faster here
+    (`backends.KerasFastest`); fidelity still runs the plain reference function."""
+    from retinaunet_deploy.runtime.backends import KerasBackend, KerasFastest
 
-    return KerasBackend(path, threads=threads, **options)
+    return (KerasFastest if fastest_timing else KerasBackend)(path, threads=threads)
 
 
-def _open_onnxruntime(path, threads=None, **options):
+def _open_onnxruntime(path, threads=None, providers=None, optimize: bool = True):
+    """`providers`: ONNX Runtime execution providers (names or (name, options) pairs;
+    None: those that load here); `optimize`: its graph optimisations."""
     from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(path, threads=threads, **options)
+    return OnnxRuntimeBackend(path, threads=threads, providers=providers, optimize=optimize)
 
 
 def _open_openvino(precision):
-    def opener(path, threads=None, **options):
+    def opener(path, threads=None):
         from retinaunet_deploy.runtime.openvino import OpenVINOBackend
 
-        return OpenVINOBackend(path, threads=threads, precision=precision, **options)
+        return OpenVINOBackend(path, threads=threads, precision=precision)
     return opener
 
 
-def _open_tflite(path, threads=None, **options):
+def _open_tflite(path, threads=None):
     from retinaunet_deploy.runtime.tflite import TFLiteBackend
 
-    return TFLiteBackend(path, threads=threads, **options)
+    return TFLiteBackend(path, threads=threads)
 
 
-def _open_tensorrt(path, threads=None, **options):
+def _open_tensorrt(path, threads=None, device: int = 0):
     from retinaunet_deploy.runtime.tensorrt import TensorRTBackend
 
-    return TensorRTBackend(path, threads=threads, **options)
+    return TensorRTBackend(path, threads=threads, device=device)
 
 
 def _openvino_unavailable() -> str | None:
@@ -209,18 +227,28 @@ def _tensorrt_unavailable() -> str | None:
     return None
 
 
+# The bench's order of rows is this order (and within a runtime, its files').
 register(Runtime("keras", (".keras",), _open_keras, auto_for=(".keras",),
-                 bench_files=(names.KERAS,), recommendable=False))
+                 bench_files=(names.KERAS,), recommendable=False,
+                 bench_label="{backend} {precision}", bench_options={"fastest_timing": True}))
 register(Runtime("onnxruntime", (".onnx",), _open_onnxruntime, auto_for=(".onnx",),
-                 bench_files=(names.ONNX, names.FP16_ONNX, names.INT8_ONNX,
-                              names.INT8_CPU_ONNX)))
+                 bench_files=None, bench_options={"providers": [CPU]},
+                 bench_notes={names.FP16_ONNX: "fp16 compute on CPU runs through casts",
+                              names.INT8_ONNX: "TensorRT form (Q/DQ), run fused by ONNX Runtime",
+                              names.INT8_CPU_ONNX: "ONNX Runtime CPU form (QOperator U8S8)"}))
 register(Runtime("openvino", (".onnx",), _open_openvino(None), check=_openvino_unavailable,
-                 bench_files=(names.ONNX, names.INT8_ONNX), judged_files=(names.INT8_ONNX,)))
+                 bench_files=(names.ONNX, names.INT8_ONNX), judged_files=(names.INT8_ONNX,),
+                 bench_notes={names.ONNX: "f32 precision hint",
+                              names.INT8_ONNX: "the TensorRT-form Q/DQ file, unchanged"}))
 register(Runtime("openvino-bf16", (".onnx",), _open_openvino("bf16"), family="openvino",
                  precision="bf16", check=_bf16_unavailable, bench_files=(names.ONNX,),
-                 judged_files=(names.ONNX,)))
+                 judged_files=(names.ONNX,),
+                 bench_notes={names.ONNX: "bf16 precision hint, no calibration"}))
 register(Runtime("tflite", (".tflite",), _open_tflite, auto_for=(".tflite",),
-                 check=_tflite_unavailable, bench_files=(names.INT8_TFLITE,)))
+                 check=_tflite_unavailable, bench_files=(names.INT8_TFLITE,),
+                 bench_label="{backend} {precision}",
+                 bench_notes={names.INT8_TFLITE: "the run's gated model.int8.tflite (LiteRT, "
+                                                 "XNNPACK)"}))
 register(Runtime("tensorrt", (".plan",), _open_tensorrt, device="gpu", auto_for=(".plan",),
-                 check=_tensorrt_unavailable,
+                 check=_tensorrt_unavailable, bench_label="{backend} {precision}",
                  bench_files=tuple(names.plan_name(p) for p in names.ONNX_FOR_PRECISION)))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.errors import ArtifactError, InputError
+from retinaunet_deploy.runtime.base import BackendBase, Limits
 
 
 class _Buffer:
@@ -34,10 +35,12 @@ class _Buffer:
         self.host = np.frombuffer(raw, dtype=self.dtype, count=count)
 
 
-class TensorRTBackend:
-    """A `.plan` engine on CUDA device `device`."""
+class TensorRTBackend(BackendBase):
+    """A `.plan` engine on CUDA device `device`.
 
-    suffix = ".plan"
+    `limits` come from its optimisation profile (sizes min_size..max_size, tuned for
+    opt_batch); `threads` is None (GPU inference: no host thread count applies).
+    """
 
     def __init__(self, path: Path, threads: int | None = None, device: int = 0):
         from retinaunet_deploy.runtime.cuda import (
@@ -50,7 +53,7 @@ class TensorRTBackend:
             require_tensorrt,
         )
 
-        del threads  # GPU inference: the host thread count does not apply
+        del threads  # GPU inference: the host thread count does not apply (threads: None)
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"{self.path} not found; build it with 'retinaunet-deploy "
@@ -79,11 +82,10 @@ class TensorRTBackend:
         self.input_name = self.input_names[0]
         min_shape, opt_shape, max_shape = self.engine.get_tensor_profile_shape(
             self.input_name, 0)
-        # The Predictor feeds opt_batch images per call (what TensorRT tuned kernels for);
-        # `run` cuts larger batches into chunks and pads smaller ones up to min_batch.
+        # `run` cuts larger batches than max_batch into chunks and pads smaller ones up
+        # to min_batch; `limits` tell the Predictor the rest.
         self.min_batch, self.opt_batch, self.max_batch = (
             int(min_shape[0]), int(opt_shape[0]), int(max_shape[0]))
-        # The Predictor pads images up to min_size and tiles beyond max_size.
         self.min_size = int(max(min_shape[1], min_shape[2]))
         self.max_size = int(min(max_shape[1], max_shape[2]))
         self.channels = int(max_shape[3])
@@ -95,6 +97,13 @@ class TensorRTBackend:
             dtype = trt.nptype(self.engine.get_tensor_dtype(name))
             self._buffers[name] = _Buffer(self._rt, self._call, dtype, int(np.prod(shape)))
 
+    @property
+    def limits(self) -> Limits:
+        """The optimisation profile: the Predictor pads images up to min_size, tiles beyond
+        max_size and feeds opt_batch images per call (what TensorRT tuned kernels for)."""
+        return Limits(min_size=self.min_size, max_size=self.max_size,
+                      preferred_batch=self.opt_batch)
+
     def card(self) -> dict | None:
         """The run's model card, beside the engine."""
         from retinaunet_deploy.card import load_card
@@ -104,6 +113,7 @@ class TensorRTBackend:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Any batch size: chunks of at most max_batch, each padded up to min_batch."""
+        self._check_open()
         h, w, c = batch.shape[1:]
         if c != self.channels or not (self.min_size <= min(h, w) and max(h, w) <= self.max_size):
             raise InputError(f"{self.path} takes (N, H, W, {self.channels}) with H and W in "
@@ -148,8 +158,9 @@ class TensorRTBackend:
         return {name: self._buffers[name].host[:int(np.prod(shape))].reshape(shape)
                 .astype(np.float32, copy=True) for name, shape in shapes.items()}
 
-    def close(self) -> None:
-        """Free device and pinned memory and the stream (also done at garbage collection)."""
+    def _release(self) -> None:
+        """Free device and pinned memory, the stream, the context and the engine (also
+        done at garbage collection)."""
         buffers, self._buffers = getattr(self, "_buffers", {}), {}
         for buffer in buffers.values():
             self._rt.cudaFree(buffer.device_ptr)
@@ -157,6 +168,7 @@ class TensorRTBackend:
         if getattr(self, "stream", None) is not None:
             self._rt.cudaStreamDestroy(self.stream)
             self.stream = None
+        self.context = self.engine = self._runtime = None
 
     def __del__(self):
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to

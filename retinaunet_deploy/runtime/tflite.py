@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.errors import ArtifactError
+from retinaunet_deploy.runtime.base import BackendBase
 
 
 def convert_to_tflite(model, calibration_images: np.ndarray | None = None) -> bytes:
@@ -35,10 +36,8 @@ def convert_to_tflite(model, calibration_images: np.ndarray | None = None) -> by
         return converter.convert()
 
 
-class TFLiteBackend:
+class TFLiteBackend(BackendBase):
     """A `.tflite` file behind the backend interface: run(batch) -> outputs by name."""
-
-    suffix = ".tflite"
 
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -46,6 +45,8 @@ class TFLiteBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"{self.path} not found")
+        # LiteRT's interpreter has no read-back of its thread count: `threads` is what it
+        # was opened with (num_threads; None: LiteRT's default).
         self.threads = threads
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
@@ -66,6 +67,10 @@ class TFLiteBackend:
         return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_open()
         # The runner resizes the input (and reallocates) whenever the shape changes.
         outputs = self.runner(**{self.input_name: np.ascontiguousarray(batch, np.float32)})
         return {name: np.array(value) for name, value in outputs.items()}
+
+    def _release(self) -> None:
+        self.runner = self.interpreter = None  # its tensors and XNNPACK's weights go too

@@ -4,9 +4,9 @@ import pytest
 
 
 def pytest_collection_modifyitems(config, items):
-    from retinaunet_deploy.bench.rows import tensorrt_unavailable
+    from retinaunet_deploy.runtime.registry import runtime_named
 
-    reason = tensorrt_unavailable()
+    reason = runtime_named("tensorrt").unavailable()
     for item in items:
         if "tests/gpu/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.gpu)
