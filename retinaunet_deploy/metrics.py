@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retinaunet_deploy.model.anchors import box_iou
+from retinaunet_deploy.model.boxes import box_iou
 
 
 def confusion_counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:

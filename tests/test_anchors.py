@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.errors import ConfigError
-from retinaunet_deploy.model.anchors import (
-    AnchorConfig,
-    anchor_shapes,
-    box_iou,
-    decode_boxes,
-    encode_boxes,
-    generate_anchors,
-)
+from retinaunet_deploy.model.anchors import AnchorConfig, anchor_shapes, generate_anchors
+from retinaunet_deploy.model.boxes import box_iou, decode_boxes, encode_boxes
 
 
 def test_single_level_single_shape_anchors_by_hand():
@@ -101,3 +95,12 @@ def test_anchor_config_round_trip():
 def test_size_not_multiple_of_stride_is_rejected():
     with pytest.raises(ConfigError, match="not a multiple of anchor stride 16"):
         generate_anchors(AnchorConfig(), (64, 72))
+
+
+def test_clip_boxes_by_hand():
+    from retinaunet_deploy.model.boxes import clip_boxes
+
+    boxes = np.array([[-5, 2, 40, 30], [10, -1, 12, 50], [50, 50, 60, 60]], np.float32)
+    clipped = clip_boxes(boxes, (32, 48))
+    np.testing.assert_array_equal(clipped, [[0, 2, 32, 30], [10, 0, 12, 48], [32, 48, 32, 48]])
+    assert clipped.dtype == np.float32

@@ -75,6 +75,17 @@ def test_every_ok_row_has_latency_throughput_and_agreement(bench_report):
     assert int8["share_of_limit"] == pytest.approx(expected, rel=2e-3)
     assert names["openvino int8 (model.int8.onnx)"]["threads"] == 2
     assert "Limits measured here" in (bench_report[0] / "report.md").read_text()
+    # The limit is the best of repeats interleaved with the rows' timing, every one kept;
+    # a row above it would be a named fault, not a share.
+    for precision in ("int8", "fp32"):
+        repeats = limits[precision]["repeats"]
+        assert [r["when"] for r in repeats] == ["before batch 1", "after batch 1"]
+        assert limits[precision]["gflops"] == max(r["gflops"] for r in repeats)
+    assert report["limit_faults"] == [fault for fault in report["limit_faults"]
+                                      if names[fault["row"]]["latency"][str(fault["batch"])]
+                                      .get("limit_fault")]
+    assert all(figures.get("share_of_limit", 0) <= 1 for row in report["rows"]
+               for figures in row["latency"].values())
 
 
 def test_rows_that_cannot_run_here_are_skipped_with_the_reason(bench_report):

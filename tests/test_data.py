@@ -17,7 +17,8 @@ from retinaunet_deploy.data.sample import (
 from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_sample, synthetic_samples
 from retinaunet_deploy.data.targets import match_anchors
 from retinaunet_deploy.errors import ConfigError, DataError
-from retinaunet_deploy.model.anchors import AnchorConfig, decode_boxes, generate_anchors
+from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
+from retinaunet_deploy.model.boxes import decode_boxes
 
 
 def _digest(samples):

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.errors import InputError
-from retinaunet_deploy.model.anchors import AnchorConfig, encode_boxes, generate_anchors
-from retinaunet_deploy.postprocess import (
-    DetectionConfig,
-    batched_nms,
-    decode_detections,
-    nms,
-    sigmoid,
-)
+from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
+from retinaunet_deploy.model.boxes import batched_nms, encode_boxes, nms
+from retinaunet_deploy.postprocess import DetectionConfig, decode_detections, sigmoid
 
 
 def test_nms_keeps_the_best_of_each_overlapping_group():
@@ -47,7 +42,7 @@ def _heads_for(boxes, classes, anchors, num_classes, score_logit=5.0):
     """Head outputs that put each box on its best anchor with a confident logit."""
     logits = np.full((1, len(anchors), num_classes), -10.0, np.float32)
     deltas = np.zeros((1, len(anchors), 4), np.float32)
-    from retinaunet_deploy.model.anchors import box_iou
+    from retinaunet_deploy.model.boxes import box_iou
 
     for box, cls in zip(boxes, classes):
         best = int(np.argmax(box_iou(box[None], anchors)[0]))

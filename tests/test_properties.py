@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from retinaunet_deploy.errors import InputError
-from retinaunet_deploy.model.anchors import AnchorConfig, box_iou, generate_anchors
-from retinaunet_deploy.postprocess import DetectionConfig, batched_nms, decode_detections, nms
+from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
+from retinaunet_deploy.model.boxes import batched_nms, box_iou, nms
+from retinaunet_deploy.postprocess import DetectionConfig, decode_detections
 from retinaunet_deploy.runtime.base import BackendBase
 from retinaunet_deploy.runtime.predictor import Predictor
 
@@ -224,7 +225,7 @@ def test_tile_layout_covers_every_pixel_on_the_stride_with_the_overlap(strides, 
        st.sampled_from([0.0, 0.3, 0.5, 0.7]))
 def test_local_nms_equals_plain_greedy_nms(count, seed, threshold):
     """The windowed NMS for many boxes keeps exactly what plain greedy NMS keeps."""
-    from retinaunet_deploy import postprocess
+    from retinaunet_deploy.model import boxes as box_module
 
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0, 400, (count, 2))
@@ -233,9 +234,9 @@ def test_local_nms_equals_plain_greedy_nms(count, seed, threshold):
     boxes[: count // 20] = boxes[: count // 20, [2, 3, 0, 1]]   # some inverted
     scores = rng.choice(rng.random(count // 3 + 1), count).astype(np.float32)  # with ties
     fast = nms(boxes, scores, threshold)
-    original, postprocess.LOCAL_NMS_FROM = postprocess.LOCAL_NMS_FROM, 10**9
+    original, box_module.LOCAL_NMS_FROM = box_module.LOCAL_NMS_FROM, 10**9
     try:
         plain = nms(boxes, scores, threshold)
     finally:
-        postprocess.LOCAL_NMS_FROM = original
+        box_module.LOCAL_NMS_FROM = original
     np.testing.assert_array_equal(fast, plain)

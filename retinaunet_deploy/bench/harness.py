@@ -88,19 +88,25 @@ def row_targets(run_dir: Path) -> dict:
 
 
 def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,
-                    progress=None):
+                    progress=None, between=None):
     """Interleaved latency of every ok row, per batch size, inference-only and end to end.
 
     Each candidate is called once first; one that raises marks its row failed and
     is left out, so a broken backend never stops the timing of the others.
+    `between(when)`, if given, runs before the first batch size's timing, between
+    batch sizes and after the last (the measured limit's repeats, `bench.peak`).
     """
     from retinaunet_deploy.runtime.predictor import Predictor
     from retinaunet_deploy.timing import interleaved_latency
 
+    between = between or (lambda when: None)
     for row in rows:
         if row.status == "ok":
             row.runner.use_fastest()  # Keras: XLA when that is faster here
+    previous = None
     for batch_size in options.batch_sizes:
+        between(f"before batch {batch_size}" if previous is None
+                else f"between batch {previous} and {batch_size}")
         batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])),
                                      dtype=np.float32)
         raw = batch.astype(card["input"].get("pixel_dtype", "uint8"))
@@ -126,6 +132,8 @@ def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: Be
             if row.status == "ok":
                 row.latency[str(batch_size)] = {
                     mode: figures[f"{row.name}|{mode}"] for mode in ("inference", "end_to_end")}
+        previous = batch_size
+    between(f"after batch {previous}")
 
 
 def speedups(rows: list[Row]) -> None:
@@ -143,33 +151,46 @@ CPU_BACKENDS = ("keras", "onnxruntime", "openvino", "tflite")
 LIMIT_OF_PRECISION = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8"}
 
 
-def machine_limits(options: BenchOptions, say) -> dict:
-    """The measured dense-math limit per precision (`bench.peak`), or why there is none."""
-    if not options.peak:
-        return {}
-    try:
-        from retinaunet_deploy.bench.peak import measure_peaks
+def limit_probe(options: BenchOptions, say):
+    """A `bench.peak.LimitProbe` to measure between the rows' timings, or None when no
+    limit is asked for (`--no-limits`)."""
+    from retinaunet_deploy.bench.peak import LimitProbe
 
-        say("measuring this CPU's int8, bf16 and fp32 limits")
-        return measure_peaks(options.threads)
-    except ImportError:
-        return {"skipped": "OpenVINO is not installed: no limit measured"}
+    return LimitProbe(options.threads, say=say) if options.peak else None
 
 
-def limit_shares(rows: list[Row], gflops_per_image: float, limits: dict) -> None:
+def limit_shares(rows: list[dict], gflops_per_image: float, limits: dict) -> list[dict]:
     """Each CPU row's attained GFLOP/s (inference only, p50) as a share of the measured
-    limit of its precision, per batch size."""
-    from retinaunet_deploy.bench.peak import share_of_peak
+    limit of its precision, per batch size, into its latency figures ("share_of_limit").
 
+    A share over 100% is no figure but a measurement fault (the limit was measured
+    while the machine was disturbed): that batch gets "limit_fault": True instead, and
+    the fault is returned (`bench.peak.limit_fault`), for the report to name.
+
+    Args:
+        rows: report rows (`Row.to_dict()`), changed in place.
+    """
+    from retinaunet_deploy.bench.peak import limit_fault, share_of_peak
+
+    faults = []
     for row in rows:
-        if row.backend not in CPU_BACKENDS:
+        if row["backend"] not in CPU_BACKENDS:
             continue
-        limit = limits.get(LIMIT_OF_PRECISION.get(row.precision, "fp32"))
-        for batch, figures in row.latency.items():
-            share = share_of_peak(gflops_per_image, figures["inference"]["p50_ms"], int(batch),
-                                  limit)
-            if share is not None:
+        precision = LIMIT_OF_PRECISION.get(row["precision"], "fp32")
+        limit = limits.get(precision)
+        for batch, figures in row["latency"].items():
+            p50_ms = figures["inference"]["p50_ms"]
+            share = share_of_peak(gflops_per_image, p50_ms, int(batch), limit)
+            if share is None:
+                continue
+            if share > 1:
+                figures["limit_fault"] = True
+                faults.append(limit_fault(row["name"], int(batch), precision,
+                                          gflops_per_image * int(batch) / (p50_ms / 1e3),
+                                          limit))
+            else:
                 figures["share_of_limit"] = float(f"{share:.4g}")
+    return faults
 
 
 def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
@@ -207,11 +228,13 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     say(f"fidelity on {len(samples)} whole held-out images")
     masks_by_row = measure_fidelity(rows, card, eval_set, targets)
     say(f"latency, batch sizes {list(options.batch_sizes)}, rows interleaved")
-    measure_latency(rows, card, calibration[:8], options)
+    probe = limit_probe(options, say)
+    measure_latency(rows, card, calibration[:8], options,
+                    between=probe.measure if probe else None)
     speedups(rows)
     summary = RetinaUNet.from_config(card["builder"]).summary()
-    limits = machine_limits(options, say)
-    limit_shares(rows, summary.total_gflops, limits)
+    limits = probe.limits() if probe else {}
+    row_figures = [row.to_dict() for row in rows]
     report = {
         "run": str(run_dir), "machine": machine_info(options.threads),
         "options": asdict(options), "images": len(samples), "split": "test",
@@ -229,7 +252,8 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
         "targets": {precision: asdict(t) for precision, t in targets.items()},
         "intervals": "95% percentile bootstrap over images (1000 resamples)",
         "limits": limits,
-        "rows": [row.to_dict() for row in rows],
+        "limit_faults": limit_shares(row_figures, summary.total_gflops, limits),
+        "rows": row_figures,
     }
     report["recommendation"] = recommend(report)
     write_recommendation(run_dir, report["recommendation"])

@@ -5,7 +5,8 @@ The microbenchmark is the work a U-Net is made of: a chain of 3x3 convolutions,
 and 64/224 channels/side, the shape that ran fastest here), compiled by OpenVINO for
 this CPU in fp32 (f32 hint), bf16 (bf16 hint) and int8 (the same chain with
 Q/DQ nodes, run on int8 VNNI kernels), on `threads` threads, timed interleaved
-in blocks like every other figure. Its GFLOP/s (int8: GOP/s) is what the best
+in blocks like every other figure, repeated between the rows' timings (`LimitProbe`;
+the limit is the best repeat). Its GFLOP/s (int8: GOP/s) is what the best
 kernels this machine has attain on large, regular convolutions: a practical
 limit, not the data sheet's peak. A model's layers are smaller and less regular,
 so a row's share of it says how much speed is left to find.
@@ -59,39 +60,127 @@ def gflop_per_call() -> float:
     return LAYERS * 2 * SIDE * SIDE * 9 * CHANNELS * CHANNELS / 1e9
 
 
-def measure_peaks(threads: int, min_seconds: float = 1.5) -> dict:
-    """GFLOP/s (int8: GOP/s) of the conv chain per precision on this CPU, p50-based.
+# Seconds per precision per repeat: a bench takes two or three repeats, so their sum
+# is about the 1.5 s that one measurement took when the limit was a single moment.
+REPEAT_SECONDS = 0.5
 
-    Returns {"fp32": {...}, "bf16": {...}, "int8": {...}, "engine": ...}; a precision
-    this CPU cannot run natively (bf16) says so instead of a figure.
+
+class LimitProbe:
+    """The conv chain compiled once per precision, timed as often as asked.
+
+    A limit measured at one moment is whatever the machine gave then: a run disturbed
+    by another job measured int8 at 1047 GFLOP/s instead of about 1750, and a row then
+    showed 130% of it. So the bench measures between its rows' timings (`measure`,
+    labelled with when), and a precision's limit is the best of the repeats
+    (`limits`, every repeat kept).
+
+    Args:
+        threads: OpenVINO inference threads.
+        min_seconds: minimum timed seconds per precision per repeat.
+        say: progress messages (one line per repeat).
     """
-    import openvino as ov
 
-    from retinaunet_deploy.runtime.openvino import PRECISION_HINTS, bf16_unavailable
-    from retinaunet_deploy.timing import interleaved_latency
+    def __init__(self, threads: int, min_seconds: float = REPEAT_SECONDS, say=None):
+        self.threads, self.min_seconds = threads, min_seconds
+        self.say = say or (lambda message: None)
+        self.repeats: list[dict] = []
+        self.skipped: dict[str, str] = {}     # precision -> why it has no figure
+        self.unavailable: str | None = None   # why no limit can be measured at all
+        self.workload = ""
+        self._requests = None
 
-    core = ov.Core()
-    image = np.random.default_rng(1).uniform(0, 1, (1, CHANNELS, SIDE, SIDE)).astype(np.float32)
-    requests, result = {}, {}
-    for precision in ("fp32", "bf16", "int8"):
-        if precision == "bf16" and bf16_unavailable():
-            result[precision] = {"skipped": bf16_unavailable()}
-            continue
-        model = core.read_model(conv_chain(precision == "int8").SerializeToString(), b"")
-        compiled = core.compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-        requests[precision] = compiled.create_infer_request()
-    figures = interleaved_latency({p: (lambda r=r: r.infer({0: image}))
-                                   for p, r in requests.items()},
-                                  rounds=10, warmup=2, min_seconds=min_seconds)
-    for precision, figure in figures.items():
-        result[precision] = {"p50_ms": round(figure["p50_ms"], 3),
-                             "gflops": round(gflop_per_call() / (figure["p50_ms"] / 1e3), 1)}
-    result["workload"] = (f"{LAYERS} x conv 3x3 {CHANNELS}->{CHANNELS} on {SIDE}x{SIDE}, "
-                          f"{gflop_per_call():.2f} GFLOP per call, OpenVINO {ov.__version__}, "
-                          f"{threads} thread(s)")
+    def _compile(self) -> dict:
+        import openvino as ov
+
+        from retinaunet_deploy.runtime.openvino import PRECISION_HINTS, bf16_unavailable
+
+        core = ov.Core()
+        requests = {}
+        for precision in ("fp32", "bf16", "int8"):
+            if precision == "bf16" and bf16_unavailable():
+                self.skipped[precision] = bf16_unavailable()
+                continue
+            model = core.read_model(conv_chain(precision == "int8").SerializeToString(), b"")
+            compiled = core.compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+                "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
+            requests[precision] = compiled.create_infer_request()
+        self.workload = (f"{LAYERS} x conv 3x3 {CHANNELS}->{CHANNELS} on {SIDE}x{SIDE}, "
+                         f"{gflop_per_call():.2f} GFLOP per call, OpenVINO {ov.__version__}, "
+                         f"{self.threads} thread(s)")
+        return requests
+
+    def measure(self, when: str) -> None:
+        """One repeat: GFLOP/s (int8: GOP/s) per precision, p50-based, labelled `when`
+        (the first call compiles; without OpenVINO, nothing is measured and `limits`
+        says why)."""
+        from retinaunet_deploy.timing import interleaved_latency
+
+        if self.unavailable:
+            return
+        self.say(f"measuring this CPU's int8, bf16 and fp32 limits ({when})")
+        if self._requests is None:
+            try:
+                self._requests = self._compile()
+            except ImportError:
+                self.unavailable = "OpenVINO is not installed: no limit measured"
+                return
+        image = np.random.default_rng(1).uniform(0, 1, (1, CHANNELS, SIDE, SIDE)).astype(
+            np.float32)
+        figures = interleaved_latency({p: (lambda r=r: r.infer({0: image}))
+                                       for p, r in self._requests.items()},
+                                      rounds=10, warmup=2, min_seconds=self.min_seconds)
+        self.repeats.append({"when": when, **{
+            precision: {"p50_ms": round(figure["p50_ms"], 3),
+                        "gflops": round(gflop_per_call() / (figure["p50_ms"] / 1e3), 1)}
+            for precision, figure in figures.items()}})
+
+    def limits(self) -> dict:
+        """{"fp32": {...}, "bf16": {...}, "int8": {...}, "workload": ...} (`best_of`); a
+        precision this CPU cannot run natively (bf16) says so instead of a figure;
+        {"skipped": why} without OpenVINO."""
+        if self.unavailable:
+            return {"skipped": self.unavailable}
+        return {**best_of(self.repeats), **{p: {"skipped": why} for p, why in
+                                            self.skipped.items()}, "workload": self.workload}
+
+
+def best_of(repeats: list[dict]) -> dict:
+    """Each precision's limit as the best (fastest) of its repeats, every repeat kept.
+
+    Args:
+        repeats: [{"when": str, precision: {"p50_ms": ms, "gflops": GFLOP/s}, ...}, ...].
+    Returns:
+        {precision: {"p50_ms", "gflops" (of the best repeat), "repeats": [{"when",
+        "p50_ms", "gflops"}, ...] in measurement order}}; {} for no repeats.
+    """
+    result = {}
+    for repeat in repeats:
+        for precision, figure in repeat.items():
+            if precision == "when":
+                continue
+            entry = result.setdefault(precision, {"p50_ms": None, "gflops": None,
+                                                  "repeats": []})
+            entry["repeats"].append({"when": repeat["when"], **figure})
+            if entry["gflops"] is None or figure["gflops"] > entry["gflops"]:
+                entry.update(p50_ms=figure["p50_ms"], gflops=figure["gflops"])
     return result
+
+
+def limit_fault(row: str, batch: int, precision: str, attained_gflops: float,
+                limit: dict) -> dict:
+    """A row that attained more than its precision's measured limit: not a figure but a
+    measurement fault (the limit's repeats were all disturbed), named for the report."""
+    repeats = [r["gflops"] for r in limit.get("repeats", [])]
+    note = (f"{row}, batch {batch}: attained {attained_gflops:.0f} GFLOP/s, above the "
+            f"{precision} limit measured here ({limit['gflops']:.0f} GFLOP/s, best of "
+            f"{len(repeats) or 1}"
+            + (f": {', '.join(f'{g:.0f}' for g in repeats)}" if repeats else "")
+            + "): the limit measurement was disturbed (another job on this machine?), so "
+              "no share of limit is given")
+    return {"row": row, "batch": batch, "precision": precision,
+            "attained_gflops": round(attained_gflops, 1), "limit_gflops": limit["gflops"],
+            "limit_repeats": repeats, "note": note}
 
 
 def share_of_peak(gflops_per_image: float, p50_ms: float, batch: int, peak: dict) -> float | None:

@@ -73,9 +73,15 @@ def table_rows(report: dict) -> list[list[str]]:
             _fmt(lat.get(first, {}).get("end_to_end", {}).get("p50_ms"), ".1f"),
             _fmt(lat.get(last, {}).get("end_to_end", {}).get("images_per_s"), ".1f"),
             _fmt(lat.get(first, {}).get("speedup_vs_reference"), ".2f") + "x",
-            _fmt(lat.get(first, {}).get("share_of_limit"), ".0%"),
+            share_text(lat.get(first, {})),
         ])
     return lines
+
+
+def share_text(figures: dict) -> str:
+    """A batch's share of limit as shown: a percentage, "fault" when the row attained
+    more than the measured limit (`bench.peak.limit_fault`: never a figure), or —."""
+    return "fault" if figures.get("limit_fault") else _fmt(figures.get("share_of_limit"), ".0%")
 
 
 HEADER = ["row", "precision", "MB", "pixel agreement [95% CI]", "Dice vs float [95% CI]",
@@ -124,7 +130,7 @@ def write_markdown(path: Path, report: dict) -> None:
     notes += [f"- {row['name']}: {row['notes']}" for row in report["rows"] if row.get("notes")]
     if notes:
         lines += ["", "Notes:", *notes]
-    lines += ["", limits_text(report.get("limits"))]
+    lines += ["", limits_text(report.get("limits")), *faults_text(report.get("limit_faults"))]
     lines += ["", f"Versions: {machine['versions']}", ""]
     if "recommendation" in report:
         from retinaunet_deploy.bench.recommend import recommendation_line
@@ -138,12 +144,31 @@ def limits_text(limits: dict | None) -> str:
     """One line: the measured limits, and what 'share of limit' means."""
     if not limits or "skipped" in limits:
         return f"No limit measured: {(limits or {}).get('skipped', 'not asked for')}."
-    parts = [f"{precision} {limits[precision]['gflops']:.0f} GFLOP/s" if "gflops" in
-             limits.get(precision, {}) else f"{precision}: {limits[precision].get('skipped')}"
+    parts = [_limit_part(precision, limits[precision])
              for precision in ("int8", "bf16", "fp32") if precision in limits]
-    return (f"Limits measured here ({limits['workload']}): {', '.join(parts)}. 'Share of "
+    return (f"Limits measured here ({limits['workload']}): {', '.join(parts)}. Each is the "
+            f"best of repeats measured between the rows' timings. 'Share of "
             f"limit' is a CPU row's model GFLOP/s (inference only, p50) over the limit of its "
             f"precision (fp16 on CPU: fp32).")
+
+
+def _limit_part(precision: str, limit: dict) -> str:
+    if "gflops" not in limit:
+        return f"{precision}: {limit.get('skipped')}"
+    repeats = [r["gflops"] for r in limit.get("repeats", [])]
+    text = f"{precision} {limit['gflops']:.0f} GFLOP/s"
+    if len(repeats) > 1:
+        text += f" (best of {len(repeats)}: {', '.join(f'{g:.0f}' for g in repeats)})"
+    return text
+
+
+def faults_text(faults: list[dict] | None) -> list[str]:
+    """Lines naming every row that attained more than its measured limit (none: [])."""
+    if not faults:
+        return []
+    title = ("**Limit measurement disturbed.** A share over 100% of the limit is a "
+             "measurement fault, not a figure:")
+    return ["", title, *(f"- {fault['note']}" for fault in faults)]
 
 
 def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, card: dict):
@@ -240,8 +265,8 @@ def write_sweep_markdown(path: Path, report: dict) -> None:
                     f"{lat['inference']['p50_ms']:.1f} | {lat['end_to_end']['p50_ms']:.1f} | "
                     f"{lat['end_to_end']['images_per_s']:.1f} | "
                     f"{lat.get('speedup_vs_reference', float('nan')):.2f}x | "
-                    f"{_fmt(lat.get('share_of_limit'), '.0%')} |")
+                    f"{share_text(lat)} |")
         lines.append("")
-    lines += [limits_text(report.get("limits")), ""]
+    lines += [limits_text(report.get("limits")), *faults_text(report.get("limit_faults")), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))

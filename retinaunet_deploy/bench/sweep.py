@@ -1,106 +1,20 @@
-"""Latency sweeps: random-weights presets at several sizes, and one model across image sizes.
+"""The size sweep: one model across image sizes, whole and tiled.
 
-* `latency_sweep`: a random-weights `preset` made by the pipeline's own stages at
-  each input size, every row timed (no fidelity: the weights are random);
-* `size_sweep`: a trained run's ONNX files on whole images of growing size and,
-  at the largest, as a sliding window, all in one interleaved timing, so the
-  cost per megapixel and the tiling overhead are measured side by side.
+`size_sweep` times a trained run's ONNX file on whole images of growing size and,
+at the largest, as a sliding window, all in one interleaved timing, so the cost
+per megapixel and the tiling overhead are measured side by side. (The latency-only
+sweep of a random-weights preset trains, so it lives above the bench, in
+`retinaunet_deploy.latency_sweep`.)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from retinaunet_deploy import names
-from retinaunet_deploy.bench.harness import BenchOptions, build_rows, measure_latency, speedups
 from retinaunet_deploy.bench.machine import machine_info
-from retinaunet_deploy.errors import ArtifactError
-
-
-def synthetic_crops(config, count: int, seed: int, split: str) -> np.ndarray:
-    """(count, S, S, 1) float32 top-left crops of synthetic images, S = config.size."""
-    from retinaunet_deploy.data.synthetic import synthetic_samples
-
-    size = config.size
-    return np.stack([s.image[:size, :size] for s in
-                     synthetic_samples(config, count, seed, split)]).astype(np.float32)
-
-
-def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0,
-                     threads: int | None = None,
-                     backends: tuple[str, ...] = ("openvino", "tflite")) -> dict:
-    """A run folder on random weights, made by the pipeline's own stages: latency only.
-
-    `train` for a single step (the weights stay essentially random), `export_onnx`
-    with its parity check, and `calibrate` ungated (random weights agree with
-    nothing, so no target can apply; the figures are still recorded). Writes
-    model.keras, model.onnx, model.int8.onnx and model.int8.cpu.onnx. Returns the card.
-    """
-    import shutil
-
-    from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
-    from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
-    from retinaunet_deploy.train import TrainOptions, train
-
-    run_dir = Path(run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a stale folder from an earlier sweep
-    card = train(TrainOptions(preset=preset, size=size, epochs=1, steps_per_epoch=1,
-                              batch_size=1, train_images=8, val_images=2, test_images=2,
-                              seed=seed), run_dir, verbose=0)
-    # Random weights give large unbounded logits: parity is checked relative to them.
-    export_onnx(run_dir, ExportOptions(parity_images=1, tolerance=1e-2))
-    calibrate(run_dir, CalibrationOptions(calibration_images=32, eval_images=2,
-                                          ungated=True, threads=threads,
-                                          openvino="openvino" in backends,
-                                          tflite="tflite" in backends), fp16=False)
-    return card
-
-
-def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
-                  options: BenchOptions | None = None, progress=None) -> dict:
-    """Latency of every row on a random-weights `preset` at each size (no fidelity)."""
-    from retinaunet_deploy.artifacts import write_json
-    from retinaunet_deploy.bench.report import write_sweep_markdown
-    from retinaunet_deploy.data.synthetic import SyntheticConfig
-    from retinaunet_deploy.model import RetinaUNet
-    from retinaunet_deploy.runtime.backends import configure_tensorflow
-
-    options = options or BenchOptions(batch_sizes=(1,))
-    configure_tensorflow(options.threads)  # before the first stage runs TensorFlow
-    out_dir = Path(out_dir)
-    say = progress or (lambda message: None)
-    from retinaunet_deploy.bench.harness import limit_shares, machine_limits
-
-    limits = machine_limits(options, say)
-    sweeps = []
-    for size in sizes:
-        run_dir = out_dir / f"{preset}-{size}"
-        say(f"{preset} at {size}x{size}: random weights, exporting and quantising")
-        card = make_latency_run(run_dir, preset, size, threads=options.threads,
-                                backends=options.backends)
-        calibration = synthetic_crops(SyntheticConfig(size=size), 32, 0, "train")
-        rows = build_rows(run_dir, card, options, run_dir, calibration)
-        if rows[0].status != "ok":
-            raise ArtifactError(f"the Keras reference cannot run: {rows[0].reason}")
-        images = synthetic_crops(SyntheticConfig(size=size), 8, 0, "test")
-        say(f"{preset} at {size}x{size}: timing, rows interleaved")
-        measure_latency(rows, card, images, options)
-        speedups(rows)
-        summary = RetinaUNet.from_config(card["builder"]).summary()
-        limit_shares(rows, summary.total_gflops, limits)
-        sweeps.append({"size": size, "parameters": summary.total_params,
-                       "gflops_per_image": float(f"{summary.total_gflops:.4g}"),
-                       "rows": [row.to_dict() for row in rows]})
-    report = {"latency_only": True, "preset": preset, "weights": "random (latency only)",
-              "machine": machine_info(options.threads), "options": asdict(options),
-              "limits": limits, "sweeps": sweeps}
-    write_json(out_dir / "report.json", report)
-    write_sweep_markdown(out_dir / "report.md", report)
-    return report
 
 
 def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256, 512, 1024),
@@ -149,7 +63,8 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
     base = rows[f"whole {base_size}"]["ms_per_megapixel"]
     for row in rows.values():
         row["ms_per_mp_vs_base"] = round(row["ms_per_megapixel"] / base, 3)
-    tile_h, tile_w, origins = tiling_layout(tiled, largest)
+    layout = tiled.tile_layout(largest, largest)   # the layout its sliding window runs
+    (tile_h, tile_w), origins = layout.tile, layout.origins
     report = {"run": str(run_dir), "artifact": artifact, "machine": machine_info(threads),
               "sizes": list(sizes), "base_size": base_size, "tile": tile, "overlap": overlap,
               "tiles": {"count": len(origins), "size": [tile_h, tile_w],
@@ -173,11 +88,3 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
     with atomic_path(out_dir / "size_sweep.md") as tmp:
         tmp.write_text("\n".join(lines))
     return report
-
-
-def tiling_layout(predictor, size: int):
-    """The tile grid a predictor uses on a size x size image."""
-    from retinaunet_deploy.runtime.tiling import tile_grid
-
-    padded = -(-size // predictor.stride) * predictor.stride
-    return tile_grid(padded, padded, predictor.tile, predictor.overlap, predictor.stride)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from retinaunet_deploy import names
 from retinaunet_deploy.bench.rows import BenchOptions
 from retinaunet_deploy.cli.group import cli, comma_text, console, int_list
 from retinaunet_deploy.cli.model_commands import PRESET_NAMES
@@ -118,11 +119,23 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
 @click.option("--sweep-tile", type=int, default=None,
               help="Tile of the sweep's tiled run [default: half the largest size].")
 @click.option("--no-size-sweep", is_flag=True, help="Skip the cost-vs-size sweep.")
+@click.option("--soak", is_flag=True,
+              help="Soak RUN_DIR's --soak-artifact instead: --callers threads share one "
+                   "Predictor for --soak-minutes; fails unless RSS stays within 5% and every "
+                   "result is identical.")
+@click.option("--soak-minutes", type=float, default=5.0, show_default=True,
+              help="With --soak: how long.")
+@click.option("--callers", type=int, default=2, show_default=True,
+              help="With --soak: concurrent callers, one call in flight each.")
+@click.option("--soak-artifact", default=names.ONNX, show_default=True,
+              help="With --soak: the file of RUN_DIR to soak.")
 def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
-          min_seconds, backends, no_limits, sweep_sizes, sweep_tile, no_size_sweep):
+          min_seconds, backends, no_limits, sweep_sizes, sweep_tile, no_size_sweep, soak,
+          soak_minutes, callers, soak_artifact):
     """Benchmark every artifact of RUN_DIR against the Keras float reference.
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
+    With --soak, soak one file of RUN_DIR under concurrent callers instead.
     """
     from rich.progress import Progress
     from rich.table import Table
@@ -130,10 +143,16 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     from retinaunet_deploy.bench.harness import run_bench
     from retinaunet_deploy.bench.recommend import recommendation_line
     from retinaunet_deploy.bench.report import header, table_rows
-    from retinaunet_deploy.bench.sweep import latency_sweep
+    from retinaunet_deploy.latency_sweep import latency_sweep
 
     if latency_only != (preset is not None) or latency_only == (run_dir is not None):
         raise click.UsageError("give either RUN_DIR, or --latency-only with --preset")
+    if soak:
+        if latency_only:
+            raise click.UsageError("--soak takes RUN_DIR, not --latency-only")
+        _soak(run_dir, out_dir or Path("bench/soak"), soak_artifact, soak_minutes, threads,
+              callers)
+        return
     batch_sizes = batch_sizes or ((1,) if latency_only else BENCH.batch_sizes)
     options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
                            rounds=rounds, min_seconds=min_seconds, peak=not no_limits,
@@ -161,6 +180,8 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     for row in report["rows"]:
         if row["status"] != "ok":
             out.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False)
+    for fault in report.get("limit_faults", []):
+        out.print(f"limit measurement disturbed: {fault['note']}", markup=False)
     out.print(f"wrote {out_dir}/report.json, report.md, latency_vs_agreement.png, "
               f"overlays.png")
     if not no_size_sweep:
@@ -168,6 +189,28 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     # The last line of the bench: what to ship here (also in RUN_DIR/recommendation.json).
     out.print(recommendation_line(report["recommendation"]).replace("RUN_DIR", str(run_dir)),
               markup=False)
+
+
+def _soak(run_dir, out_dir, artifact, minutes, threads, callers):
+    import json
+
+    from rich.progress import Progress
+
+    from retinaunet_deploy.bench.soak import failures, run_soak
+
+    if callers < 1 or minutes <= 0:
+        raise click.UsageError("--callers must be at least 1 and --soak-minutes positive")
+    out = console()
+    with Progress(console=out, transient=True) as progress:
+        task = progress.add_task("soak", total=None)
+        result = run_soak(run_dir / artifact, out_dir, minutes, threads, callers,
+                          progress=lambda message: progress.update(task, description=message))
+    summary = {k: result[k] for k in ("calls", "mismatched_results", "rss_first_mib",
+                                      "rss_last_mib", "rss_growth", "call_ms", "passed")}
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"wrote {out_dir}/result.json and rss.png")
+    if not result["passed"]:
+        raise click.ClickException("the soak failed: " + "; ".join(failures(result)))
 
 
 def _size_sweep(out, run_dir, out_dir, sweep_sizes, sweep_tile, threads):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retinaunet_deploy.model.anchors import box_iou, encode_boxes
+from retinaunet_deploy.model.boxes import box_iou, encode_boxes
 
 POSITIVE, NEGATIVE, IGNORED = 1.0, 0.0, -1.0
 

@@ -3,13 +3,8 @@
 Importing this package does not import TensorFlow; `RetinaUNet.build_model()` does.
 """
 
-from retinaunet_deploy.model.anchors import (
-    AnchorConfig,
-    box_iou,
-    decode_boxes,
-    encode_boxes,
-    generate_anchors,
-)
+from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
+from retinaunet_deploy.model.boxes import box_iou, decode_boxes, encode_boxes
 from retinaunet_deploy.model.retinaunet import (
     BOX_OUTPUT,
     CLS_OUTPUT,

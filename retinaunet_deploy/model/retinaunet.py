@@ -65,7 +65,7 @@ class RetinaUNet:
     Outputs of the built model (a dict, names stable through ONNX/TensorRT):
         mask: (N, H, W, num_classes) float32 softmax probabilities.
         cls_logits: (N, A, num_det_classes) float32 logits (sigmoid -> score).
-        box_deltas: (N, A, 4) float32 (dy, dx, dh, dw), see `anchors.py`.
+        box_deltas: (N, A, 4) float32 (dy, dx, dh, dw), see `boxes.py`.
     """
 
     def __init__(

@@ -36,9 +36,6 @@ from retinaunet_deploy.runtime.base import Backend
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 0.25
-# Tiles run together up to about this many pixels per call: eight 1024x1024 tiles at
-# once took 8.9 GB of RSS on the small preset; activations grow with the pixels of a call.
-TILE_BATCH_PIXELS = 1 << 20
 
 
 @dataclass
@@ -230,9 +227,15 @@ class Predictor:
                                  self.anchors_for(height, width), image_size or (height, width),
                                  self.config_for(*(image_size or (height, width))))
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an (height, width) image is padded to: stride multiples, at least
+        the backend's smallest input."""
+        return tuple(max(self.min_input, -(-d // self.stride) * self.stride)
+                     for d in (height, width))
+
     def _padded(self, batch: np.ndarray) -> np.ndarray:
         h, w = batch.shape[1:3]
-        ph, pw = (max(self.min_input, -(-d // self.stride) * self.stride) for d in (h, w))
+        ph, pw = self.padded_size(h, w)
         if (ph, pw) == (h, w):
             return batch
         return np.pad(batch, [(0, 0), (0, ph - h), (0, pw - w), (0, 0)],
@@ -249,36 +252,23 @@ class Predictor:
         detections = self.decode(outputs, (h, w))
         return outputs["mask"][:, :h, :w], detections
 
+    def tile_layout(self, height: int, width: int) -> tiling.TileLayout:
+        """The tiles `predict` runs an (height, width) image as (one tile when it fits)."""
+        return tiling.tile_layout(*self.padded_size(height, width), self.tile, self.overlap,
+                                  self.stride)
+
     def _tiled(self, image: np.ndarray):
         """(probabilities (H, W, K), detections or None) of one (H, W, C) image, by tiles."""
         h, w = image.shape[:2]
-        padded = self._padded(image[None])[0]
-        ph, pw = padded.shape[:2]
-        tile_h, tile_w, origins = tiling.tile_grid(ph, pw, self.tile, self.overlap, self.stride)
-        weights = tiling.gaussian_weights(tile_h, tile_w)[..., None]
-        total = np.zeros((ph, pw, len(self.class_names)), np.float32)
-        norm = np.zeros((ph, pw, 1), np.float32)
-        per_tile: list[Detections] = []
-        per_call = max(1, min(self.batch_size, TILE_BATCH_PIXELS // (tile_h * tile_w)))
-        for first in range(0, len(origins), per_call):
-            chunk = origins[first:first + per_call]
-            tiles = np.stack([padded[t:t + tile_h, l:l + tile_w] for t, l in chunk])
-            outputs = self.backend.run(tiles)
-            for (top, left), probs in zip(chunk, outputs["mask"]):
-                total[top:top + tile_h, left:left + tile_w] += probs * weights
-                norm[top:top + tile_h, left:left + tile_w] += weights
-            per_tile += self.decode(outputs) or []
-        probabilities = (total / norm)[:h, :w]
+        probabilities, per_tile, layout = tiling.sliding_window(
+            self._padded(image[None])[0], self.backend.run, self.tile, self.overlap,
+            self.stride, self.batch_size, decode=self.decode)
+        probabilities = probabilities[:h, :w]
         if not per_tile:
             return probabilities, None
-        tops = sorted({t for t, _ in origins})
-        lefts = sorted({left for _, left in origins})
-        rows = dict(zip(tops, tiling.core_bounds(tops, tile_h, ph)))
-        cols = dict(zip(lefts, tiling.core_bounds(lefts, tile_w, pw)))
-        cores = [(*rows[t], *cols[left]) for t, left in origins]
         merged = tiling.merge_tile_detections(
-            per_tile, origins, cores, (h, w), self.detection_config.iou_threshold,
-            self.config_for(h, w).max_detections)
+            per_tile, layout.origins, layout.cores, (h, w),
+            self.detection_config.iou_threshold, self.config_for(h, w).max_detections)
         return probabilities, merged
 
     def predict(self, images, probabilities: bool = False):
