@@ -9,6 +9,7 @@ from retinaunet_deploy.bench.harness import limit_shares, measure_latency
 from retinaunet_deploy.bench.peak import LimitProbe, best_of, gflop_per_call
 from retinaunet_deploy.bench.report import faults_text, limits_text, write_sweep_markdown
 from retinaunet_deploy.bench.rows import REFERENCE, BenchOptions, Row
+from retinaunet_deploy.runtime.base import BackendBase
 
 # The disturbed run of the issue: int8 measured at 1047 while the machine gives ~1750.
 REPEATS = [
@@ -130,7 +131,7 @@ def test_the_limit_is_measured_before_between_and_after_the_batch_sizes():
     events = []
     anchors = AnchorConfig()
 
-    class Runner:
+    class Runner(BackendBase):
         def run(self, batch):
             events.append(f"run {len(batch)}")
             n, h, w = batch.shape[:3]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.postprocess import Detections
+from retinaunet_deploy.runtime.base import BackendBase
 from retinaunet_deploy.runtime.tiling import TileLayout, sliding_window, tile_layout
 
 
@@ -97,7 +98,7 @@ def test_the_predictor_runs_the_layout_it_reports():
             "anchors": anchors.to_dict(), "postprocess": {}}
     seen = []
 
-    class Recording:
+    class Recording(BackendBase):
         def run(self, batch):
             seen.append(batch.shape)
             n, h, w = batch.shape[:3]
