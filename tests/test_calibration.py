@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.artifacts import load_manifest
-from retinaunet_deploy.compare import Targets
 from retinaunet_deploy.data import splits as splits_module
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.export import cpu_variant as cpu_variant_module
-from retinaunet_deploy.export import gates as gates_module
 from retinaunet_deploy.export import quantize as quantize_module
 from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
-from retinaunet_deploy.export.gates import evaluate_variant, make_eval_set
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
+from retinaunet_deploy.judge import gates as gates_module
+from retinaunet_deploy.judge.agreement import Targets
+from retinaunet_deploy.judge.gates import evaluate_variant, make_eval_set
 
 FAST = {"calibration_images": 16, "eval_images": 16, "threads": 2}
 # The tiny model is barely trained (low-margin probabilities flip under any
@@ -292,8 +292,8 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
 
 
 def test_the_cpu_variant_needs_a_stated_speed_margin_and_its_gate():
-    from retinaunet_deploy.compare import Agreement
     from retinaunet_deploy.export.cpu_variant import cpu_variant_verdict
+    from retinaunet_deploy.judge.agreement import Agreement
 
     passed = Agreement(images=16, pixel_agreement=1.0, dice_vs_reference={"d": 1.0},
                        mean_dice_vs_reference=1.0, mean_abs_prob_diff=0.0,

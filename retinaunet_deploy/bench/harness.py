@@ -42,8 +42,8 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
     The Keras row *is* the reference: its figures come from the stored predictions,
     so Keras does not run a second time. Returns every row's masks (for overlays).
     """
-    from retinaunet_deploy.evaluate import evaluate_predictions
-    from retinaunet_deploy.export.gates import judge, run_predictor
+    from retinaunet_deploy.judge.gates import judge, run_predictor
+    from retinaunet_deploy.judge.ground_truth import evaluate_predictions
 
     num_det = len(card.get("det_class_names") or []) or None
     masks_by_row = {}
@@ -74,8 +74,8 @@ def row_targets(run_dir: Path) -> dict:
     defaults when the run was not calibrated."""
     import json
 
-    from retinaunet_deploy.compare import Targets
     from retinaunet_deploy.export.calibration import CalibrationOptions
+    from retinaunet_deploy.judge.agreement import Targets
 
     recorded = {}
     path = Path(run_dir) / names.CALIBRATION
@@ -184,7 +184,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.card import load_card
     from retinaunet_deploy.data.splits import calibration_images, few_images_warning
-    from retinaunet_deploy.export.gates import make_eval_set
+    from retinaunet_deploy.judge.gates import make_eval_set
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.runtime.backends import configure_tensorflow
 

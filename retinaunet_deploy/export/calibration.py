@@ -45,16 +45,16 @@ from retinaunet_deploy.artifacts import (
     write_json,
 )
 from retinaunet_deploy.card import load_card
-from retinaunet_deploy.compare import Targets
 from retinaunet_deploy.data.splits import calibration_images, few_images_warning
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.cpu_runtimes import judge_openvino, tflite_variant
 from retinaunet_deploy.export.cpu_variant import compare_latency, make_cpu_variant
 from retinaunet_deploy.export.fallback import search_fallback
-from retinaunet_deploy.export.gates import evaluate_variant, make_eval_set, variant_figures
 from retinaunet_deploy.export.precision import FP16Options, to_fp16
 from retinaunet_deploy.export.quantize import METHODS, activation_ranges, quantize
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
+from retinaunet_deploy.judge.agreement import Targets
+from retinaunet_deploy.judge.gates import evaluate_variant, make_eval_set, variant_figures
 from retinaunet_deploy.names import (
     CALIBRATION,
     FP16_ONNX,

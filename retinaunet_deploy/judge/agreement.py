@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retinaunet_deploy.metrics import ap_from_hits, confusion_counts, detection_hits, nan_mean
+from retinaunet_deploy.judge.metrics import ap_from_hits, confusion_counts, detection_hits, nan_mean
 from retinaunet_deploy.model.anchors import box_iou
 from retinaunet_deploy.postprocess import Detections
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from retinaunet_deploy.compare import Agreement, Targets, compare
+from retinaunet_deploy.judge.agreement import Agreement, Targets, compare
 
 
 @dataclass
@@ -44,8 +44,8 @@ def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None = N
     """`count` whole images of `split` (fewer if a folder split is smaller), their ground
     truth, and the stored float reference on them."""
     from retinaunet_deploy.data.splits import held_out_set
-    from retinaunet_deploy.evaluate import sample_truths
-    from retinaunet_deploy.runtime.reference import float_reference
+    from retinaunet_deploy.judge.ground_truth import sample_truths
+    from retinaunet_deploy.judge.reference import float_reference
 
     samples = held_out_set(card, count, split)
     reference = float_reference(run_dir, card, samples, split, threads=threads,
