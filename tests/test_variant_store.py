@@ -133,3 +133,28 @@ def test_the_bench_rejudges_an_unchanged_file_from_its_stored_predictions(judged
     measure_fidelity(rows, card, eval_set, row_targets(run))
     assert len(runs) > ran and rows[0].fidelity["predictions"] == "run"
     assert rows[0].notes == "plain"
+
+
+def test_the_store_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+
+    from retinaunet_deploy.judge import store as store_module
+    from retinaunet_deploy.runtime.predictor import Prediction
+
+    monkeypatch.setattr(store_module, "MAX_VARIANT_ENTRIES", 2)
+    store = store_module.VariantStore(tmp_path)
+    predictions = [Prediction(np.zeros((4, 4), np.uint8), None,
+                              np.full((4, 4, 3), 1 / 3, np.float32))]
+    keys = [{"format": store_module.FORMAT, "file_sha256": f"{i}" * 64, "runtime": "onnxruntime",
+             "options": {"optimize": True}, "images": [["a.png", "0" * 16]]} for i in range(3)]
+    for age, key in zip((30, 20), keys[:2]):
+        store.save(key, "test", predictions)
+        stamp = store.entry(key["file_sha256"], "onnxruntime", key["options"], "test").key_path
+        os.utime(stamp, (stamp.stat().st_mtime - age,) * 2)
+    assert store.load(keys[0], "test") is not None  # used now: the newest
+    store.save(keys[2], "test", predictions)
+    assert store.load(keys[0], "test") is not None and store.load(keys[2], "test") is not None
+    assert store.load(keys[1], "test") is None
+    assert len(list(store.folder.glob("*.npz"))) == 2

@@ -41,7 +41,8 @@ from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE, P
 
 FORMAT = 2              # 2: the key holds the arrays' sha256
 VARIANTS_DIR = "variants"
-MAX_VARIANT_ENTRIES = 24  # beyond this, the least recently used entries are removed
+MAX_VARIANT_ENTRIES = 16  # beyond this, the least recently used entries are removed (each
+# holds 64 test images of the small preset in about 45 MB: probabilities are float32)
 # Key fields a request does not have to equal: the image list (a prefix serves) and the
 # arrays' hash (checked against the file itself).
 _NOT_MATCHED = ("images", "arrays_sha256")
