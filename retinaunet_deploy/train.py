@@ -87,7 +87,7 @@ def load_splits(options: TrainOptions) -> Splits:
 
 def whole_image_figures(predictor, samples, class_names, num_det_classes) -> dict:
     """Figures of a predictor on whole images (the path apps use)."""
-    from retinaunet_deploy.evaluate import evaluate_predictions
+    from retinaunet_deploy.judge.ground_truth import evaluate_predictions
 
     predictions = predictor.predict([s.image for s in samples])
     return evaluate_predictions(predictions, samples, class_names, num_det_classes)

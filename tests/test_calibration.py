@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.artifacts import load_manifest
-from retinaunet_deploy.compare import Targets
 from retinaunet_deploy.data import splits as splits_module
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.export import cpu_variant as cpu_variant_module
-from retinaunet_deploy.export import gates as gates_module
 from retinaunet_deploy.export import quantize as quantize_module
 from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
-from retinaunet_deploy.export.gates import evaluate_variant, make_eval_set
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
+from retinaunet_deploy.judge import gates as gates_module
+from retinaunet_deploy.judge.gates import evaluate_variant, make_eval_set
+from retinaunet_deploy.judge.targets import Targets
 
 FAST = {"calibration_images": 16, "eval_images": 16, "threads": 2}
 # The tiny model is barely trained (low-margin probabilities flip under any
@@ -220,7 +220,8 @@ def test_evaluate_variant_flags_a_bad_model(calibrated):
     eval_set = make_eval_set(run, card, 8, 2)
     good = evaluate_variant(run / "model.onnx", card, eval_set, Targets(), fused=True)
     assert good.passed and good.pixel_agreement > 0.9999
-    strict = evaluate_variant(run / "model.int8.onnx", card, eval_set, Targets(1.0, 1.0),
+    strict = evaluate_variant(run / "model.int8.onnx", card, eval_set,
+                              Targets(pixel_agreement=1.0, mean_dice_vs_reference=1.0),
                               fused=False)
     assert strict.passed == (strict.pixel_agreement == 1.0
                              and strict.mean_dice_vs_reference == 1.0)
@@ -292,8 +293,8 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
 
 
 def test_the_cpu_variant_needs_a_stated_speed_margin_and_its_gate():
-    from retinaunet_deploy.compare import Agreement
     from retinaunet_deploy.export.cpu_variant import cpu_variant_verdict
+    from retinaunet_deploy.judge.agreement import Agreement
 
     passed = Agreement(images=16, pixel_agreement=1.0, dice_vs_reference={"d": 1.0},
                        mean_dice_vs_reference=1.0, mean_abs_prob_diff=0.0,

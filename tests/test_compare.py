@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from retinaunet_deploy.compare import Agreement, Targets, compare, match_detections
+from retinaunet_deploy.judge.agreement import Agreement, compare, match_detections
+from retinaunet_deploy.judge.targets import Targets
 from retinaunet_deploy.postprocess import Detections
 from retinaunet_deploy.runtime.predictor import Prediction
 

@@ -76,7 +76,7 @@ def test_the_litert_file_has_its_lineage_and_passes_or_is_refused(tiny_calibrate
     from retinaunet_deploy.card import load_card
     from retinaunet_deploy.data.splits import calibration_images
     from retinaunet_deploy.export.cpu_runtimes import tflite_variant
-    from retinaunet_deploy.export.gates import make_eval_set
+    from retinaunet_deploy.judge.gates import make_eval_set
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

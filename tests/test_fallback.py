@@ -7,7 +7,7 @@ import pytest
 
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export import fallback
-from retinaunet_deploy.export.gates import EvalSet
+from retinaunet_deploy.judge.gates import EvalSet
 
 LAYERS = [f"conv{i}" for i in range(10)]
 

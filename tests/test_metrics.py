@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retinaunet_deploy.metrics import average_precision, dice_per_class, iou_per_class
+from retinaunet_deploy.judge.metrics import average_precision, dice_per_class, iou_per_class
 from retinaunet_deploy.postprocess import Detections
 
 
@@ -50,7 +50,7 @@ def test_ap_threshold_and_duplicates_and_missing_class():
 
 def test_ap_of_an_image_multiset_equals_ap_of_the_repeated_images():
     """The bootstrap weights images; that must equal scoring the images repeated."""
-    from retinaunet_deploy.metrics import ap_from_hits, detection_hits
+    from retinaunet_deploy.judge.metrics import ap_from_hits, detection_hits
 
     rng = np.random.default_rng(3)
     for _ in range(50):

@@ -9,8 +9,8 @@ import pytest
 from retinaunet_deploy.bench.harness import BenchOptions, run_bench
 from retinaunet_deploy.card import load_card
 from retinaunet_deploy.data.splits import held_out_set
-from retinaunet_deploy.runtime import reference as reference_module
-from retinaunet_deploy.runtime.reference import float_reference
+from retinaunet_deploy.judge import reference as reference_module
+from retinaunet_deploy.judge.reference import float_reference
 
 QUICK = BenchOptions(images=4, batch_sizes=(1,), rounds=1, min_seconds=0.0,
                      backends=("keras", "onnxruntime"), peak=False)

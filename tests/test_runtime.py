@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from retinaunet_deploy.cli import cli
-from retinaunet_deploy.compare import match_detections
 from retinaunet_deploy.data.folder import Sample, write_folder_dataset
 from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_sample, synthetic_samples
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
+from retinaunet_deploy.judge.agreement import match_detections
 from retinaunet_deploy.runtime import Predictor
 from retinaunet_deploy.runtime.base import BackendBase, Limits
 from retinaunet_deploy.runtime.providers import check_providers, cuda_device_count

@@ -55,7 +55,7 @@ def test_training_writes_a_loadable_model_and_its_card(tiny_run):
 
 def test_saved_model_reproduces_the_reported_evaluation_on_whole_images(tiny_run):
     from retinaunet_deploy.data.splits import load_split
-    from retinaunet_deploy.evaluate import evaluate_predictions
+    from retinaunet_deploy.judge.ground_truth import evaluate_predictions
     from retinaunet_deploy.runtime import Predictor
 
     out, card = tiny_run

@@ -32,17 +32,37 @@ from retinaunet_deploy.bench.rows import (
 )
 from retinaunet_deploy.errors import ArtifactError
 
+STORED_NOTE = "fidelity judged from its stored predictions (file unchanged; not run again)"
+
+
+def row_runtime(row: Row) -> str | None:
+    """The registered runtime (`runtime.registry`) a bench row's runner runs in, by the
+    row's backend family and precision; None for the reference and for rows no entry
+    describes (ONNX Runtime's GPU providers), whose predictions are not stored."""
+    from retinaunet_deploy.runtime.registry import RUNTIMES
+
+    if row.name == REFERENCE:
+        return None
+    family = [r for r in RUNTIMES.values() if r.backend == row.backend]
+    chosen = ([r for r in family if r.precision == row.precision]
+              or [r for r in family if r.precision is None])
+    return chosen[0].name if chosen else None
+
 
 def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
     """Fill each ok row's fidelity (vs the stored float reference, with 95% intervals and
     its gate) and ground-truth figures, on whole images through the Predictor (padding,
-    tiling, decoding), as apps run them. The gates are `export.gates`, as in calibrate.
+    tiling, decoding), as apps run them. The gates are `judge.gates`, as in calibrate.
 
     The Keras row *is* the reference: its figures come from the stored predictions,
-    so Keras does not run a second time. Returns every row's masks (for overlays).
+    so Keras does not run a second time. A row whose file, runtime and options
+    (ONNX Runtime fused, as calibrate's fused judgement) were judged on these images
+    before is judged from its stored predictions (`judge.store.VariantStore`) without
+    running; its fidelity's ``predictions`` says "stored" (else "run") and its notes
+    say so. Returns every row's masks (for overlays).
     """
-    from retinaunet_deploy.evaluate import evaluate_predictions
-    from retinaunet_deploy.export.gates import judge, run_predictor
+    from retinaunet_deploy.judge.gates import judge, runtime_options, stored_or_run
+    from retinaunet_deploy.judge.ground_truth import evaluate_predictions
 
     num_det = len(card.get("det_class_names") or []) or None
     masks_by_row = {}
@@ -50,13 +70,21 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
         if row.status != "ok":
             continue
         try:
+            stored = False
             if row.name == REFERENCE:
                 predictions = eval_set.reference
             else:
-                predictions = run_predictor(row.runner, card, eval_set)
+                runtime = row_runtime(row)
+                predictions, stored = stored_or_run(
+                    row.runner, card, eval_set, eval_set.store if runtime else None, runtime,
+                    runtime_options(runtime, fused=True) if runtime else None)
             agreement = judge(eval_set, predictions, card, targets[row.precision],
                               intervals=row.name != REFERENCE)
             row.fidelity = agreement.to_dict()
+            if row.name != REFERENCE:
+                row.fidelity["predictions"] = "stored" if stored else "run"
+            if stored:
+                row.notes = f"{row.notes}; {STORED_NOTE}" if row.notes else STORED_NOTE
             row.ground_truth = evaluate_predictions(predictions, eval_set.samples,
                                                     card["class_names"], num_det,
                                                     eval_set.truths)
@@ -68,23 +96,41 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
     return masks_by_row
 
 
+BENCH_PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+# The calibrate options of runs calibrated before calibration.json recorded
+# "targets_by_precision": option -> (targets_for group, gate).
+LEGACY_OPTIONS = {"pixel_agreement": ("int8", "pixel_agreement"),
+                  "mean_dice": ("int8", "mean_dice_vs_reference"),
+                  "matched_fraction": ("int8", "matched_fraction"),
+                  "max_ap_drop": ("int8", "max_ap_drop"),
+                  "fp16_pixel_agreement": ("fp16", "pixel_agreement")}
+
+
 def row_targets(run_dir: Path) -> dict:
-    """The gate of each precision, as calibrate applied it (its recorded options), or the
-    defaults when the run was not calibrated."""
+    """The gate of each precision (fp32, int8, bf16, fp16 -> `judge.targets.Targets`), as
+    calibrate applied it: calibration.json's ``targets_by_precision`` ({precision:
+    `Targets.to_dict()`}), for older runs the calibrate options it recorded, else the
+    defaults (`judge.targets.targets_for`)."""
     import json
 
-    from retinaunet_deploy.compare import Targets
-    from retinaunet_deploy.export.calibration import CalibrationOptions
+    from retinaunet_deploy.judge.targets import targets_for
 
     recorded = {}
     path = Path(run_dir) / names.CALIBRATION
     if path.exists():
-        recorded = json.loads(path.read_text()).get("options", {})
-    known = CalibrationOptions.__dataclass_fields__
-    options = CalibrationOptions(**{k: v for k, v in recorded.items() if k in known})
-    fp16 = Targets(options.fp16_pixel_agreement, 0.0, options.matched_fraction,
-                   options.max_ap_drop)
-    return {"fp32": options.targets, "int8": options.targets, "bf16": fp16, "fp16": fp16}
+        recorded = json.loads(path.read_text())
+    overrides = recorded.get("targets_by_precision")
+    if overrides is None:
+        overrides = {"int8": {}, "fp16": {}}
+        for option, value in recorded.get("options", {}).items():
+            if option in LEGACY_OPTIONS:
+                group, gate = LEGACY_OPTIONS[option]
+                overrides[group][gate] = value
+        # Old runs gated fp16 on the int8 box targets, not on its own defaults.
+        for gate in ("matched_fraction", "max_ap_drop"):
+            if gate in overrides["int8"]:
+                overrides["fp16"][gate] = overrides["int8"][gate]
+    return {precision: targets_for(precision, overrides) for precision in BENCH_PRECISIONS}
 
 
 def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,
@@ -204,7 +250,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.card import load_card
     from retinaunet_deploy.data.splits import calibration_images, few_images_warning
-    from retinaunet_deploy.export.gates import make_eval_set
+    from retinaunet_deploy.judge.gates import make_eval_set
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.runtime.backends import configure_tensorflow
 
@@ -249,7 +295,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
         "model": {"preset": card.get("preset"), "parameters": summary.total_params,
                   "gflops_per_image": float(f"{summary.total_gflops:.4g}"),
                   "input": card["input"]},
-        "targets": {precision: asdict(t) for precision, t in targets.items()},
+        "targets": {precision: t.to_dict() for precision, t in targets.items()},
         "intervals": "95% percentile bootstrap over images (1000 resamples)",
         "limits": limits,
         "limit_faults": limit_shares(row_figures, summary.total_gflops, limits),

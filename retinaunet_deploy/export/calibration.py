@@ -45,16 +45,16 @@ from retinaunet_deploy.artifacts import (
     write_json,
 )
 from retinaunet_deploy.card import load_card
-from retinaunet_deploy.compare import Targets
 from retinaunet_deploy.data.splits import calibration_images, few_images_warning
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.cpu_runtimes import judge_openvino, tflite_variant
 from retinaunet_deploy.export.cpu_variant import compare_latency, make_cpu_variant
 from retinaunet_deploy.export.fallback import search_fallback
-from retinaunet_deploy.export.gates import evaluate_variant, make_eval_set, variant_figures
 from retinaunet_deploy.export.precision import FP16Options, to_fp16
 from retinaunet_deploy.export.quantize import METHODS, activation_ranges, quantize
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
+from retinaunet_deploy.judge.gates import evaluate_variant, make_eval_set, variant_figures
+from retinaunet_deploy.judge.targets import Targets
 from retinaunet_deploy.names import (
     CALIBRATION,
     FP16_ONNX,
@@ -107,8 +107,8 @@ class CalibrationOptions:
 
     @property
     def targets(self) -> Targets:
-        return Targets(self.pixel_agreement, self.mean_dice, self.matched_fraction,
-                       self.max_ap_drop)
+        return Targets(pixel_agreement=self.pixel_agreement, mean_dice_vs_reference=self.mean_dice,
+                       matched_fraction=self.matched_fraction, max_ap_drop=self.max_ap_drop)
 
 
 def image_hashes(images: np.ndarray) -> list[str]:
@@ -142,7 +142,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
         say(warning)
     calib = calibration_images(card, options.calibration_images)
     report = {"parent": {"file": ONNX, "sha256": onnx_sha},
-              "options": asdict(options), "targets": asdict(options.targets),
+              "options": asdict(options), "targets": options.targets.to_dict(),
               "evaluation": {"images": len(eval_set.samples), "split": "test",
                              "whole_images": True, "warning": warning,
                              "reference": "model.keras (float32), stored in reference/",
@@ -197,8 +197,8 @@ def _fp16_variant(run_dir, card, eval_set, options, tools, warning, say) -> dict
 
     say("FP16: converting and measuring")
     fp16_proto, blocked = to_fp16(load_onnx(run_dir / ONNX), FP16Options())
-    targets = Targets(options.fp16_pixel_agreement, 0.0, options.matched_fraction,
-                      options.max_ap_drop)
+    targets = Targets(pixel_agreement=options.fp16_pixel_agreement, mean_dice_vs_reference=0.0,
+                      matched_fraction=options.matched_fraction, max_ap_drop=options.max_ap_drop)
     with atomic_path(run_dir / FP16_ONNX) as tmp:
         onnx.save(fp16_proto, tmp)
         agreement = evaluate_variant(tmp, card, eval_set, targets, fused=True,

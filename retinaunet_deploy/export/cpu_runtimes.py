@@ -29,7 +29,7 @@ from retinaunet_deploy.artifacts import (
     record_runtime_variant,
     tool_versions,
 )
-from retinaunet_deploy.export.gates import EvalSet, judge, run_predictor, variant_figures
+from retinaunet_deploy.judge.gates import EvalSet, judge, run_predictor, variant_figures
 from retinaunet_deploy.names import INT8_ONNX, INT8_TFLITE, KERAS, ONNX
 
 OPENVINO_VARIANTS = {  # name -> (file, precision)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import atomic_path, forget_artifact, record_artifact
-from retinaunet_deploy.compare import Agreement
-from retinaunet_deploy.export.gates import EvalSet, evaluate_variant, variant_figures
 from retinaunet_deploy.export.quantize import quantize
+from retinaunet_deploy.judge.agreement import Agreement
+from retinaunet_deploy.judge.gates import EvalSet, evaluate_variant, variant_figures
 from retinaunet_deploy.names import INT8_CPU_ONNX, INT8_ONNX, ONNX
 
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retinaunet_deploy.artifacts import load_onnx
-from retinaunet_deploy.compare import Agreement
 from retinaunet_deploy.errors import ArtifactError
-from retinaunet_deploy.export.gates import EvalSet, evaluate_variant
 from retinaunet_deploy.export.quantize import QUANTIZED_OPS, keep_float
+from retinaunet_deploy.judge.agreement import Agreement
+from retinaunet_deploy.judge.gates import EvalSet, evaluate_variant
 from retinaunet_deploy.runtime.openvino import openvino_unavailable
 
 RANKING_IMAGES = 16

@@ -22,34 +22,25 @@ names each target the unfavourable end of its interval misses.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from retinaunet_deploy.metrics import ap_from_hits, confusion_counts, detection_hits, nan_mean
+from retinaunet_deploy.judge.metrics import ap_from_hits, confusion_counts, detection_hits, nan_mean
+from retinaunet_deploy.judge.targets import GATES, Targets
 from retinaunet_deploy.model.boxes import box_iou
 from retinaunet_deploy.postprocess import Detections
 
 
-@dataclass(frozen=True)
-class Targets:
-    """Pass/fail thresholds of a variant against the float reference.
-
-    The detection targets apply when detections were compared. A mask can agree
-    99.9% while detections degrade: on the trained small model, entropy-calibrated
-    INT8 kept the masks but lost half of the confident boxes (scores slid under 0.5).
-    """
-
-    pixel_agreement: float = 0.995
-    mean_dice_vs_reference: float = 0.98
-    matched_fraction: float = 0.95     # of the reference's boxes scoring >= 0.5
-    max_ap_drop: float = 0.02          # AP@0.1 against ground truth, reference minus candidate
-    match_iou: float = 0.5             # a candidate box matches at IoU >= this, same class
-
-
 @dataclass
 class Agreement:
-    """The result of one comparison; `passed` is against `targets`."""
+    """The result of one comparison; `passed` is against `targets` (`judge.targets`).
+
+    A mask can agree 99.9% while detections degrade: on the trained small model,
+    entropy-calibrated INT8 kept the masks but lost half of the confident boxes
+    (scores slid under 0.5), so the detection gates apply whenever detections
+    were compared.
+    """
 
     images: int
     pixel_agreement: float
@@ -63,20 +54,13 @@ class Agreement:
 
     @property
     def failures(self) -> list[str]:
-        """Which targets this comparison misses (empty when it passes)."""
-        t, missed = self.targets, []
-        if self.pixel_agreement < t.pixel_agreement:
-            missed.append(f"pixel agreement {self.pixel_agreement:.4%} < {t.pixel_agreement:.2%}")
-        if self.mean_dice_vs_reference < t.mean_dice_vs_reference:
-            missed.append(f"Dice vs float {self.mean_dice_vs_reference:.4f} < "
-                          f"{t.mean_dice_vs_reference}")
-        matched = self.detections.get("matched_fraction")
-        if matched is not None and matched < t.matched_fraction:
-            missed.append(f"confident boxes matched (IoU >= {t.match_iou}) {matched:.1%} < "
-                          f"{t.matched_fraction:.0%}")
-        drop = -self.detections.get("map@0.1_diff", 0.0)
-        if drop > t.max_ap_drop:
-            missed.append(f"AP@0.1 drop {drop:.3f} > {t.max_ap_drop}")
+        """Which targets this comparison misses (empty when it passes), one line each,
+        in gate order (`judge.targets.GATES`)."""
+        missed = []
+        for name, gate in GATES.items():
+            value, target = gate.figure(self), self.targets.get(name)
+            if gate.misses(value, target):
+                missed.append(gate.failure(value, target, self.targets.match_iou))
         return missed
 
     @property
@@ -87,34 +71,30 @@ class Agreement:
     def interval_failures(self) -> list[str]:
         """Targets that the unfavourable end of a 95% interval misses: the point figure
         may pass, but these images cannot tell it apart from a miss."""
-        t, missed = self.targets, []
-        lower = {name: bounds[0] for name, bounds in self.intervals.items()}
-        for name, target, label in (
-                ("pixel_agreement", t.pixel_agreement, "pixel agreement"),
-                ("mean_dice_vs_reference", t.mean_dice_vs_reference, "Dice vs float"),
-                ("matched_fraction", t.matched_fraction, "confident boxes matched")):
-            if name in lower and lower[name] < target:
-                missed.append(f"{label} 95% interval starts at {lower[name]:.4f} < {target}")
-        if "map@0.1_diff" in lower and -lower["map@0.1_diff"] > t.max_ap_drop:
-            missed.append(f"AP@0.1 drop 95% interval reaches {-lower['map@0.1_diff']:.3f} > "
-                          f"{t.max_ap_drop}")
+        missed = []
+        for name, gate in GATES.items():
+            end, target = gate.interval(self.intervals), self.targets.get(name)
+            if gate.misses(end, target):
+                missed.append(gate.interval_failure(end, target))
         return missed
 
     def to_dict(self) -> dict:
-        result = asdict(self)
+        """JSON-ready: every field (targets as `Targets.to_dict()`), ``passed``,
+        ``failures`` and ``interval_failures``."""
+        result = asdict(replace(self, targets=None))
+        result["targets"] = self.targets.to_dict()
         result["passed"] = self.passed
         result["failures"] = self.failures
         result["interval_failures"] = self.interval_failures
         return result
 
     def summary(self) -> str:
-        text = (f"pixel agreement {self.pixel_agreement:.4%}, Dice vs float "
-                f"{self.mean_dice_vs_reference:.4f}, mean |prob diff| "
-                f"{self.mean_abs_prob_diff:.2e}")
-        if "matched_fraction" in self.detections:
-            text += f", confident boxes matched {self.detections['matched_fraction']:.1%}"
-        if "map@0.1_diff" in self.detections:
-            text += f", AP@0.1 diff {self.detections['map@0.1_diff']:+.3f}"
+        """One line: each measured gate's figure (mask gates, the mean |prob diff|, then
+        detection gates) and the pixel agreement's 95% interval."""
+        parts = [gate.summary_part(self) for gate in GATES.values() if gate.kind == "mask"]
+        parts.append(f"mean |prob diff| {self.mean_abs_prob_diff:.2e}")
+        parts += [gate.summary_part(self) for gate in GATES.values() if gate.kind != "mask"]
+        text = ", ".join(part for part in parts if part)
         if "pixel_agreement" in self.intervals:
             low, high = self.intervals["pixel_agreement"]
             text += f" (pixels 95% CI {low:.4%}-{high:.4%}, {self.images} images)"
@@ -145,11 +125,6 @@ def match_detections(reference: Detections, candidate: Detections, min_score: fl
                 taken[j] = True
                 ious.append(float(row[j]))
     return ious, len(ref_boxes)
-
-
-# The gated figures, and which end of a 95% interval can miss its target.
-INTERVAL_FIGURES = ("pixel_agreement", "mean_dice_vs_reference", "matched_fraction",
-                    "map@0.1_diff")
 
 
 @dataclass

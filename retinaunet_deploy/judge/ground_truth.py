@@ -11,7 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from retinaunet_deploy.data.sample import instance_boxes
-from retinaunet_deploy.metrics import average_precision, dice_per_class, iou_per_class, nan_mean
+from retinaunet_deploy.judge.metrics import (
+    average_precision,
+    dice_per_class,
+    iou_per_class,
+    nan_mean,
+)
 
 AP_THRESHOLDS = (0.1, 0.5)  # 0.1 is the Retina U-Net papers' figure
 
