@@ -70,22 +70,14 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
 
 
 def row_targets(run_dir: Path) -> dict:
-    """The gate of each precision, as calibrate applied it (its recorded options), or the
-    defaults when the run was not calibrated."""
+    """The gate of each precision, as calibrate applied it (calibration.json's
+    ``targets_by_precision``), or the defaults when the run was not calibrated."""
     import json
 
-    from retinaunet_deploy.compare import Targets
-    from retinaunet_deploy.export.calibration import CalibrationOptions
+    from retinaunet_deploy.export.options import recorded_targets
 
-    recorded = {}
     path = Path(run_dir) / names.CALIBRATION
-    if path.exists():
-        recorded = json.loads(path.read_text()).get("options", {})
-    known = CalibrationOptions.__dataclass_fields__
-    options = CalibrationOptions(**{k: v for k, v in recorded.items() if k in known})
-    fp16 = Targets(options.fp16_pixel_agreement, 0.0, options.matched_fraction,
-                   options.max_ap_drop)
-    return {"fp32": options.targets, "int8": options.targets, "bf16": fp16, "fp16": fp16}
+    return recorded_targets(json.loads(path.read_text()) if path.exists() else {})
 
 
 def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,
