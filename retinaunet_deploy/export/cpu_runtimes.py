@@ -38,4 +38,5 @@ def make_tflite_int8(context: Context, work: Path) -> Candidate:
 
 
 def announce_tflite(context: Context, variant, agreement, figures: dict) -> str:
+    """The progress line of a written LiteRT file."""
     return f"LiteRT int8: {agreement.summary()}"

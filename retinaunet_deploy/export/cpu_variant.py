@@ -105,6 +105,7 @@ def cpu_latency(context: Context, candidate: Candidate) -> dict:
 
 
 def keep_if_faster(context: Context, agreement: Agreement, figures: dict) -> str | None:
+    """The U8S8 keep-verdict (`cpu_variant_verdict`) against this run's rivals."""
     labels = {"int8_qdq": RIVALS["int8_qdq"],
               **{key: label for key, (_, label) in rivals(context).items()}}
     return cpu_variant_verdict(agreement, figures["latency_ms_cpu_batch1"],
@@ -112,6 +113,7 @@ def keep_if_faster(context: Context, agreement: Agreement, figures: dict) -> str
 
 
 def announce_cpu(context: Context, variant, agreement: Agreement, figures: dict) -> str:
+    """The progress line of a written U8S8 file, with its p50 ms and the Q/DQ file's."""
     latency = figures["latency_ms_cpu_batch1"]
     return (f"INT8 CPU (fused): {agreement.summary()}; {latency['int8_cpu']:.1f} ms vs Q/DQ "
             f"{latency['int8_qdq']:.1f} ms")

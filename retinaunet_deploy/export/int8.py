@@ -75,6 +75,7 @@ def make_int8(context: Context, work: Path) -> Candidate:
 
 
 def int8_refusal(context: Context, candidate: Candidate, agreement) -> str:
+    """Why a Q/DQ file that misses its gate on the test images is not written."""
     return (f"INT8 ({context.options.quantisation.method}) misses the target on "
             f"{len(context.eval_set.samples)} test images with "
             f"{len(candidate.figures['kept_float'])} layer(s) in float: {agreement.summary()}; "
@@ -114,4 +115,5 @@ def float_layer_latency(context: Context, candidate: Candidate) -> dict:
 
 
 def announce_int8(context: Context, variant, agreement, figures: dict) -> str:
+    """The progress line of a written Q/DQ file."""
     return f"INT8 Q/DQ (unfused): {agreement.summary()}"

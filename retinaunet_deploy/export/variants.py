@@ -57,6 +57,7 @@ def make_fp16(context: Context, work: Path) -> Candidate:
 
 
 def fp16_refusal(context: Context, candidate: Candidate, agreement) -> str:
+    """Why an FP16 file that misses its gate is not written (with its pixel target)."""
     target = context.options.targets_for("fp16").pixel_agreement
     return (f"FP16 variant misses its target on {agreement.images} test images: "
             f"{agreement.summary()} (target pixel agreement >= {target:.2%}); not written")
