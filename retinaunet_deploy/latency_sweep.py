@@ -53,10 +53,9 @@ def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0,
                               seed=seed), run_dir, verbose=0)
     # Random weights give large unbounded logits: parity is checked relative to them.
     export_onnx(run_dir, ExportOptions(parity_images=1, tolerance=1e-2))
-    calibrate(run_dir, CalibrationOptions(calibration_images=32, eval_images=2,
-                                          ungated=True, threads=threads,
-                                          openvino="openvino" in backends,
-                                          tflite="tflite" in backends), fp16=False)
+    calibrate(run_dir, CalibrationOptions.from_flat(
+        calibration_images=32, eval_images=2, ungated=True, threads=threads,
+        openvino="openvino" in backends, tflite="tflite" in backends), fp16=False)
     return card
 
 

@@ -60,11 +60,10 @@ def tiny_calibrated(tiny_exported, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("tiny_calibrated") / "run"
     shutil.copytree(tiny_exported[0], run)
-    report = calibrate(run, CalibrationOptions(calibration_images=16, eval_images=16, threads=2,
-                                               pixel_agreement=0.98, mean_dice=0.8,
-                                               matched_fraction=0.7, max_ap_drop=0.1,
-                                               # OpenVINO is judged, not tuned for: the
-                                               # barely trained tiny model misses there by
-                                               # far (tests/test_fallback.py tests tuning).
-                                               fallback_runtimes=("onnxruntime",)))
+    report = calibrate(run, CalibrationOptions.from_flat(
+        calibration_images=16, eval_images=16, threads=2, pixel_agreement=0.98, mean_dice=0.8,
+        matched_fraction=0.7, max_ap_drop=0.1,
+        # OpenVINO is judged, not tuned for: the barely trained tiny model misses there by
+        # far (tests/test_fallback.py tests tuning).
+        fallback_runtimes=("onnxruntime",)))
     return run, report

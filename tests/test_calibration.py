@@ -10,8 +10,10 @@ from retinaunet_deploy.artifacts import load_manifest
 from retinaunet_deploy.data import splits as splits_module
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.export import cpu_variant as cpu_variant_module
+from retinaunet_deploy.export import lifecycle as lifecycle_module
 from retinaunet_deploy.export import quantize as quantize_module
 from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
+from retinaunet_deploy.export.options import QuantisationOptions
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
 from retinaunet_deploy.judge import gates as gates_module
 from retinaunet_deploy.judge.gates import evaluate_variant, make_eval_set
@@ -27,6 +29,11 @@ LENIENT = {"pixel_agreement": 0.98, "mean_dice": 0.8, "matched_fraction": 0.7, "
 @pytest.fixture
 def calibrated(tiny_calibrated):
     return tiny_calibrated
+
+
+def options(**flat) -> CalibrationOptions:
+    """The stage's options from the flat keywords the calibrate CLI uses."""
+    return CalibrationOptions.from_flat(**flat)
 
 
 def _initializers(model):
@@ -138,9 +145,8 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
     shutil.copytree(run, copy)
     with pytest.raises(ArtifactError, match=r"misses the target on 16 test images with 0 "
                                             r"layer\(s\) in float"):
-        calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.8,
-                                           fallback=False, cpu_variant=False, **boxes, **FAST),
-                  fp16=False)
+        calibrate(copy, options(pixel_agreement=demanding, mean_dice=0.8, fallback=False,
+                                cpu_variant=False, **boxes, **FAST), fp16=False)
     # Record which images every judgement sees: the fallback must see no test image.
     seen = []
     real_judge = gates_module.judge
@@ -149,11 +155,12 @@ def test_fallback_keeps_layers_in_float_when_the_target_demands_it(calibrated, t
         seen.append(set(eval_set.names))
         return real_judge(eval_set, *args, **kwargs)
 
-    monkeypatch.setattr(gates_module, "judge", recording)
+    monkeypatch.setattr(gates_module, "judge", recording)      # the fallback's judgements
+    monkeypatch.setattr(lifecycle_module, "judge", recording)  # the variants' judgements
     try:
-        result = calibrate(copy, CalibrationOptions(pixel_agreement=demanding, mean_dice=0.7,
-                                                    cpu_variant=False, openvino=False,
-                                                    tflite=False, **boxes, **FAST), fp16=False)
+        result = calibrate(copy, options(pixel_agreement=demanding, mean_dice=0.7,
+                                         cpu_variant=False, openvino=False, tflite=False,
+                                         **boxes, **FAST), fp16=False)
     except ArtifactError as error:  # tuned on validation, it may still miss on test: honest
         assert "misses the target on 16 test images" in str(error)
         pytest.skip(f"the validation-tuned fallback missed on the test images: {error}")
@@ -204,7 +211,7 @@ def test_planted_fused_kernel_failure_is_caught(calibrated, tmp_path, monkeypatc
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "model.int8.cpu.onnx").write_bytes(b"stale variant from an earlier run")
-    report = calibrate(copy, CalibrationOptions(**FAST, **LENIENT, openvino=False, tflite=False),
+    report = calibrate(copy, options(**FAST, **LENIENT, openvino=False, tflite=False),
                        fp16=False)
     cpu = report["variants"]["model.int8.cpu.onnx"]
     assert not cpu["written"]
@@ -220,9 +227,8 @@ def test_evaluate_variant_flags_a_bad_model(calibrated):
     eval_set = make_eval_set(run, card, 8, 2)
     good = evaluate_variant(run / "model.onnx", card, eval_set, Targets(), fused=True)
     assert good.passed and good.pixel_agreement > 0.9999
-    strict = evaluate_variant(run / "model.int8.onnx", card, eval_set,
-                              Targets(pixel_agreement=1.0, mean_dice_vs_reference=1.0),
-                              fused=False)
+    perfect = Targets(pixel_agreement=1.0, mean_dice_vs_reference=1.0)
+    strict = evaluate_variant(run / "model.int8.onnx", card, eval_set, perfect, fused=False)
     assert strict.passed == (strict.pixel_agreement == 1.0
                              and strict.mean_dice_vs_reference == 1.0)
 
@@ -243,14 +249,14 @@ def test_missing_and_mismatched_calibration_data(tmp_path):
 
     shutil.rmtree(data)
     with pytest.raises(DataError, match=f"the run's dataset {data} is gone; restore it"):
-        calibrate(run, CalibrationOptions(**FAST))
+        calibrate(run, options(**FAST))
     assert not (run / "model.int8.onnx").exists() and not (run / "model.fp16.onnx").exists()
 
     # The same names, other content (RGB now): refused by hash before any pixel is used.
     write_folder_dataset(data, [Sample(s.name, np.repeat(s.image, 3, axis=2), s.mask,
                                        s.instances) for s in samples])
     with pytest.raises(DataError, match=r"changed since training; restore it or retrain"):
-        calibrate(run, CalibrationOptions(**FAST))
+        calibrate(run, options(**FAST))
     assert not (run / "model.int8.onnx").exists()
 
 
@@ -264,9 +270,11 @@ def test_calibrate_needs_an_exported_model(tiny_trained, tmp_path):
 
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="unknown calibration method 'kl'"):
-        CalibrationOptions(method="kl")
+        options(method="kl")
     with pytest.raises(ConfigError, match="percentile must be in"):
-        CalibrationOptions(percentile=50)
+        QuantisationOptions(percentile=50)
+    with pytest.raises(ConfigError, match="unknown calibration option 'pixel_agremeent'"):
+        options(pixel_agremeent=0.9)
 
 
 def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
@@ -282,7 +290,7 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
     for method in ("minmax", "entropy", "percentile"):
         folder = tmp_path / method
         folder.mkdir()
-        quantize_module.calibrate_ranges(prepared, images, CalibrationOptions(method=method),
+        quantize_module.calibrate_ranges(prepared, images, QuantisationOptions(method=method),
                                             folder / "ranges-symmetric.json", symmetric=True)
         ranges[method] = quantize_module.activation_ranges(folder)
     assert ranges["minmax"].keys() == ranges["entropy"].keys() == ranges["percentile"].keys()

@@ -75,7 +75,8 @@ def test_the_litert_file_has_its_lineage_and_passes_or_is_refused(tiny_calibrate
     # A target no int8 model meets: refused with its figures, a stale file removed.
     from retinaunet_deploy.card import load_card
     from retinaunet_deploy.data.splits import calibration_images
-    from retinaunet_deploy.export.cpu_runtimes import tflite_variant
+    from retinaunet_deploy.export.lifecycle import Context, make_variant
+    from retinaunet_deploy.export.variants import VARIANTS
     from retinaunet_deploy.judge.gates import make_eval_set
 
     copy = tmp_path / "run"
@@ -83,10 +84,14 @@ def test_the_litert_file_has_its_lineage_and_passes_or_is_refused(tiny_calibrate
     (copy / "model.int8.tflite").write_bytes(b"stale file from an earlier run")
     card = load_card(copy)
     said = []
-    figures = tflite_variant(copy, card, calibration_images(card, 16),
-                             make_eval_set(copy, card, 16), CalibrationOptions(
-                                 pixel_agreement=1.0, mean_dice=1.0, threads=2),
-                             None, said.append)
+    context = Context(copy, card, calibration_images(card, 16), make_eval_set(copy, card, 16),
+                      CalibrationOptions.from_flat(pixel_agreement=1.0, mean_dice=1.0,
+                                                   threads=2), None, said.append)
+    work = tmp_path / "work"
+    work.mkdir()
+    figures = make_variant(context, VARIANTS["model.int8.tflite"], work)  # refused: goes on
+    assert context.report["variants"]["model.int8.tflite"] is figures
+    assert said[-1] == f"LiteRT int8 not written: {figures['reason']}"
     assert figures["written"] is False
     assert figures["reason"].startswith("misses the agreement target as LiteRT runs it")
     assert figures["agreement"]["images"] == 16 and figures["agreement"]["failures"]

@@ -36,11 +36,11 @@ def _plant(monkeypatch, needs: dict[str, set[str]]):
         if qdq == "qdq":
             state["excluded"] = set(kept)
 
-    def judge_everywhere(path, card, eval_set, options, runtimes=("onnxruntime",)):
+    def judge_everywhere(path, card, eval_set, tuning, runtimes=("onnxruntime",)):
         assert eval_set.split == "val"
         return [Verdict(needs[r] <= state["excluded"]) for r in runtimes]
 
-    def layer_sensitivity(prepared, all_int8, kept, work, options, card, eval_set, baseline,
+    def layer_sensitivity(prepared, all_int8, kept, work, tuning, card, eval_set, baseline,
                           runtimes=("onnxruntime",)):
         assert set(kept) == state["excluded"]  # ranked on top of the layers already float
         wanted = set().union(*(needs[r] for r in runtimes))
@@ -50,15 +50,14 @@ def _plant(monkeypatch, needs: dict[str, set[str]]):
     monkeypatch.setattr(fallback, "write_kept_float", write_kept_float)
     monkeypatch.setattr(fallback, "judge_everywhere", judge_everywhere)
     monkeypatch.setattr(fallback, "layer_sensitivity", layer_sensitivity)
-    monkeypatch.setattr(fallback, "judging_runtimes", lambda options: ("onnxruntime", "openvino"))
     return state
 
 
 def _search(split="val"):
     tune = EvalSet([SimpleNamespace(name=f"synthetic-{split}-{i:05d}.png") for i in range(4)],
                    [], [], split)
-    options = SimpleNamespace(method="minmax")
-    return fallback.search_fallback("prepared", "all-int8", "qdq", "work", options, {}, tune,
+    tuning = fallback.Tuning(targets=None, runtimes=("onnxruntime", "openvino"))
+    return fallback.search_fallback("prepared", "all-int8", "qdq", "work", tuning, {}, tune,
                                     lambda message: None)
 
 
@@ -92,6 +91,16 @@ def test_the_fallback_refuses_test_images(monkeypatch):
         _search("test")
 
 
+def test_the_runtimes_tuned_for_are_those_judged_and_installed(monkeypatch):
+    both = ("onnxruntime", "openvino")
+    monkeypatch.setattr(fallback, "openvino_unavailable", lambda: None)
+    assert fallback.judging_runtimes(both) == both
+    assert fallback.judging_runtimes(both, openvino=False) == ("onnxruntime",)
+    assert fallback.judging_runtimes(("onnxruntime",)) == ("onnxruntime",)
+    monkeypatch.setattr(fallback, "openvino_unavailable", lambda: "not installed")
+    assert fallback.judging_runtimes(both) == ("onnxruntime",)
+
+
 def test_a_conv_put_back_in_float_computes_as_if_it_had_been_excluded(tiny_exported, tmp_path):
     """The ranking edits the quantised graph instead of re-quantising: same arithmetic."""
     import numpy as np
@@ -99,6 +108,7 @@ def test_a_conv_put_back_in_float_computes_as_if_it_had_been_excluded(tiny_expor
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from retinaunet_deploy.artifacts import load_onnx
+    from retinaunet_deploy.export.options import QuantisationOptions
     from retinaunet_deploy.export.quantize import keep_float, quantize
 
     prepared = tmp_path / "prepared.onnx"
@@ -106,7 +116,7 @@ def test_a_conv_put_back_in_float_computes_as_if_it_had_been_excluded(tiny_expor
                       skip_symbolic_shape=True)
     rng = np.random.default_rng(0)
     calib = rng.uniform(0, 255, (8, 64, 64, 1)).astype(np.float32)
-    options = SimpleNamespace(method="minmax", percentile=99.99, batch_size=4)
+    options = QuantisationOptions(method="minmax", percentile=99.99, batch_size=4)
     quantize(prepared, tmp_path / "all.onnx", calib, options, tmp_path)
     convs = [n.name for n in load_onnx(prepared).graph.node if n.op_type == "Conv"
              and "head" not in n.name]  # the heads share weights across levels

@@ -96,41 +96,15 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
     return masks_by_row
 
 
-BENCH_PRECISIONS = ("fp32", "int8", "bf16", "fp16")
-# The calibrate options of runs calibrated before calibration.json recorded
-# "targets_by_precision": option -> (targets_for group, gate).
-LEGACY_OPTIONS = {"pixel_agreement": ("int8", "pixel_agreement"),
-                  "mean_dice": ("int8", "mean_dice_vs_reference"),
-                  "matched_fraction": ("int8", "matched_fraction"),
-                  "max_ap_drop": ("int8", "max_ap_drop"),
-                  "fp16_pixel_agreement": ("fp16", "pixel_agreement")}
-
-
 def row_targets(run_dir: Path) -> dict:
-    """The gate of each precision (fp32, int8, bf16, fp16 -> `judge.targets.Targets`), as
-    calibrate applied it: calibration.json's ``targets_by_precision`` ({precision:
-    `Targets.to_dict()`}), for older runs the calibrate options it recorded, else the
-    defaults (`judge.targets.targets_for`)."""
+    """The gate of each precision, as calibrate applied it (calibration.json's
+    ``targets_by_precision``), or the defaults when the run was not calibrated."""
     import json
 
-    from retinaunet_deploy.judge.targets import targets_for
+    from retinaunet_deploy.export.options import recorded_targets
 
-    recorded = {}
     path = Path(run_dir) / names.CALIBRATION
-    if path.exists():
-        recorded = json.loads(path.read_text())
-    overrides = recorded.get("targets_by_precision")
-    if overrides is None:
-        overrides = {"int8": {}, "fp16": {}}
-        for option, value in recorded.get("options", {}).items():
-            if option in LEGACY_OPTIONS:
-                group, gate = LEGACY_OPTIONS[option]
-                overrides[group][gate] = value
-        # Old runs gated fp16 on the int8 box targets, not on its own defaults.
-        for gate in ("matched_fraction", "max_ap_drop"):
-            if gate in overrides["int8"]:
-                overrides["fp16"][gate] = overrides["int8"][gate]
-    return {precision: targets_for(precision, overrides) for precision in BENCH_PRECISIONS}
+    return recorded_targets(json.loads(path.read_text()) if path.exists() else {})
 
 
 def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,

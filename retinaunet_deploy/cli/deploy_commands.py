@@ -9,36 +9,27 @@ import click
 
 from retinaunet_deploy import names
 from retinaunet_deploy.cli.group import cli, comma_text, int_list
-from retinaunet_deploy.export.calibration import CalibrationOptions
+from retinaunet_deploy.cli.target_options import GateTargetsCommand
+from retinaunet_deploy.export.options import CalibrationOptions
 from retinaunet_deploy.export.quantize import METHODS
 from retinaunet_deploy.export.tensorrt import EngineOptions
 from retinaunet_deploy.export.triton import INSTANCE_KINDS, TritonOptions
 
 CAL, ENGINE, TRITON = CalibrationOptions(), EngineOptions(), TritonOptions()
+QUANT = CAL.quantisation
 
 
-@cli.command()
+@cli.command(cls=GateTargetsCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--method", type=click.Choice(list(METHODS)), default=CAL.method,
+@click.option("--method", type=click.Choice(list(METHODS)), default=QUANT.method,
               show_default=True, help="Activation range calibration.")
-@click.option("--percentile", type=float, default=CAL.percentile, show_default=True,
+@click.option("--percentile", type=float, default=QUANT.percentile, show_default=True,
               help="Percentile kept by --method percentile.")
-@click.option("--calibration-images", type=int, default=CAL.calibration_images,
+@click.option("--calibration-images", type=int, default=QUANT.calibration_images,
               show_default=True,
               help="Training patches used to calibrate activation ranges.")
 @click.option("--eval-images", type=int, default=CAL.eval_images, show_default=True,
               help="Whole held-out test images measuring agreement with the float model.")
-@click.option("--target", "pixel_agreement", type=float, default=CAL.pixel_agreement,
-              show_default=True,
-              help="Pixel agreement with the float mask each INT8 variant must reach.")
-@click.option("--min-dice", "mean_dice", type=float, default=CAL.mean_dice, show_default=True,
-              help="Mean foreground Dice vs the float mask each INT8 variant must reach.")
-@click.option("--min-matched", "matched_fraction", type=float, default=CAL.matched_fraction,
-              show_default=True,
-              help="Fraction of the float model's confident boxes (score >= 0.5) each "
-                   "variant must reproduce.")
-@click.option("--max-ap-drop", type=float, default=CAL.max_ap_drop, show_default=True,
-              help="Largest accepted AP@0.1 drop against ground truth.")
 @click.option("--no-fallback", is_flag=True,
               help="Fail instead of keeping sensitive layers in float.")
 @click.option("--no-cpu-variant", is_flag=True, help="Skip the QOperator U8S8 CPU variant.")
@@ -48,19 +39,18 @@ CAL, ENGINE, TRITON = CalibrationOptions(), EngineOptions(), TritonOptions()
 @click.option("--no-tflite", is_flag=True, help="Skip the LiteRT model.int8.tflite.")
 @click.option("--threads", type=int, default=CAL.threads,
               help="Threads of every runtime, Keras included [default: each runtime's own].")
-def calibrate(run_dir, method, percentile, calibration_images, eval_images, pixel_agreement,
-              mean_dice, matched_fraction, max_ap_drop, no_fallback, no_cpu_variant, no_fp16,
-              no_openvino, no_tflite, threads):
+def calibrate(run_dir, method, percentile, calibration_images, eval_images, no_fallback,
+              no_cpu_variant, no_fp16, no_openvino, no_tflite, threads, **targets):
     """Make RUN_DIR's FP16 and calibrated INT8 variants, each gated against the float
-    model as its runtime runs it; write calibration.json."""
+    model as its runtime runs it; write calibration.json.
+
+    The target options (one per gate) follow the others."""
     from retinaunet_deploy.export.calibration import calibrate as run_calibration
 
-    options = CalibrationOptions(method=method, percentile=percentile,
-                                 calibration_images=calibration_images, eval_images=eval_images,
-                                 pixel_agreement=pixel_agreement, mean_dice=mean_dice,
-                                 matched_fraction=matched_fraction, max_ap_drop=max_ap_drop,
-                                 fallback=not no_fallback, cpu_variant=not no_cpu_variant,
-                                 openvino=not no_openvino, tflite=not no_tflite, threads=threads)
+    options = CalibrationOptions.from_flat(
+        method=method, percentile=percentile, calibration_images=calibration_images,
+        eval_images=eval_images, fallback=not no_fallback, cpu_variant=not no_cpu_variant,
+        openvino=not no_openvino, tflite=not no_tflite, threads=threads, **targets)
     report = run_calibration(run_dir, options, fp16=not no_fp16, progress=click.echo)
     for name, figures in report["variants"].items():
         agreement = figures["agreement"]

@@ -12,19 +12,25 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.artifacts import atomic_path, forget_artifact, record_artifact
-from retinaunet_deploy.export.quantize import quantize
+from retinaunet_deploy.export.lifecycle import RUNTIME_LABELS, Candidate, Context, Judged
+from retinaunet_deploy.export.quantize import prepare, quantize
 from retinaunet_deploy.judge.agreement import Agreement
-from retinaunet_deploy.judge.gates import EvalSet, evaluate_variant, variant_figures
-from retinaunet_deploy.names import INT8_CPU_ONNX, INT8_ONNX, ONNX
+from retinaunet_deploy.names import INT8_ONNX, ONNX
+
+FORMAT = "QOperator, uint8 activations, per-channel int8 weights (U8S8)"
+JUDGED = Judged("onnxruntime", "fused (ONNX Runtime CPU int8 kernels, as it runs)")
+# The U8S8 file must beat the Q/DQ file as each of these runs it (latency key -> label);
+# a runtime variant of model.int8.onnx that passed its gate is added (`rivals`).
+RIVALS = {"int8_qdq": "the Q/DQ model in ONNX Runtime",
+          "openvino_int8": "the Q/DQ model in OpenVINO"}
 
 
 def compare_latency(paths: dict[str, Path], image: np.ndarray, threads: int | None,
                     rounds: int = 20, min_seconds: float = 2.0,
                     runtimes: dict[str, str] | None = None) -> dict[str, float]:
     """p50 ms of each ONNX file on one image as its runtime runs it (ONNX Runtime unless
-    `runtimes` names another), timed as the bench times (blocks after a settle,
-    rotating, at least `rounds` calls and `min_seconds`)."""
+    `runtimes` names another registered runtime), timed as the bench times (blocks
+    after a settle, rotating, at least `rounds` calls and `min_seconds`)."""
     from retinaunet_deploy.runtime.registry import open_backend
     from retinaunet_deploy.timing import interleaved_latency
 
@@ -38,61 +44,76 @@ def compare_latency(paths: dict[str, Path], image: np.ndarray, threads: int | No
 
 
 def cpu_variant_verdict(agreement: Agreement, latency: dict[str, float],
-                        margin: float) -> str | None:
+                        margin: float, rivals: dict[str, str] | None = None) -> str | None:
     """Why the U8S8 file is not kept (None: keep it).
 
     It must pass its agreement gate and beat the Q/DQ file by `margin`, as ONNX
-    Runtime runs it and, where ``openvino_int8`` was timed (OpenVINO int8 passed
-    its gate), as OpenVINO runs it: a p50 a hair lower is timing noise, and a
-    second INT8 file is a cost to every user.
+    Runtime runs it and, where a rival of `rivals` (latency key -> label; default
+    `RIVALS`) was timed (e.g. OpenVINO int8, which passed its gate), as that runs
+    it: a p50 a hair lower is timing noise, and a second INT8 file is a cost to
+    every user.
     """
     if not agreement.passed:
         return ("misses the agreement target as ONNX Runtime runs it: "
                 + "; ".join(agreement.failures))
-    for rival, label in (("int8_qdq", "the Q/DQ model in ONNX Runtime"),
-                         ("openvino_int8", "the Q/DQ model in OpenVINO")):
+    for rival, label in (rivals or RIVALS).items():
         if rival in latency and latency["int8_cpu"] > latency[rival] * (1 - margin):
             return (f"not at least {margin:.0%} faster than {label} on this CPU "
                     f"({latency['int8_cpu']:.2f} ms vs {latency[rival]:.2f} ms)")
     return None
 
 
-def make_cpu_variant(run_dir: Path, prepared: Path, work: Path, calib: np.ndarray, options,
-                     cache: Path, card: dict, eval_set: EvalSet, kept_float: list[str],
-                     tools: dict, say, warning: str | None,
-                     openvino_int8_passed: bool = False) -> dict:
-    """Quantise, judge and time the U8S8 file; write it only if it earns its place.
+def rivals(context: Context) -> dict[str, tuple[str, str]]:
+    """The runtime variants of model.int8.onnx that passed their gate in this run:
+    latency key ("openvino_int8") -> (registered runtime, label)."""
+    from retinaunet_deploy.runtime.registry import RUNTIMES
 
-    Returns its figures (with ``written`` and, if not written, ``reason``).
-    """
+    judged = context.report.get("runtime_variants", {})
+    found = {}
+    for runtime in RUNTIMES.values():
+        if INT8_ONNX not in runtime.judged_files:
+            continue
+        name = f"{runtime.backend} {runtime.precision_of(INT8_ONNX)}"
+        if judged.get(name, {}).get("passed"):
+            label = RUNTIME_LABELS.get(runtime.backend, runtime.backend)
+            found[name.replace(" ", "_")] = (runtime.name, f"the Q/DQ model in {label}")
+    return found
+
+
+def make_cpu_variant(context: Context, work: Path) -> Candidate:
+    """Quantise ``work/int8-cpu.onnx`` (QOperator U8S8) with the layers the Q/DQ file
+    keeps in float also in float."""
+    options = context.options
+    kept_float = list(context.figures_of(INT8_ONNX).get("kept_float", []))
     cpu = work / "int8-cpu.onnx"
-    quantize(prepared, cpu, calib, options, cache, cpu_form=True, exclude=tuple(kept_float))
-    agreement = evaluate_variant(cpu, card, eval_set, options.targets, fused=True,
-                                 threads=options.threads, intervals=True)
-    paths = {"fp32": run_dir / ONNX, "int8_qdq": run_dir / INT8_ONNX, "int8_cpu": cpu}
-    if openvino_int8_passed:  # a gated rival the U8S8 file must beat too
-        paths["openvino_int8"] = run_dir / INT8_ONNX
-    latency = compare_latency(paths, calib[:1], options.threads,
-                              runtimes={"openvino_int8": "openvino"})
-    figures = variant_figures(
-        agreement, eval_set, "fused (ONNX Runtime CPU int8 kernels, as it runs)", warning,
-        format="QOperator, uint8 activations, per-channel int8 weights (U8S8)",
-        kept_float=list(kept_float), latency_ms_cpu_batch1=latency,
-        required_speedup_margin=options.cpu_speedup_margin, ungated=options.ungated)
-    reason = cpu_variant_verdict(agreement, latency, options.cpu_speedup_margin)
-    if options.ungated:  # a latency-only run times every form; the verdict is recorded
-        figures["verdict_if_gated"], reason = reason, None
-    if reason is None:
-        with atomic_path(run_dir / INT8_CPU_ONNX) as tmp:
-            tmp.write_bytes(cpu.read_bytes())
-        record_artifact(run_dir, INT8_CPU_ONNX, "calibrate", parent=ONNX,
-                        options={"method": options.method}, figures=figures, tools=tools)
-        figures["written"] = True
-        say(f"INT8 CPU (fused): {agreement.summary()}; {latency['int8_cpu']:.1f} ms vs Q/DQ "
+    quantize(prepare(context.run_dir / ONNX, work), cpu, context.calib, options.quantisation,
+             work, cpu_form=True, exclude=tuple(kept_float))
+    return Candidate(cpu, {"format": FORMAT, "kept_float": kept_float,
+                           "required_speedup_margin": options.extras.cpu_speedup_margin},
+                     {"method": options.quantisation.method})
+
+
+def cpu_latency(context: Context, candidate: Candidate) -> dict:
+    """p50 ms of fp32, the Q/DQ file, the U8S8 candidate and each passed rival runtime."""
+    paths = {"fp32": context.run_dir / ONNX, "int8_qdq": context.run_dir / INT8_ONNX,
+             "int8_cpu": candidate.path}
+    found = rivals(context)
+    paths.update({key: context.run_dir / INT8_ONNX for key in found})
+    latency = compare_latency(paths, context.calib[:1], context.options.threads,
+                              runtimes={key: runtime for key, (runtime, _) in found.items()})
+    return {"latency_ms_cpu_batch1": latency}
+
+
+def keep_if_faster(context: Context, agreement: Agreement, figures: dict) -> str | None:
+    """The U8S8 keep-verdict (`cpu_variant_verdict`) against this run's rivals."""
+    labels = {"int8_qdq": RIVALS["int8_qdq"],
+              **{key: label for key, (_, label) in rivals(context).items()}}
+    return cpu_variant_verdict(agreement, figures["latency_ms_cpu_batch1"],
+                               context.options.extras.cpu_speedup_margin, labels)
+
+
+def announce_cpu(context: Context, variant, agreement: Agreement, figures: dict) -> str:
+    """The progress line of a written U8S8 file, with its p50 ms and the Q/DQ file's."""
+    latency = figures["latency_ms_cpu_batch1"]
+    return (f"INT8 CPU (fused): {agreement.summary()}; {latency['int8_cpu']:.1f} ms vs Q/DQ "
             f"{latency['int8_qdq']:.1f} ms")
-    else:
-        figures["written"] = False
-        figures["reason"] = reason
-        forget_artifact(run_dir, INT8_CPU_ONNX)  # a stale one from an earlier run must go
-        say(f"INT8 CPU variant not written: {reason}")
-    return figures

@@ -32,6 +32,24 @@ RANKING_IMAGES = 16
 OPENVINO_EXTRA_LAYERS = 4   # at most this many more float layers to pass OpenVINO too
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """What the search judges with (the caller's parts of the calibration options).
+
+    Attributes:
+        targets: the INT8 targets (`judge.targets.targets_for("int8", ...)`).
+        runtimes: the runtimes the file must pass under (`judging_runtimes`); ONNX
+            Runtime runs it unfused, as TensorRT computes it.
+        threads: threads of every runtime (None: each runtime's own).
+        method: the calibration method, named in a refusal.
+    """
+
+    targets: object
+    runtimes: tuple[str, ...] = ("onnxruntime",)
+    threads: int | None = None
+    method: str = "minmax"
+
+
 @dataclass
 class FallbackResult:
     kept_float: list[str] = field(default_factory=list)
@@ -47,24 +65,26 @@ def _gain(agreement: Agreement, baseline: Agreement) -> float:
             - baseline.detections.get("matched_fraction", 0.0))
 
 
-def judging_runtimes(options) -> tuple[str, ...]:
-    """The runtimes the Q/DQ file should pass under: TensorRT's arithmetic, and OpenVINO's."""
-    runtimes = tuple(r for r in options.fallback_runtimes
-                     if r == "onnxruntime" or (r == "openvino" and options.openvino))
+def judging_runtimes(runtimes: tuple[str, ...], openvino: bool = True) -> tuple[str, ...]:
+    """The runtimes the Q/DQ file should pass under: TensorRT's arithmetic (ONNX Runtime
+    unfused), and OpenVINO's when it is judged (`openvino`) and installed."""
+    runtimes = tuple(r for r in runtimes
+                     if r == "onnxruntime" or (r == "openvino" and openvino))
     if "openvino" in runtimes and openvino_unavailable():
         return ("onnxruntime",)
     return runtimes
 
 
-def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, options,
+def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, tuning: Tuning,
                      runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[Agreement]:
     """The file's agreement under each of `runtimes` (ONNX Runtime runs it unfused)."""
-    return [evaluate_variant(path, card, eval_set, options.targets, fused=False,
-                             threads=options.threads, runtime=runtime)
+    return [evaluate_variant(path, card, eval_set, tuning.targets, fused=False,
+                             threads=tuning.threads, runtime=runtime)
             for runtime in runtimes]
 
 
-def layer_sensitivity(prepared: Path, all_int8: Path, kept: list[str], work: Path, options,
+def layer_sensitivity(prepared: Path, all_int8: Path, kept: list[str], work: Path,
+                      tuning: Tuning,
                       card: dict, eval_set: EvalSet, baseline: list[Agreement],
                       runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[tuple[str, float]]:
     """Leave-one-out: each conv's gain in agreement when it is put back in float on top
@@ -80,7 +100,7 @@ def layer_sensitivity(prepared: Path, all_int8: Path, kept: list[str], work: Pat
         if node.op_type not in QUANTIZED_OPS or node.name in kept:
             continue
         write_kept_float(all_int8, prepared, trial, kept + [node.name])
-        agreements = judge_everywhere(trial, card, eval_set, options, runtimes)
+        agreements = judge_everywhere(trial, card, eval_set, tuning, runtimes)
         scores.append((node.name, sum(_gain(a, b) for a, b in zip(agreements, baseline))))
     return sorted(scores, key=lambda item: -item[1])
 
@@ -97,13 +117,13 @@ def write_kept_float(all_int8: Path, prepared: Path, qdq: Path, kept: list[str])
         shutil.copyfile(all_int8, qdq)
 
 
-def search_fallback(prepared: Path, all_int8: Path, qdq: Path, work: Path, options,
+def search_fallback(prepared: Path, all_int8: Path, qdq: Path, work: Path, tuning: Tuning,
                     card: dict, tune_set: EvalSet, say) -> FallbackResult:
     """Re-write `qdq` with the fewest float layers that pass on `tune_set` (validation).
 
     `prepared` is the float graph that was quantised into `all_int8` (every conv).
 
-    First as TensorRT computes it. Then, where OpenVINO is judged too and misses,
+    First as TensorRT computes it. Then, where OpenVINO is among `tuning.runtimes` and misses,
     with at most `OPENVINO_EXTRA_LAYERS` more layers in float so that one file
     passes under both; if that is not enough, the TensorRT-tuned file stays (and
     OpenVINO int8 is reported as missing its gate). Leaves `qdq` all-INT8 when it
@@ -112,12 +132,12 @@ def search_fallback(prepared: Path, all_int8: Path, qdq: Path, work: Path, optio
     """
     if tune_set.split == "test":
         raise ValueError("the fallback must be tuned on validation images, not test images")
-    result = _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
+    result = _search(prepared, all_int8, qdq, work, tuning, card, tune_set, say,
                      ("onnxruntime",), limit=None)
-    runtimes = judging_runtimes(options)
+    runtimes = tuning.runtimes
     if "openvino" not in runtimes:
         return result
-    both = _search(prepared, all_int8, qdq, work, options, card, tune_set, say, runtimes,
+    both = _search(prepared, all_int8, qdq, work, tuning, card, tune_set, say, runtimes,
                    limit=len(result.kept_float) + OPENVINO_EXTRA_LAYERS,
                    start=result.kept_float)
     if both is not None:
@@ -129,7 +149,7 @@ def search_fallback(prepared: Path, all_int8: Path, qdq: Path, work: Path, optio
     return result
 
 
-def _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
+def _search(prepared, all_int8, qdq, work, tuning, card, tune_set, say,
             runtimes: tuple[str, ...], limit: int | None,
             start: list[str] = ()) -> FallbackResult | None:
     """Keep the top 1, 2, 4, ... ranked layers (after `start`) in float until every runtime
@@ -139,7 +159,7 @@ def _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
         "runtimes": list(runtimes)})
     if start:
         write_kept_float(all_int8, prepared, qdq, list(start))
-    tuned = judge_everywhere(qdq, card, tune_set, options, runtimes)
+    tuned = judge_everywhere(qdq, card, tune_set, tuning, runtimes)
     if all(a.passed for a in tuned):
         return result
     missed = [f"{r}: {'; '.join(a.failures)}" for r, a in zip(runtimes, tuned) if not a.passed]
@@ -149,8 +169,8 @@ def _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
     # (and ONNX Runtime's unfused fake-quant is the slow one to run 40 times).
     failing = tuple(r for r, a in zip(runtimes, tuned) if not a.passed)
     subset = tune_set.head(RANKING_IMAGES)
-    baseline = judge_everywhere(qdq, card, subset, options, failing)
-    ranking = layer_sensitivity(prepared, all_int8, list(start), work, options, card, subset,
+    baseline = judge_everywhere(qdq, card, subset, tuning, failing)
+    ranking = layer_sensitivity(prepared, all_int8, list(start), work, tuning, card, subset,
                                 baseline, failing)
     result.ranking = [[name, round(gain, 6)] for name, gain in ranking]
     count = 1
@@ -159,7 +179,7 @@ def _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
             return None
         result.kept_float = list(start) + [name for name, _ in ranking[:count]]
         write_kept_float(all_int8, prepared, qdq, result.kept_float)
-        tuned = judge_everywhere(qdq, card, tune_set, options, runtimes)
+        tuned = judge_everywhere(qdq, card, tune_set, tuning, runtimes)
         result.trials.append({"kept_float": len(result.kept_float), "split": tune_set.split,
                               **{r: {"pixel_agreement": a.pixel_agreement,
                                      "mean_dice_vs_reference": a.mean_dice_vs_reference,
@@ -172,7 +192,7 @@ def _search(prepared, all_int8, qdq, work, options, card, tune_set, say,
         if limit is not None:
             return None
         raise ArtifactError(
-            f"INT8 ({options.method}) reaches the target only with every layer in float, "
+            f"INT8 ({tuning.method}) reaches the target only with every layer in float, "
             f"which is no INT8 model; try --method entropy or percentile, or more "
             f"calibration images")
     return result

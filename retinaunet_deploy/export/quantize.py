@@ -4,8 +4,8 @@
   symmetric int8 weights, float biases;
 * the ONNX Runtime CPU form: QOperator U8S8, per-channel.
 
-`options` is the calibration stage's `CalibrationOptions` (method, percentile,
-batch_size); ranges are calibrated once per form and cached in a folder.
+`options` is the calibration stage's quantisation part (`export.options.QuantisationOptions`:
+method, percentile, batch_size); ranges are calibrated once per form and cached in a folder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from retinaunet_deploy.export.graph_edits import drop_dead_nodes
 from retinaunet_deploy.export.precision import preprocess_node_names, unshare_conv_biases
 
 METHODS = ("minmax", "entropy", "percentile")
+# In a calibrate work folder: model.onnx prepared for quantisation (`prepare`).
+PREPARED = "prepared.onnx"
 # Q/DQ goes on the inputs and weights of convolutions only (NVIDIA's recommended
 # placement for explicit quantization). Quantising the Softmax would put the mask's
 # probabilities in 1/127 steps (near-ties flip the argmax), and quantised Concats
@@ -28,6 +30,17 @@ METHODS = ("minmax", "entropy", "percentile")
 # conv in float gives back the float model, so the fallback always ends.
 QUANTIZED_OPS = ("Conv", "ConvTranspose")
 CPU_QUANTIZED_OPS = QUANTIZED_OPS
+
+
+def prepare(source: Path, work: Path) -> Path:
+    """`source` (fp32 ONNX) pre-processed for quantisation into ``work/prepared.onnx``, made
+    once per work folder: every INT8 form is quantised from this one graph."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = Path(work) / PREPARED
+    if not prepared.exists():
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    return prepared
 
 
 def _reader(images: np.ndarray, batch_size: int, input_name: str = "image"):
