@@ -116,7 +116,7 @@ def test_the_bench_rejudges_an_unchanged_file_from_its_stored_predictions(judged
         runner = registry.open_backend(run / "model.onnx", "onnxruntime", 2,
                                        providers=["CPUExecutionProvider"])
         return Row("onnxruntime fp32 (model.onnx)", "onnxruntime", "fp32", "model.onnx",
-                   notes="plain", runner=runner)
+                   notes="plain", runner=runner, runtime="onnxruntime")
 
     ran = len(runs)
     rows = [row()]

@@ -35,20 +35,6 @@ from retinaunet_deploy.errors import ArtifactError
 STORED_NOTE = "fidelity judged from its stored predictions (file unchanged; not run again)"
 
 
-def row_runtime(row: Row) -> str | None:
-    """The registered runtime (`runtime.registry`) a bench row's runner runs in, by the
-    row's backend family and precision; None for the reference and for rows no entry
-    describes (ONNX Runtime's GPU providers), whose predictions are not stored."""
-    from retinaunet_deploy.runtime.registry import RUNTIMES
-
-    if row.name == REFERENCE:
-        return None
-    family = [r for r in RUNTIMES.values() if r.backend == row.backend]
-    chosen = ([r for r in family if r.precision == row.precision]
-              or [r for r in family if r.precision is None])
-    return chosen[0].name if chosen else None
-
-
 def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
     """Fill each ok row's fidelity (vs the stored float reference, with 95% intervals and
     its gate) and ground-truth figures, on whole images through the Predictor (padding,
@@ -74,7 +60,7 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
             if row.name == REFERENCE:
                 predictions = eval_set.reference
             else:
-                runtime = row_runtime(row)
+                runtime = row.runtime
                 predictions, stored = stored_or_run(
                     row.runner, card, eval_set, eval_set.store if runtime else None, runtime,
                     runtime_options(runtime, fused=True) if runtime else None)

@@ -41,7 +41,13 @@ from retinaunet_deploy.artifacts import (
 )
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.options import CalibrationOptions
-from retinaunet_deploy.judge.gates import EvalSet, judge, run_predictor, variant_figures
+from retinaunet_deploy.judge.gates import (
+    EvalSet,
+    judge,
+    run_predictor,
+    runtime_options,
+    variant_figures,
+)
 
 ONNX_TOOLS = ("onnx", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common")
 # How figures and progress lines name a runtime family.
@@ -172,7 +178,13 @@ def judge_file(context: Context, path: Path, judged: Judged, precision: str):
 
     backend = open_backend(path, judged.runtime, threads=context.options.threads,
                            **judged.options)
-    predictions = run_predictor(backend, context.card, context.eval_set)
+    # Stored by file hash, runtime and options, so `bench` re-judges an unchanged file
+    # from these predictions without running it (`judge.store`).
+    options = {**runtime_options(judged.runtime, fused=True), **judged.options}
+    with backend:
+        predictions = run_predictor(backend, context.card, context.eval_set,
+                                    store=context.eval_set.store, runtime=judged.runtime,
+                                    options=options)
     return judge(context.eval_set, predictions, context.card, context.targets(precision),
                  intervals=True)
 
