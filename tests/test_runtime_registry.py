@@ -1,6 +1,7 @@
 """One registration per runtime: a fake runtime registered in one place (the `fake_cpu`
 fixture) appears, with no other edit, in `Predictor.from_artifact`, `predict --runtime`,
-the bench's rows (with its thread read-back) and the recommendation's candidates."""
+the bench's rows (with its thread read-back), the calibration gates (a runtime variant
+judged and recorded by `calibrate`) and the recommendation's candidates."""
 
 import json
 from pathlib import Path
@@ -60,7 +61,7 @@ class InMemoryOnnx(BackendBase):
 
 def _register(**options):
     return register(Runtime(FAKE, (".onnx",), lambda path, threads=None: InMemoryOnnx(
-        path, threads, **options), bench_files=(names.ONNX,)))
+        path, threads, **options), bench_files=(names.ONNX,), judged_files=(names.ONNX,)))
 
 
 @pytest.fixture
@@ -142,3 +143,27 @@ def test_a_runtime_reading_back_other_threads_is_refused_by_the_bench(tiny_expor
             build_rows(run, {}, BenchOptions(threads=2, backends=(FAKE,)), tmp_path, None)
     finally:
         unregister(FAKE)
+
+
+def test_the_fake_runtime_is_judged_by_calibrate(fake_cpu, tiny_exported, tmp_path):
+    """`calibrate` judges every registered runtime's `judged_files` as runtime variants:
+    the fake one is judged on model.onnx, recorded in calibration.json and the manifest."""
+    import shutil
+
+    from retinaunet_deploy.artifacts import runtime_variants
+    from retinaunet_deploy.export.calibration import CalibrationOptions, calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_exported[0], run)
+    lines = []
+    report = calibrate(run, CalibrationOptions.from_flat(
+        calibration_images=8, eval_images=8, threads=2, fallback=False, cpu_variant=False,
+        openvino=False, tflite=False, pixel_agreement=0.98, mean_dice=0.8,
+        matched_fraction=0.7, max_ap_drop=0.1), fp16=False, progress=lines.append)
+    judged = report["runtime_variants"][f"{FAKE} fp32"]
+    assert judged["file"] == names.ONNX and judged["images"] == 8
+    # The same file in another runtime: it agrees with the float model to the last bit.
+    assert judged["passed"] and judged["agreement"]["pixel_agreement"] > 0.9999
+    recorded = runtime_variants(run)[f"{FAKE} fp32"]
+    assert recorded["runtime"] == FAKE and recorded["passed"] is True
+    assert any(line.startswith(f"{FAKE} fp32 ({names.ONNX}): passes") for line in lines)
