@@ -302,10 +302,9 @@ def _current_version(card_json: dict, source: str, remedy: str) -> dict:
     if type(version) is int and version == CARD_VERSION:
         return card_json
     newer = type(version) is int and version > CARD_VERSION
-    raise ArtifactError(f"{source} has card_version {version!r}, this toolkit reads "
-                        f"{CARD_VERSION}"
-                        f"{' (the card is newer: upgrade retinaunet-deploy, or)' if newer else ''}"
-                        f"; {remedy}")
+    raise ArtifactError(f"{source} has card_version {version!r} and this toolkit reads "
+                        f"{CARD_VERSION}; {'upgrade retinaunet-deploy, or ' if newer else ''}"
+                        f"{remedy}")
 
 
 def run_remedy(run_dir: Path) -> str:
