@@ -205,9 +205,9 @@ def test_a_registered_source_trains_and_reads_back(monkeypatch):
 def test_unknown_kinds_and_values_are_refused(monkeypatch):
     with pytest.raises(DataError, match=r"the run's data is of kind 'volumes', which this "
                                         r"toolkit cannot read back"):
-        load_split({"data": {"kind": "volumes"}}, "test")
+        load_split(_card({"kind": "volumes"}), "test")
     with pytest.raises(DataError, match="unknown split 'dev'"):
-        load_split({"data": {"kind": "synthetic"}}, "dev")
+        load_split(_card({"kind": "synthetic"}), "dev")
     monkeypatch.setattr(sources, "SOURCES", {})
     with pytest.raises(ConfigError, match="no dataset source takes --data 'x'"):
         sources.source_for("x")
