@@ -17,6 +17,7 @@ import numpy as np
 from retinaunet_deploy.bench.harness import limit_probe, limit_shares, measure_latency, speedups
 from retinaunet_deploy.bench.machine import machine_info
 from retinaunet_deploy.bench.rows import BenchOptions, build_rows
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.errors import ArtifactError
 
 
@@ -31,13 +32,14 @@ def synthetic_crops(config, count: int, seed: int, split: str) -> np.ndarray:
 
 def make_latency_run(run_dir: Path, preset: str, size: int, seed: int = 0,
                      threads: int | None = None,
-                     backends: tuple[str, ...] = ("openvino", "tflite")) -> dict:
+                     backends: tuple[str, ...] = ("openvino", "tflite")) -> ModelCard:
     """A run folder on random weights, made by the pipeline's own stages: latency only.
 
     `train` for a single step (the weights stay essentially random), `export_onnx`
     with its parity check, and `calibrate` ungated (random weights agree with
     nothing, so no target can apply; the figures are still recorded). Writes
-    model.keras, model.onnx, model.int8.onnx and model.int8.cpu.onnx. Returns the card.
+    model.keras, model.onnx, model.int8.onnx and model.int8.cpu.onnx. Returns the
+    `card.ModelCard`.
     """
     import shutil
 
@@ -95,7 +97,7 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
                         between=(lambda when, s=size: probe.measure(f"{s}x{s}, {when}"))
                         if probe else None)
         speedups(rows)
-        summary = RetinaUNet.from_config(card["builder"]).summary()
+        summary = RetinaUNet.from_config(card.builder).summary()
         gflops.append(summary.total_gflops)
         sweeps.append({"size": size, "parameters": summary.total_params,
                        "gflops_per_image": float(f"{summary.total_gflops:.4g}"),

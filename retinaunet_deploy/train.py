@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import record_artifact, tool_versions
-from retinaunet_deploy.card import save_card
+from retinaunet_deploy.card import CARD_VERSION, ModelCard, save_card
 from retinaunet_deploy.data.sources import Splits, source_for
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.names import CARD, KERAS
@@ -93,7 +93,7 @@ def whole_image_figures(predictor, samples, class_names, num_det_classes) -> dic
     return evaluate_predictions(predictions, samples, class_names, num_det_classes)
 
 
-def _validation_callback(card: dict, val_samples, num_det_classes):
+def _validation_callback(card: ModelCard, val_samples, num_det_classes):
     """Keras callback: whole-image validation figures into the epoch logs; keeps the best
     weights.
 
@@ -115,7 +115,7 @@ def _validation_callback(card: dict, val_samples, num_det_classes):
         def on_epoch_end(self, epoch, logs=None):
             if self.predictor is None:  # one traced function for every epoch
                 self.predictor = Predictor(KerasBackend.from_model(self.model, card), card)
-            report = whole_image_figures(self.predictor, val_samples, card["class_names"],
+            report = whole_image_figures(self.predictor, val_samples, card.class_names,
                                          num_det_classes)
             logs["val_dice"] = report["mean_dice"]
             logs["val_score"] = report["mean_dice"]
@@ -147,10 +147,10 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
     return warnings
 
 
-def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> dict:
+def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> ModelCard:
     """Train a RetinaUNet and write ``out_dir/model.keras`` and ``model_card.json``.
 
-    Returns the model card (a dict), whose ``evaluation`` holds the whole-image
+    Returns the model card (`card.ModelCard`), whose ``evaluation`` holds the whole-image
     test-split figures. `verbose` is Keras's: None shows a progress bar on a
     terminal and one line per epoch otherwise (logs, CI).
     """
@@ -183,7 +183,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
                                      num_classes, detection=options.detection,
                                      input_scale=1.0 / std, input_offset=-mean / std)
     anchor_config = builder.anchor_config
-    card = {
+    card_json = {
+        "card_version": CARD_VERSION,
         "preset": options.preset,
         "builder": builder.get_config(),
         "class_names": splits.class_names,
@@ -198,6 +199,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
         "postprocess": DetectionConfig().to_dict() if anchor_config else None,
         "data": splits.description,
     }
+    card = ModelCard.from_dict(card_json, "the model card being trained")  # for validation
 
     gpus = tf.config.list_physical_devices("GPU")
     strategy = (tf.distribute.MirroredStrategy() if len(gpus) > 1
@@ -239,7 +241,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
     out_dir = Path(out_dir)
     with atomic_path(out_dir / KERAS) as tmp:
         inference_model.save(tmp)
-    card.update({
+    card = save_card(out_dir, {
+        **card_json,
         "training": {
             "options": asdict(options),
             "patches": asdict(patch_options),
@@ -255,7 +258,6 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> d
         "evaluation": {"split": "test", "whole_images": True, **evaluation},
         "warnings": data_warnings(splits, options, evaluation),
     })
-    card = save_card(out_dir, card)
     record_artifact(out_dir, KERAS, "train", options=asdict(options),
                     figures={"test": evaluation}, tools=tool_versions("tensorflow", "keras"))
     record_artifact(out_dir, CARD, "train", parent=KERAS)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy import names
-from retinaunet_deploy.card import load_card
+from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError
-from retinaunet_deploy.model.anchors import AnchorConfig
 from retinaunet_deploy.runtime.base import Backend, Limits
 from retinaunet_deploy.runtime.registry import RUNTIMES, open_backend
 
@@ -83,15 +82,15 @@ def _runtime_objects(backend) -> list[str]:
 
 def test_any_height_and_width_a_batch_and_a_single_image(opened, tiny_exported):
     card = load_card(tiny_exported[0])
-    anchors = AnchorConfig.from_dict(card["anchors"])
+    anchors = card.anchors
     rng = np.random.default_rng(0)
     assert isinstance(opened, Backend) and isinstance(opened.limits, Limits)
     for h, w in ((48, 80), (64, 64)):
-        batch = rng.uniform(0, 255, (3, h, w, card["input"]["channels"])).astype(np.float32)
+        batch = rng.uniform(0, 255, (3, h, w, card.input.channels)).astype(np.float32)
         outputs = opened.run(batch)
         count = anchors.num_anchors((h, w))
-        assert outputs["mask"].shape == (3, h, w, len(card["class_names"]))
-        assert outputs["cls_logits"].shape == (3, count, len(card["det_class_names"]))
+        assert outputs["mask"].shape == (3, h, w, len(card.class_names))
+        assert outputs["cls_logits"].shape == (3, count, len(card.det_class_names))
         assert outputs["box_deltas"].shape == (3, count, 4)
         assert all(value.dtype == np.float32 for value in outputs.values())
         np.testing.assert_allclose(outputs["mask"].sum(-1), 1, atol=1e-3)
@@ -104,9 +103,10 @@ def test_any_height_and_width_a_batch_and_a_single_image(opened, tiny_exported):
 def test_the_card_is_read_back(opened, tiny_exported):
     card = opened.card()
     expected = load_card(tiny_exported[0])
-    assert card is not None
+    assert isinstance(card, ModelCard)
     for key in ("input", "class_names", "det_class_names", "anchors", "builder"):
-        assert card[key] == expected[key], key
+        assert getattr(card, key) == getattr(expected, key), key
+        assert card.to_dict()[key] == expected.to_dict()[key], key
 
 
 def test_the_threads_are_read_back_from_the_runtime(opened):

@@ -5,6 +5,7 @@ datasets, wrong options) and must end in one line that names the file and the fi
 exit code 1 (bad input) or 2 (bad usage), no traceback, and no new artifact.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from retinaunet_deploy.artifacts import record_artifact
+from retinaunet_deploy.card import load_card
 from retinaunet_deploy.cli import cli
 
 
@@ -144,10 +146,10 @@ def test_corrupt_run_metadata(corpus, tmp_path, damage, expected):
 
 def test_missing_calibration_data_is_named(corpus, tmp_path):
     run = _fresh_run(corpus, tmp_path)
-    card = json.loads((run / "model_card.json").read_text())
     gone = tmp_path / "moved-dataset"
-    card["data"] = {"kind": "folder", "path": str(gone), "splits": {"train": [["a.png", "0"]]}}
-    (run / "model_card.json").write_text(json.dumps(card))
+    card = dataclasses.replace(load_card(run), data={
+        "kind": "folder", "path": str(gone), "splits": {"train": [["a.png", "0"]]}})
+    (run / "model_card.json").write_text(json.dumps(card.to_dict()))
     _fails_cleanly(["calibrate", run], f"the run's dataset {gone} is gone; restore it or retrain")
 
 
@@ -157,11 +159,11 @@ def _folder_card(run, data, names):
 
     files = list_folder(data)
     parts = {"train": names[:6], "val": names[6:8], "test": names[8:]}
-    card = json.loads((run / "model_card.json").read_text())
-    card["data"] = {"kind": "folder", "path": str(data), "instances": True,
-                    "splits": {split: [[n, sample_sha256(files[n])] for n in part]
-                               for split, part in parts.items()}}
-    (run / "model_card.json").write_text(json.dumps(card))
+    card = dataclasses.replace(load_card(run), data={
+        "kind": "folder", "path": str(data), "instances": True,
+        "splits": {split: [[n, sample_sha256(files[n])] for n in part]
+                   for split, part in parts.items()}})
+    (run / "model_card.json").write_text(json.dumps(card.to_dict()))
 
 
 def test_calibration_folder_with_a_corrupt_image_is_named(corpus, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from retinaunet_deploy.artifacts import load_manifest
+from retinaunet_deploy.card import load_card
 from retinaunet_deploy.data import splits as splits_module
 from retinaunet_deploy.errors import ArtifactError, ConfigError, DataError
 from retinaunet_deploy.export import cpu_variant as cpu_variant_module
@@ -120,8 +121,7 @@ def test_trt_check_fails_with_the_reason_on_uint8_activations(calibrated, tmp_pa
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     run, _ = calibrated
-    images = splits_module.calibration_images(json.loads(
-        (run / "model_card.json").read_text()), 8)
+    images = splits_module.calibration_images(load_card(run), 8)
     target = tmp_path / "u8.onnx"
     quantize_static(str(run / "model.onnx"), str(target),
                     quantize_module._reader(images, 8), quant_format=QuantFormat.QDQ,
@@ -223,7 +223,7 @@ def test_planted_fused_kernel_failure_is_caught(calibrated, tmp_path, monkeypatc
 
 def test_evaluate_variant_flags_a_bad_model(calibrated):
     run, _ = calibrated
-    card = json.loads((run / "model_card.json").read_text())
+    card = load_card(run)
     eval_set = make_eval_set(run, card, 8, 2)
     good = evaluate_variant(run / "model.onnx", card, eval_set, Targets(), fused=True)
     assert good.passed and good.pixel_agreement > 0.9999
@@ -282,7 +282,7 @@ def test_calibration_methods_give_different_ranges(calibrated, tmp_path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     run, _ = calibrated
-    card = json.loads((run / "model_card.json").read_text())
+    card = load_card(run)
     images = splits_module.calibration_images(card, 8)
     prepared = tmp_path / "prepared.onnx"
     quant_pre_process(str(run / "model.onnx"), str(prepared), skip_symbolic_shape=True)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retinaunet_deploy.card import ModelCard, load_card
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cpp"
 COMPILER = shutil.which("g++") or shutil.which("clang++")
 
@@ -122,10 +124,10 @@ def _cpp_detections(binary, card_path, logits, deltas, size, tmp_path):
                              str(tmp_path / "deltas.f32"), str(n), str(size), str(size), str(c),
                              str(tmp_path / "anchors.f32"), str(tmp_path / "dets.txt")],
                             check=True, capture_output=True, text=True)
-    card = json.loads(Path(card_path).read_text())
+    card = ModelCard.from_dict(json.loads(Path(card_path).read_text()), str(card_path))
     _, stride, value = result.stdout.split()
-    assert int(stride) == card["input"]["stride"] == 16
-    assert float(value) == pytest.approx(card["normalization"]["mean"], rel=1e-6)
+    assert int(stride) == card.input.stride == 16
+    assert float(value) == pytest.approx(card.normalization.mean, rel=1e-6)
     rows = [line.split() for line in (tmp_path / "dets.txt").read_text().splitlines()]
     anchors = np.fromfile(tmp_path / "anchors.f32", "<f4").reshape(-1, 4)
     per_image = [[r for r in rows if int(r[0]) == i] for i in range(n)]
@@ -136,32 +138,35 @@ def _cpp_detections(binary, card_path, logits, deltas, size, tmp_path):
 @pytest.mark.parametrize("source", ["tiny model outputs", "random outputs"])
 def test_cpp_decoding_matches_the_python_postprocess(det_selftest, tiny_exported, tmp_path,
                                                      source):
+    import dataclasses
     import json
 
     from retinaunet_deploy.data.splits import held_out_set
-    from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
-    from retinaunet_deploy.postprocess import DetectionConfig, decode_detections
+    from retinaunet_deploy.model.anchors import generate_anchors
+    from retinaunet_deploy.postprocess import decode_detections
     from retinaunet_deploy.runtime import Predictor
 
     run, _ = tiny_exported
-    card = json.loads((run / "model_card.json").read_text())
+    card = load_card(run)
+    config = card.detection_config
     size = 64
-    anchors = generate_anchors(AnchorConfig.from_dict(card["anchors"]), (size, size))
+    anchors = generate_anchors(card.anchors, (size, size))
     if source == "tiny model outputs":
         predictor = Predictor.from_artifact(run / "model.onnx", threads=1)
         crops = np.stack([s.image[:size, :size] for s in held_out_set(card, 6)])
         outputs = predictor.run(predictor.prepare(crops)[0])
         logits, deltas = outputs["cls_logits"], outputs["box_deltas"]
-        card["postprocess"]["score_threshold"] = 0.001  # the tiny model is barely trained
+        # the tiny model is barely trained
+        config = dataclasses.replace(config, score_threshold=0.001)
     else:  # many overlapping candidates, extreme deltas, some NaN
         rng = np.random.default_rng(3)
         logits = rng.normal(-1, 3, (3, len(anchors), 2)).astype(np.float32)
         deltas = rng.normal(0, 5, (3, len(anchors), 4)).astype(np.float32)
         deltas[0, :50] = np.nan
     # The top-k cut is only defined up to ties in Python (argpartition); keep it out of play.
-    card["postprocess"]["pre_nms_top_k"] = logits.shape[1] * logits.shape[2]
-    (tmp_path / "card.json").write_text(json.dumps(card, indent=2))
-    config = DetectionConfig(**card["postprocess"])
+    config = dataclasses.replace(config, pre_nms_top_k=logits.shape[1] * logits.shape[2])
+    card = dataclasses.replace(card, postprocess=config)
+    (tmp_path / "card.json").write_text(json.dumps(card.to_dict(), indent=2))
 
     cpp_anchors, cpp_boxes, cpp_classes = _cpp_detections(det_selftest, tmp_path / "card.json",
                                                           logits, deltas, size, tmp_path)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retinaunet_deploy.card import InputSpec, ModelCard
 from retinaunet_deploy.data import readers, sources
 from retinaunet_deploy.data.folder import write_folder_dataset
 from retinaunet_deploy.data.sample import Sample
@@ -36,6 +37,12 @@ def npy_reader(monkeypatch):
     """The one registration a new format needs (undone after the test)."""
     monkeypatch.setattr(readers, "READERS", dict(readers.READERS))
     readers.register_reader(readers.Reader("NPY", (".npy",), read_npy))
+
+
+def _card(data: dict) -> ModelCard:
+    """A card whose only real section is the data block (what the split readers use)."""
+    return ModelCard(builder={}, class_names=("background", "object"),
+                     input=InputSpec(channels=1, stride=16, patch_size=64), data=data)
 
 
 def _npy_folder(root, samples):
@@ -64,7 +71,7 @@ def test_a_registered_format_loads_splits_and_reads_back(npy_reader, tmp_path):
         np.testing.assert_array_equal(sample.image, original.image)
         np.testing.assert_array_equal(sample.mask, original.mask)
         np.testing.assert_array_equal(sample.instances, original.instances)
-    card = {"data": data, "input": {"channels": 1}}
+    card = _card(data)
     assert [s.name for s in load_split(card, "test")] == [n for n, _ in data["splits"]["test"]]
     assert len(held_out_set(card, 10, "val")) == len(splits.val)
     array, metadata = readers.read_file(root / "images" / loaded[0].name)
@@ -188,7 +195,7 @@ def test_a_registered_source_trains_and_reads_back(monkeypatch):
         load=lambda data, name, count, min_size: _constant_samples(name, count or 2)))
     splits = load_splits(TrainOptions(data="constant"))
     assert len(splits.train) == 3 and splits.description["kind"] == "constant"
-    card = {"data": splits.description, "input": {"channels": 1}}
+    card = _card(splits.description)
     assert [s.name for s in load_split(card, "test", 1)] == ["test-0.png"]
     assert len(held_out_set(card, 5, "val")) == 5      # no `make`: its recorded split
     assert sources.source_for("some/folder").kind == "folder"
@@ -198,9 +205,9 @@ def test_a_registered_source_trains_and_reads_back(monkeypatch):
 def test_unknown_kinds_and_values_are_refused(monkeypatch):
     with pytest.raises(DataError, match=r"the run's data is of kind 'volumes', which this "
                                         r"toolkit cannot read back"):
-        load_split({"data": {"kind": "volumes"}}, "test")
+        load_split(_card({"kind": "volumes"}), "test")
     with pytest.raises(DataError, match="unknown split 'dev'"):
-        load_split({"data": {"kind": "synthetic"}}, "dev")
+        load_split(_card({"kind": "synthetic"}), "dev")
     monkeypatch.setattr(sources, "SOURCES", {})
     with pytest.raises(ConfigError, match="no dataset source takes --data 'x'"):
         sources.source_for("x")

@@ -103,7 +103,10 @@ def test_onnx_metadata_carries_the_model_card(tiny_exported, tiny_trained):
 
     run_dir, _ = tiny_exported
     props = {p.key: p.value for p in onnx.load(run_dir / "model.onnx").metadata_props}
-    assert json.loads(props["model_card"]) == tiny_trained[1]
+    assert json.loads(props["model_card"]) == tiny_trained[1].to_dict()
+    # byte for byte the run's model_card.json, keys sorted
+    assert props["model_card"] == json.dumps(
+        json.loads((run_dir / "model_card.json").read_text()), sort_keys=True)
     assert props["parent_sha256"] == sha256_file(run_dir / "model.keras")
 
 

@@ -9,6 +9,7 @@ from retinaunet_deploy.bench.harness import limit_shares, measure_latency
 from retinaunet_deploy.bench.peak import LimitProbe, best_of, gflop_per_call
 from retinaunet_deploy.bench.report import faults_text, limits_text, write_sweep_markdown
 from retinaunet_deploy.bench.rows import REFERENCE, BenchOptions, Row
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.runtime.base import BackendBase
 
 # The disturbed run of the issue: int8 measured at 1047 while the machine gives ~1750.
@@ -140,10 +141,12 @@ def test_the_limit_is_measured_before_between_and_after_the_batch_sizes():
                     "cls_logits": np.full((n, a, 1), -9.0, np.float32),
                     "box_deltas": np.zeros((n, a, 4), np.float32)}
 
-    card = {"input": {"channels": 1, "stride": 16, "patch_size": 32, "pixel_dtype": "uint8",
-                      "pixel_max": 255},
-            "class_names": ["background", "object"], "det_class_names": ["object"],
-            "anchors": anchors.to_dict(), "postprocess": {}}
+    card = ModelCard.from_dict({
+        "card_version": 1, "builder": {}, "normalization": {},
+        "input": {"channels": 1, "stride": 16, "patch_size": 32, "pixel_dtype": "uint8",
+                  "pixel_max": 255},
+        "class_names": ["background", "object"], "det_class_names": ["object"],
+        "anchors": anchors.to_dict(), "postprocess": {}})
     rows = [Row(REFERENCE, "keras", "fp32", "model.keras", runner=Runner())]
     measure_latency(rows, card, np.zeros((2, 32, 32, 1), np.float32),
                     BenchOptions(batch_sizes=(1, 4), rounds=1, min_seconds=0.0),

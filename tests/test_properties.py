@@ -26,7 +26,8 @@ from retinaunet_deploy.runtime.predictor import Predictor
 
 SIZE = 32
 ANCHORS = AnchorConfig()
-CARD = {"input": {"height": None, "width": None, "channels": 1, "stride": 16, "patch_size": 32,
+CARD = {"card_version": 1, "builder": {}, "normalization": {},
+        "input": {"height": None, "width": None, "channels": 1, "stride": 16, "patch_size": 32,
                   "pixel_dtype": "uint8", "pixel_max": 255},
         "class_names": ["background", "disk", "ring"], "det_class_names": ["disk", "ring"],
         "anchors": ANCHORS.to_dict(), "postprocess": DetectionConfig().to_dict()}

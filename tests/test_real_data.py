@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from retinaunet_deploy.card import load_card
 from retinaunet_deploy.cli import cli
 
 # The dev extras install it, so CI runs these; a plain install may not have it.
@@ -49,10 +50,11 @@ def test_import_train_and_predict_on_a_whole_image_of_another_size(tmp_path):
                                  "--epochs", "2", "--steps-per-epoch", "4", "--batch-size", "4",
                                  "--out", str(run)])
     assert result.exit_code == 0, result.output
-    card = json.loads((run / "model_card.json").read_text())
-    assert card["input"]["pixel_dtype"] == "uint16" and card["data"]["instances"]
-    assert sum(len(v) for v in card["data"]["splits"].values()) == 9
-    assert any("only 1 image(s)" in w for w in card["warnings"])   # said loudly
+    card = load_card(run)
+    assert card.input.pixel_dtype == "uint16" and card.data["instances"]
+    assert card.input.pixel_max == 65535
+    assert sum(len(v) for v in card.data["splits"].values()) == 9
+    assert any("only 1 image(s)" in w for w in card.warnings)   # said loudly
     assert "WARNING" in result.output
 
     # Export and calibrate through the CLI (the barely trained model is gated leniently).

@@ -112,9 +112,7 @@ class ProfiledEngine(BackendBase):
     limits = Limits(min_size=64, max_size=128)
 
     def __init__(self, card):
-        from retinaunet_deploy.model.anchors import AnchorConfig
-
-        self.anchors = AnchorConfig.from_dict(card["anchors"])
+        self.anchors = card.anchors
         self.shapes = []
 
     def run(self, batch):

@@ -185,7 +185,8 @@ def test_predictor_feeds_an_engine_its_tuned_batch():
     from retinaunet_deploy.runtime.predictor import Predictor
 
     backend, _ = _engine_without_gpu(min_batch=1, opt_batch=4, max_batch=8)
-    card = {"input": {"channels": 1, "stride": 16, "patch_size": 32}, "class_names": ["bg"],
+    card = {"card_version": 1, "normalization": {},
+            "input": {"channels": 1, "stride": 16, "patch_size": 32}, "class_names": ["bg"],
             "builder": {"depth": 4, "input_shape": [32, 32, 1]}}
     predictor = Predictor(backend, card)
     assert predictor.batch_size == 4

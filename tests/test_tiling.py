@@ -92,7 +92,8 @@ def test_the_predictor_runs_the_layout_it_reports():
     from retinaunet_deploy.runtime.predictor import Predictor
 
     anchors = AnchorConfig()
-    card = {"input": {"channels": 1, "stride": 16, "patch_size": 32, "pixel_dtype": "uint8",
+    card = {"card_version": 1, "builder": {}, "normalization": {},
+            "input": {"channels": 1, "stride": 16, "patch_size": 32, "pixel_dtype": "uint8",
                       "pixel_max": 255},
             "class_names": ["background", "object"], "det_class_names": ["object"],
             "anchors": anchors.to_dict(), "postprocess": {}}

@@ -21,7 +21,7 @@ def tiny_run(tiny_trained):
 
 def test_tiny_training_loss_goes_down(tiny_run):
     _, card = tiny_run
-    history = card["training"]["history"]
+    history = card.training["history"]
     for name in ("loss", "mask_loss", "cls_logits_loss"):
         assert history[name][-1] < history[name][0], (name, history[name])
 
@@ -35,22 +35,25 @@ def test_training_writes_a_loadable_model_and_its_card(tiny_run):
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert model.input_shape == (None, None, None, 1)  # any height and width
     assert model.get_layer("preprocess") is not None  # normalisation in the graph
-    assert load_card(out) == json.loads((out / "model_card.json").read_text())
-    assert card["builder"]["base_filters"] == 8 and card["class_names"][1:] == ["disk", "ring"]
-    evaluation = card["evaluation"]
+    assert load_card(out).to_dict() == json.loads((out / "model_card.json").read_text())
+    assert card.to_dict() == json.loads((out / "model_card.json").read_text())
+    assert card.builder["base_filters"] == 8 and card.class_names[1:] == ("disk", "ring")
+    evaluation = card.evaluation
     assert evaluation["images"] == 8 and set(evaluation["dice"]) == {"disk", "ring"}
     assert evaluation["whole_images"] and evaluation["objects"] > 8
     assert 0 <= evaluation["map@0.1"] <= 1 and 0 <= evaluation["mean_dice"] <= 1
-    assert card["input"] == {"name": "image", "layout": "NHWC", "height": None, "width": None,
-                             "channels": 1, "dtype": "float32", "stride": 16, "patch_size": 64,
-                             "pixel_dtype": "uint8", "pixel_max": 255}
-    assert card["training"]["images"] == {"train": 16, "val": 8, "test": 8}
+    assert card.to_dict()["input"] == {
+        "name": "image", "layout": "NHWC", "height": None, "width": None, "channels": 1,
+        "dtype": "float32", "stride": 16, "patch_size": 64, "pixel_dtype": "uint8",
+        "pixel_max": 255}
+    assert card.input.to_dict() == card.to_dict()["input"]
+    assert card.training["images"] == {"train": 16, "val": 8, "test": 8}
     # Fewer than 16 test images: said loudly, in the card.
-    assert any("only 8 image(s)" in w for w in card["warnings"])
+    assert any("only 8 image(s)" in w for w in card.warnings)
     # The graph's Rescaling is the card's normalisation.
-    norm = card["normalization"]
-    assert norm["scale"] == pytest.approx(1 / norm["std"])
-    assert norm["offset"] == pytest.approx(-norm["mean"] / norm["std"])
+    norm = card.normalization
+    assert norm.scale == pytest.approx(1 / norm.std)
+    assert norm.offset == pytest.approx(-norm.mean / norm.std)
 
 
 def test_saved_model_reproduces_the_reported_evaluation_on_whole_images(tiny_run):
@@ -62,8 +65,8 @@ def test_saved_model_reproduces_the_reported_evaluation_on_whole_images(tiny_run
     samples = load_split(card, "test")
     assert len({s.image.shape for s in samples}) > 1     # whole images of several sizes
     predictions = Predictor.from_artifact(out / "model.keras").predict([s.image for s in samples])
-    report = evaluate_predictions(predictions, samples, card["class_names"])
-    assert report == {k: v for k, v in card["evaluation"].items()
+    report = evaluate_predictions(predictions, samples, card.class_names)
+    assert report == {k: v for k, v in card.evaluation.items()
                       if k not in ("split", "whole_images")}
 
 
@@ -85,7 +88,7 @@ def test_folder_of_mixed_sizes_trains_and_records_its_splits(tmp_path):
     assert all(s.image.shape[0] != 64 for s in samples)
     card = train(TrainOptions(data=str(tmp_path / "data"), **FOLDER_OPTIONS), tmp_path / "run",
                  verbose=0)
-    data = card["data"]
+    data = card.data
     assert data["kind"] == "folder" and data["instances"]
     recorded = {split: [name for name, _ in entries] for split, entries in data["splits"].items()}
     assert sorted(n for names in recorded.values() for n in names) == sorted(s.name for s in samples)
@@ -103,7 +106,7 @@ def test_a_changed_folder_is_refused_never_resplit(tmp_path):
     samples = _mixed_folder(tmp_path / "data")
     card = train(TrainOptions(data=str(tmp_path / "data"), **FOLDER_OPTIONS), tmp_path / "run",
                  verbose=0)
-    test_name = card["data"]["splits"]["test"][0][0]
+    test_name = card.data["splits"]["test"][0][0]
     image = tmp_path / "data" / "images" / test_name
     original = image.read_bytes()
     # Changed pixels.
@@ -142,8 +145,8 @@ def test_user_splits_file(tmp_path):
     splits.write_text(json.dumps({"train": names[:3], "val": names[3:5], "test": names[5:]}))
     card = train(TrainOptions(data=str(tmp_path / "data"), splits=str(splits), **FOLDER_OPTIONS),
                  tmp_path / "run", verbose=0)
-    assert [n for n, _ in card["data"]["splits"]["test"]] == names[5:]
-    assert any("only 1 image(s)" in w for w in card["warnings"])
+    assert [n for n, _ in card.data["splits"]["test"]] == names[5:]
+    assert any("only 1 image(s)" in w for w in card.warnings)
     splits.write_text(json.dumps({"train": names[:3], "val": names[2:5], "test": names[5:]}))
     with pytest.raises(DataError, match=rf"puts '{names[2]}' in both train and val"):
         train(TrainOptions(data=str(tmp_path / "data"), splits=str(splits), **FOLDER_OPTIONS),

@@ -30,12 +30,13 @@ from retinaunet_deploy.bench.rows import (
     Row,
     build_rows,
 )
+from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError
 
 STORED_NOTE = "fidelity judged from its stored predictions (file unchanged; not run again)"
 
 
-def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
+def measure_fidelity(rows: list[Row], card: ModelCard, eval_set, targets: dict):
     """Fill each ok row's fidelity (vs the stored float reference, with 95% intervals and
     its gate) and ground-truth figures, on whole images through the Predictor (padding,
     tiling, decoding), as apps run them. The gates are `judge.gates`, as in calibrate.
@@ -50,7 +51,6 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
     from retinaunet_deploy.judge.gates import judge, runtime_options, stored_or_run
     from retinaunet_deploy.judge.ground_truth import evaluate_predictions
 
-    num_det = len(card.get("det_class_names") or []) or None
     masks_by_row = {}
     for row in rows:
         if row.status != "ok":
@@ -72,7 +72,7 @@ def measure_fidelity(rows: list[Row], card: dict, eval_set, targets: dict):
             if stored:
                 row.notes = f"{row.notes}; {STORED_NOTE}" if row.notes else STORED_NOTE
             row.ground_truth = evaluate_predictions(predictions, eval_set.samples,
-                                                    card["class_names"], num_det,
+                                                    card.class_names, card.num_det_classes,
                                                     eval_set.truths)
             masks_by_row[row.name] = [p.mask for p in predictions]
         except Exception as error:  # a backend that fails on these images: the row says why
@@ -93,7 +93,7 @@ def row_targets(run_dir: Path) -> dict:
     return recorded_targets(json.loads(path.read_text()) if path.exists() else {})
 
 
-def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: BenchOptions,
+def measure_latency(rows: list[Row], card: ModelCard, images: np.ndarray, options: BenchOptions,
                     progress=None, between=None):
     """Interleaved latency of every ok row, per batch size, inference-only and end to end.
 
@@ -115,7 +115,7 @@ def measure_latency(rows: list[Row], card: dict, images: np.ndarray, options: Be
                 else f"between batch {previous} and {batch_size}")
         batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])),
                                      dtype=np.float32)
-        raw = batch.astype(card["input"].get("pixel_dtype", "uint8"))
+        raw = batch.astype(card.input.pixel_dtype)
         candidates = {}
         for row in [r for r in rows if r.status == "ok"]:
             predictor = Predictor(row.runner, card, batch_size=batch_size)
@@ -208,7 +208,6 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     from retinaunet_deploy.artifacts import write_json
     from retinaunet_deploy.bench.recommend import recommend, write_recommendation
     from retinaunet_deploy.bench.report import write_markdown, write_plots
-    from retinaunet_deploy.card import load_card
     from retinaunet_deploy.data.splits import calibration_images, few_images_warning
     from retinaunet_deploy.judge.gates import make_eval_set
     from retinaunet_deploy.model import RetinaUNet
@@ -238,7 +237,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     measure_latency(rows, card, calibration[:8], options,
                     between=probe.measure if probe else None)
     speedups(rows)
-    summary = RetinaUNet.from_config(card["builder"]).summary()
+    summary = RetinaUNet.from_config(card.builder).summary()
     limits = probe.limits() if probe else {}
     row_figures = [row.to_dict() for row in rows]
     report = {
@@ -252,9 +251,9 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
         "few_images_warning": few_images_warning(len(samples),
                                                                        "every figure"),
         "latency_input": f"{calibration.shape[1]}x{calibration.shape[2]} training patches",
-        "model": {"preset": card.get("preset"), "parameters": summary.total_params,
+        "model": {"preset": card.preset, "parameters": summary.total_params,
                   "gflops_per_image": float(f"{summary.total_gflops:.4g}"),
-                  "input": card["input"]},
+                  "input": card.input.to_dict()},
         "targets": {precision: t.to_dict() for precision, t in targets.items()},
         "intervals": "95% percentile bootstrap over images (1000 resamples)",
         "limits": limits,

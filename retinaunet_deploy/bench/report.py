@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import atomic_path
+from retinaunet_deploy.card import ModelCard
 
 
 def _fmt(value, spec, missing="—"):
@@ -171,7 +172,7 @@ def faults_text(faults: list[dict] | None) -> list[str]:
     return ["", title, *(f"- {fault['note']}" for fault in faults)]
 
 
-def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, card: dict):
+def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, card: ModelCard):
     """latency_vs_agreement.png and overlays.png (matplotlib, Agg backend)."""
     import matplotlib
 
@@ -206,7 +207,7 @@ def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, ca
     if not names or not len(images):
         return
     reference = masks[names[0]]
-    pixel_max = card["input"].get("pixel_max", 255)
+    pixel_max = card.input.pixel_max
     figure, grid = plt.subplots(len(images), len(names) + 1,
                                 figsize=(2.2 * (len(names) + 1), 2.2 * len(images)),
                                 squeeze=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy import names
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.runtime.registry import RUNTIMES, Runtime, file_precision, runtime_named
 
@@ -75,7 +76,7 @@ def _guard(row: Row, make):
     return row
 
 
-def build_rows(run_dir: Path, card: dict, options: BenchOptions, out_dir: Path,
+def build_rows(run_dir: Path, card: ModelCard, options: BenchOptions, out_dir: Path,
                calibration: np.ndarray | None) -> list[Row]:
     """Every row this run and machine allow, with runners (or failed/skipped reasons):
     the Keras reference first, then each registered runtime's family in registry order.

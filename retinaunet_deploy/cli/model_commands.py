@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from retinaunet_deploy import names
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.cli.group import cli, console
 from retinaunet_deploy.data.sources import SOURCES, importable
 from retinaunet_deploy.errors import ArtifactError
@@ -157,11 +158,11 @@ def import_data(source, out_dir):
                f"train with: retinaunet-deploy train --data {out_dir}")
 
 
-def _print_evaluation(card: dict, out_dir: Path):
+def _print_evaluation(card: ModelCard, out_dir: Path):
     from rich.console import Console
     from rich.table import Table
 
-    evaluation = card["evaluation"]
+    evaluation = card.evaluation
     table = Table(title=f"held-out {evaluation['split']} split, {evaluation['images']} whole "
                         f"images, {evaluation.get('objects', 0)} objects")
     columns = ["dice", "iou"] + [k for k in evaluation if k.startswith("ap@")]
@@ -176,10 +177,11 @@ def _print_evaluation(card: dict, out_dir: Path):
     table.add_row("mean", *(f"{v:.3f}" for v in means))
     out = Console()
     out.print(table)
-    for warning in card.get("warnings", []):
+    for warning in card.warnings:
         out.print(f"[bold yellow]{warning}[/bold yellow]")
-    out.print(f"trained {card['training']['epochs_run']} epochs in "
-                  f"{card['training']['seconds']:.0f} s; wrote {out_dir / names.KERAS} and "
+    training = card.training
+    out.print(f"trained {training['epochs_run']} epochs in "
+                  f"{training['seconds']:.0f} s; wrote {out_dir / names.KERAS} and "
                   f"{out_dir / names.CARD}")
 
 

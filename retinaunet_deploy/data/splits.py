@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.data.sample import SPLIT_NAMES
 from retinaunet_deploy.data.sources import source_of
 from retinaunet_deploy.errors import DataError
@@ -22,7 +23,7 @@ from retinaunet_deploy.errors import DataError
 FEW_IMAGES = 16   # a figure measured on fewer images than this is flagged
 
 
-def load_split(card: dict, split: str, count: int | None = None, min_size: int = 16):
+def load_split(card: ModelCard, split: str, count: int | None = None, min_size: int = 16):
     """The recorded `split` of a run's data as a list of `sample.Sample`.
 
     Args:
@@ -32,13 +33,12 @@ def load_split(card: dict, split: str, count: int | None = None, min_size: int =
         DataError: an unknown split or data kind, or data that changed since
             training (a folder file missing, changed or added; names the file).
     """
-    data = card["data"]
     if split not in SPLIT_NAMES:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLIT_NAMES)}")
-    return source_of(data).load(data, split, count, min_size)
+    return source_of(card.data).load(card.data, split, count, min_size)
 
 
-def calibration_images(card: dict, count: int, seed: int = 1) -> np.ndarray:
+def calibration_images(card: ModelCard, count: int, seed: int = 1) -> np.ndarray:
     """`count` training patches of the training size (raw pixels, (N, S, S, C) float32).
 
     Patches, not whole images: they are what the network saw in training, and one
@@ -50,33 +50,31 @@ def calibration_images(card: dict, count: int, seed: int = 1) -> np.ndarray:
     samples = load_split(card, "train")
     if not samples:
         raise DataError(f"no calibration images: the training split of this run is empty "
-                        f"({card['data'].get('path', card['data']['kind'])}); retrain")
-    spec, norm = card["input"], card.get("normalization", {})
-    size = spec.get("patch_size") or card["builder"]["input_shape"][0]
-    options = PatchOptions(size, flips=False, rotations=False, intensity_jitter=0.0)
-    batches = PatchBatches(samples, options, min(count, 8), None, 1, norm.get("mean", 0.0),
-                           norm.get("std", 1.0), spec.get("pixel_max", 255), seed=seed)
+                        f"({card.data.get('path', card.data.get('kind'))}); retrain")
+    options = PatchOptions(card.input.patch_size, flips=False, rotations=False,
+                           intensity_jitter=0.0)
+    batches = PatchBatches(samples, options, min(count, 8), None, 1, card.normalization.mean,
+                           card.normalization.std, card.input.pixel_max, seed=seed)
     images = np.concatenate([batches.patches(i)[0] for i in range(-(-count // 8))])[:count]
     return _checked_channels(images, card, "calibration")
 
 
-def held_out_set(card: dict, count: int, split: str = "test"):
+def held_out_set(card: ModelCard, count: int, split: str = "test"):
     """Whole held-out images (`sample.Sample`s, disjoint from training).
 
     A source that can make any number (synthetic): `count` images of the split.
     Otherwise (a folder): its recorded split (as many as it has, at most `count`).
     `split` is "test" for every reported figure, "val" for anything tuned.
     """
-    data = card["data"]
-    source = source_of(data)
-    samples = (source.make(data, split, count) if source.make is not None
+    source = source_of(card.data)
+    samples = (source.make(card.data, split, count) if source.make is not None
                else load_split(card, split, count))
     _checked_channels(np.stack([s.image[:16, :16] for s in samples]), card, "evaluation")
     return samples
 
 
-def _checked_channels(images: np.ndarray, card: dict, purpose: str) -> np.ndarray:
-    channels = card["input"]["channels"]
+def _checked_channels(images: np.ndarray, card: ModelCard, purpose: str) -> np.ndarray:
+    channels = card.input.channels
     if images.shape[-1] != channels:
         raise DataError(f"{purpose} images have {images.shape[-1]} channel(s) but the model "
                         f"takes {channels}; the run's data no longer matches its model: retrain")

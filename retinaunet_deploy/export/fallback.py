@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retinaunet_deploy.artifacts import load_onnx
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.quantize import QUANTIZED_OPS, keep_float
 from retinaunet_deploy.judge.agreement import Agreement
@@ -75,7 +76,7 @@ def judging_runtimes(runtimes: tuple[str, ...], openvino: bool = True) -> tuple[
     return runtimes
 
 
-def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, tuning: Tuning,
+def judge_everywhere(path: Path, card: ModelCard, eval_set: EvalSet, tuning: Tuning,
                      runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[Agreement]:
     """The file's agreement under each of `runtimes` (ONNX Runtime runs it unfused)."""
     return [evaluate_variant(path, card, eval_set, tuning.targets, fused=False,
@@ -85,7 +86,7 @@ def judge_everywhere(path: Path, card: dict, eval_set: EvalSet, tuning: Tuning,
 
 def layer_sensitivity(prepared: Path, all_int8: Path, kept: list[str], work: Path,
                       tuning: Tuning,
-                      card: dict, eval_set: EvalSet, baseline: list[Agreement],
+                      card: ModelCard, eval_set: EvalSet, baseline: list[Agreement],
                       runtimes: tuple[str, ...] = ("onnxruntime",)) -> list[tuple[str, float]]:
     """Leave-one-out: each conv's gain in agreement when it is put back in float on top
     of the `kept` ones (the baseline's file), by a graph edit: nothing re-quantised.
@@ -118,7 +119,7 @@ def write_kept_float(all_int8: Path, prepared: Path, qdq: Path, kept: list[str])
 
 
 def search_fallback(prepared: Path, all_int8: Path, qdq: Path, work: Path, tuning: Tuning,
-                    card: dict, tune_set: EvalSet, say) -> FallbackResult:
+                    card: ModelCard, tune_set: EvalSet, say) -> FallbackResult:
     """Re-write `qdq` with the fewest float layers that pass on `tune_set` (validation).
 
     `prepared` is the float graph that was quantised into `all_int8` (every conv).

@@ -39,6 +39,7 @@ from retinaunet_deploy.artifacts import (
     record_runtime_variant,
     tool_versions,
 )
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.options import CalibrationOptions
 from retinaunet_deploy.judge.gates import (
@@ -71,7 +72,7 @@ class Context:
     """
 
     run_dir: Path
-    card: dict
+    card: ModelCard
     calib: np.ndarray
     eval_set: EvalSet
     options: CalibrationOptions

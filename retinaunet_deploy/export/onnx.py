@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import atomic_path, record_artifact, tool_versions, verify_artifact
-from retinaunet_deploy.card import load_card
+from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
 from retinaunet_deploy.names import KERAS, ONNX
@@ -55,14 +55,13 @@ class ExportOptions:
             raise ConfigError(f"parity_images must be >= 1, got {self.parity_images}")
 
 
-def keras_to_onnx(model, card: dict, opset: int):
+def keras_to_onnx(model, card: ModelCard, opset: int):
     """Convert with tf2onnx; returns an onnx.ModelProto with symbolic batch, height, width."""
     import tensorflow as tf
     import tf2onnx
 
-    spec = card["input"]
-    signature = [tf.TensorSpec((None, None, None, spec["channels"]), tf.float32,
-                               name=spec.get("name", "image"))]
+    signature = [tf.TensorSpec((None, None, None, card.input.channels), tf.float32,
+                               name=card.input.name)]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     return proto
 
@@ -90,13 +89,15 @@ def check_standard_ops(proto, path_hint: str) -> None:
                             f"cannot import them (re-export without that optimisation)")
 
 
-def embed_metadata(proto, card: dict, parent_sha256: str) -> None:
+def embed_metadata(proto, card: ModelCard, parent_sha256: str) -> None:
+    """Write the card's JSON (`ModelCard.to_dict`, keys sorted), the toolkit's version and
+    the parent .keras file's sha256 into the model's ``metadata_props``."""
     import onnx
 
     from retinaunet_deploy import __version__
 
     onnx.helper.set_model_props(proto, {
-        "model_card": json.dumps(card, sort_keys=True),
+        "model_card": json.dumps(card.to_dict(), sort_keys=True),
         "retinaunet_deploy_version": __version__,
         "parent_sha256": parent_sha256,
     })
@@ -143,7 +144,6 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
 
     from retinaunet_deploy.data.splits import load_split
     from retinaunet_deploy.runtime.backends import KerasBackend, OnnxRuntimeBackend
-    from retinaunet_deploy.runtime.predictor import card_stride
 
     options = options or ExportOptions()
     run_dir = Path(run_dir)
@@ -163,8 +163,8 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     onnx.checker.check_model(proto, full_check=True)
 
     samples = load_split(card, "val", options.parity_images)
-    pad = card.get("normalization", {}).get("mean", 0.0)
-    images = [padded_to_stride(s.image, card_stride(card), pad) for s in samples]
+    images = [padded_to_stride(s.image, card.input.stride, card.normalization.mean)
+              for s in samples]
     with atomic_path(run_dir / ONNX) as tmp:
         onnx.save(proto, tmp)
         onnx_backend = OnnxRuntimeBackend(tmp)

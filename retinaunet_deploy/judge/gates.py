@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retinaunet_deploy.artifacts import sha256_file
+from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.judge.agreement import Agreement, compare
 from retinaunet_deploy.judge.store import VariantStore
@@ -74,7 +75,7 @@ class EvalSet:
         return VariantStore(Path(self.run_dir)) if self.run_dir is not None else None
 
 
-def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None = None,
+def make_eval_set(run_dir: Path, card: ModelCard, count: int, threads: int | None = None,
                   split: str = "test", progress=None) -> EvalSet:
     """`count` whole images of `split` (fewer if a folder split is smaller), their ground
     truth, and the stored float reference on them."""
@@ -88,19 +89,18 @@ def make_eval_set(run_dir: Path, card: dict, count: int, threads: int | None = N
     return EvalSet(samples, sample_truths(samples), reference, split, Path(run_dir))
 
 
-def judge(eval_set: EvalSet, predictions: list, card: dict, targets: Targets | None = None,
+def judge(eval_set: EvalSet, predictions: list, card: ModelCard, targets: Targets | None = None,
           intervals: bool = True) -> Agreement:
     """A variant's predictions on `eval_set` against its float reference.
 
     Detection classes come from the card (`det_class_names`), never from the
     mask classes. `intervals` adds 95% bootstrap intervals over the images.
     """
-    num_det = len(card.get("det_class_names") or []) or None
-    return compare(eval_set.reference, predictions, card["class_names"], eval_set.truths,
-                   targets, num_det_classes=num_det, intervals=intervals)
+    return compare(eval_set.reference, predictions, card.class_names, eval_set.truths,
+                   targets, num_det_classes=card.num_det_classes, intervals=intervals)
 
 
-def stored_or_run(backend, card: dict, eval_set: EvalSet, store: VariantStore | None = None,
+def stored_or_run(backend, card: ModelCard, eval_set: EvalSet, store: VariantStore | None = None,
                   runtime: str | None = None, options: dict | None = None,
                   batch_size: int = 8) -> tuple[list, bool]:
     """A backend's predictions (with probabilities) on the eval set's whole images, and
@@ -130,7 +130,7 @@ def stored_or_run(backend, card: dict, eval_set: EvalSet, store: VariantStore | 
     return predictions, False
 
 
-def run_predictor(backend, card: dict, eval_set: EvalSet, batch_size: int = 8,
+def run_predictor(backend, card: ModelCard, eval_set: EvalSet, batch_size: int = 8,
                   store: VariantStore | None = None, runtime: str | None = None,
                   options: dict | None = None) -> list:
     """A backend's predictions (with probabilities) on the eval set's whole images; with a
@@ -139,7 +139,7 @@ def run_predictor(backend, card: dict, eval_set: EvalSet, batch_size: int = 8,
     return stored_or_run(backend, card, eval_set, store, runtime, options, batch_size)[0]
 
 
-def evaluate_variant(path: Path, card: dict, eval_set: EvalSet, targets: Targets,
+def evaluate_variant(path: Path, card: ModelCard, eval_set: EvalSet, targets: Targets,
                      fused: bool, threads: int | None = None, batch_size: int = 8,
                      intervals: bool = False, runtime: str = "onnxruntime",
                      store: VariantStore | None = None) -> Agreement:
@@ -186,8 +186,6 @@ def rejudge(run_dir: Path, file: str, runtime: str, targets: Targets | None = No
         ArtifactError: no stored predictions match the file as it is now (changed,
             never judged in that runtime, or a damaged store).
     """
-    from retinaunet_deploy.card import load_card
-
     run_dir = Path(run_dir)
     card = load_card(run_dir)
     path = run_dir / file

@@ -18,18 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from retinaunet_deploy.artifacts import sha256_file
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.judge.store import FORMAT, StoredPredictions, image_list, settings_sha256
 from retinaunet_deploy.names import KERAS, REFERENCE_DIR
 from retinaunet_deploy.runtime.predictor import Prediction
 
 
-def reference_key(run_dir: Path, card: dict, samples) -> dict:
+def reference_key(run_dir: Path, card: ModelCard, samples) -> dict:
     """What a stored reference must match to be reused."""
     return {"format": FORMAT, "model_sha256": sha256_file(Path(run_dir) / KERAS),
             "settings_sha256": settings_sha256(card), "images": image_list(samples)}
 
 
-def float_reference(run_dir: Path, card: dict, samples, split: str,
+def float_reference(run_dir: Path, card: ModelCard, samples, split: str,
                     threads: int | None = None, progress=None) -> list[Prediction]:
     """The Keras float model's predictions (with probabilities) on `samples`, whole images
     through the Predictor, read from the run's store or computed and stored.

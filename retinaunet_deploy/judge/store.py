@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import atomic_path, sha256_file
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.names import REFERENCE_DIR
 from retinaunet_deploy.postprocess import Detections
 from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE, Prediction
@@ -58,10 +59,11 @@ def image_list(samples) -> list[list[str]]:
             for s in samples]
 
 
-def settings_sha256(card: dict) -> str:
+def settings_sha256(card: ModelCard) -> str:
     """sha256 of what turns network outputs into predictions: the card's postprocessing
-    and anchors, and the Predictor's tile size and overlap."""
-    return _digest({"postprocess": card.get("postprocess"), "anchors": card.get("anchors"),
+    and anchors (their JSON), and the Predictor's tile size and overlap."""
+    return _digest({"postprocess": card.postprocess.to_dict() if card.postprocess else None,
+                    "anchors": card.anchors.to_dict() if card.anchors else None,
                     "tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP})
 
 
@@ -148,7 +150,7 @@ class VariantStore:
     def folder(self) -> Path:
         return Path(self.run_dir) / REFERENCE_DIR / VARIANTS_DIR
 
-    def key(self, file: Path, runtime: str, options: dict, card: dict, samples,
+    def key(self, file: Path, runtime: str, options: dict, card: ModelCard, samples,
             batch_size: int, providers: list | None = None,
             file_sha256: str | None = None) -> dict:
         """What stored predictions of `file` run in `runtime` with opener `options`

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.artifacts import check_onnx_external_data
+from retinaunet_deploy.card import ModelCard, embedded_card, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.runtime.base import BackendBase
 
@@ -63,7 +64,7 @@ class KerasBackend(BackendBase):
         self._call = traced_call(self.model)
 
     @classmethod
-    def from_model(cls, model, card: dict) -> KerasBackend:
+    def from_model(cls, model, card: ModelCard) -> KerasBackend:
         """A backend over an in-memory Keras model (validation while training)."""
         backend = cls.__new__(cls)
         backend.path, backend.model, backend._card = None, model, card
@@ -71,9 +72,8 @@ class KerasBackend(BackendBase):
         backend._call = traced_call(model)
         return backend
 
-    def card(self) -> dict | None:
+    def card(self) -> ModelCard | None:
         """The run's model card, beside the model."""
-        from retinaunet_deploy.card import load_card
         from retinaunet_deploy.names import CARD
 
         if self._card is not None:
@@ -182,10 +182,8 @@ class OnnxRuntimeBackend(BackendBase):
         self.threads = (self.session.get_session_options().intra_op_num_threads or None
                         if self.providers[0] == CPU else None)
 
-    def card(self) -> dict | None:
+    def card(self) -> ModelCard | None:
         """The model card embedded in the ONNX metadata (parsed as JSON, never evaluated)."""
-        from retinaunet_deploy.card import embedded_card
-
         self._check_open()
         return embedded_card(self.path, self.session.get_modelmeta().custom_metadata_map
                              .get("model_card"))

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.errors import ArtifactError
 
 
@@ -57,7 +58,7 @@ class Backend(Protocol):
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name for an (N, H, W, C) float32 batch; `ArtifactError` once closed."""
 
-    def card(self) -> dict | None:
+    def card(self) -> ModelCard | None:
         """The model card the artifact carries or sits beside, or None."""
 
     def use_fastest(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.card import ModelCard, embedded_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.runtime.base import BackendBase
 
@@ -104,10 +105,8 @@ class OpenVINOBackend(BackendBase):
         self.request = self.compiled.create_infer_request()
         self.output_names = [output.get_any_name() for output in self.compiled.outputs]
 
-    def card(self) -> dict | None:
+    def card(self) -> ModelCard | None:
         """The model card embedded in the ONNX metadata (parsed as JSON, never evaluated)."""
-        from retinaunet_deploy.card import embedded_card
-
         return embedded_card(self.path, self._metadata.get("model_card"))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
-from retinaunet_deploy.model.anchors import AnchorConfig, generate_anchors
+from retinaunet_deploy.model.anchors import generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
 from retinaunet_deploy.runtime import tiling
 from retinaunet_deploy.runtime.base import Backend
@@ -53,37 +54,37 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-def card_stride(card: dict) -> int:
-    """The network's total stride (2**depth) from a model card."""
-    return int(card["input"].get("stride") or 2 ** card["builder"]["depth"])
-
-
 class Predictor:
     """Validate, pad or tile, run in batches, postprocess; the backend only runs the graph.
 
     Args:
+        card: the model's `card.ModelCard`, or its JSON as a dict (an app's hand-built
+            card), typed once here by `ModelCard.from_dict` (`ArtifactError` when it
+            does not type).
         tile: images whose padded height or width exceeds this run as a sliding window
             of tiles at most this large (a stride multiple).
         overlap: fraction of a tile shared with its neighbour.
     """
 
-    def __init__(self, backend: Backend, card: dict, batch_size: int | None = None,
-                 tile: int = DEFAULT_TILE, overlap: float = DEFAULT_OVERLAP):
+    def __init__(self, backend: Backend, card: ModelCard | dict,
+                 batch_size: int | None = None, tile: int = DEFAULT_TILE,
+                 overlap: float = DEFAULT_OVERLAP):
+        if not isinstance(card, ModelCard):
+            card = ModelCard.from_dict(card, "the card given to the Predictor")
         self.backend = backend
         self.card = card
         limits = backend.limits
         # Default: 8 images per call, or the batch the backend was tuned for (an engine's).
         self.batch_size = batch_size or limits.preferred_batch or 8
-        spec = card["input"]
-        self.channels = spec["channels"]
-        self.stride = card_stride(card)
-        self.pixel_dtype = np.dtype(spec.get("pixel_dtype", "uint8"))
-        self.pixel_max = spec.get("pixel_max", 255)
-        self.pad_value = float(card.get("normalization", {}).get("mean", 0.0))
-        self.class_names = card["class_names"]
-        self.det_class_names = card.get("det_class_names") or []
-        self.anchor_config = AnchorConfig.from_dict(card["anchors"]) if card.get("anchors") else None
-        self.detection_config = DetectionConfig(**(card.get("postprocess") or {}))
+        self.channels = card.input.channels
+        self.stride = card.input.stride
+        self.pixel_dtype = np.dtype(card.input.pixel_dtype)
+        self.pixel_max = card.input.pixel_max
+        self.pad_value = float(card.normalization.mean)
+        self.class_names = card.class_names
+        self.det_class_names = card.det_class_names
+        self.anchor_config = card.anchors
+        self.detection_config = card.detection_config
         # The backend's limits (an engine's optimisation profile) bound the tile and the
         # smallest input.
         tile = min(tile, limits.max_size) if limits.max_size else tile
@@ -94,7 +95,7 @@ class Predictor:
         if not 0 <= overlap < 1:
             raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
         self.tile, self.overlap = tile, overlap
-        self.patch_size = int(spec.get("patch_size") or card["builder"]["input_shape"][0])
+        self.patch_size = card.input.patch_size
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, InputError
 from retinaunet_deploy.runtime.base import BackendBase, Limits
 
@@ -104,9 +105,8 @@ class TensorRTBackend(BackendBase):
         return Limits(min_size=self.min_size, max_size=self.max_size,
                       preferred_batch=self.opt_batch)
 
-    def card(self) -> dict | None:
+    def card(self) -> ModelCard | None:
         """The run's model card, beside the engine."""
-        from retinaunet_deploy.card import load_card
         from retinaunet_deploy.names import CARD
 
         return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None

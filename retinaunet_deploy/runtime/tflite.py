@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.runtime.base import BackendBase
 
@@ -59,9 +60,8 @@ class TFLiteBackend(BackendBase):
         (self.input_name,) = signatures[self.signature]["inputs"]
         self.output_names = list(signatures[self.signature]["outputs"])
 
-    def card(self) -> dict | None:
+    def card(self) -> ModelCard | None:
         """The run's model card, beside the file."""
-        from retinaunet_deploy.card import load_card
         from retinaunet_deploy.names import CARD
 
         return load_card(self.path.parent) if (self.path.parent / CARD).exists() else None
