@@ -34,10 +34,10 @@ def write_recommendation(run_dir: Path, choice: dict | None) -> None:
 def recommended_artifact(run_dir: Path) -> tuple[Path, str]:
     """(file, runtime) the run's bench recommended, its file verified unchanged since.
 
-    Raises `ArtifactError` when the run has no recommendation, or the recommendation
-    or its file changed since the bench.
+    Raises `ArtifactError` when the run has no recommendation, or the recommendation,
+    its file or the model card changed since the stage that wrote them.
     """
-    from retinaunet_deploy.artifacts import verify_lineage
+    from retinaunet_deploy.artifacts import load_manifest, remedy_for, verify_lineage
 
     run_dir = Path(run_dir)
     path = run_dir / names.RECOMMENDATION
@@ -47,5 +47,10 @@ def recommended_artifact(run_dir: Path) -> tuple[Path, str]:
                             f"gate, or give an artifact file")
     verify_lineage(run_dir, names.RECOMMENDATION, f"retinaunet-deploy bench {run_dir}")
     choice = json.loads(path.read_text())
-    verify_lineage(run_dir, choice["file"], f"retinaunet-deploy bench {run_dir}")
+    # The file, and the card every runtime reads beside a file that carries none (.keras,
+    # .tflite, .plan): each refused with the stage that remakes it when it changed.
+    artifacts = load_manifest(run_dir)["artifacts"]
+    for name in (choice["file"], names.CARD):
+        stage = artifacts.get(name, {}).get("stage", "train")
+        verify_lineage(run_dir, name, remedy_for(run_dir, name, stage))
     return run_dir / choice["file"], choice["runtime"]

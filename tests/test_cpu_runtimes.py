@@ -170,9 +170,19 @@ def test_predict_on_a_run_folder_runs_the_recommended_variant(tiny_calibrated, t
     written = json.loads((out / "detections.json").read_text())
     assert written["artifact"] == str(copy / choice["file"])
     assert written["runtime"] == choice["runtime"]
-    # The chosen file changed since the bench: refused, not silently run.
-    (copy / choice["file"]).write_bytes((copy / choice["file"]).read_bytes() + b"\0")
-    with pytest.raises(ArtifactError):
-        from retinaunet_deploy.recommendation import recommended_artifact
+    from retinaunet_deploy.artifacts import load_manifest
+    from retinaunet_deploy.recommendation import recommended_artifact
 
+    # The chosen file changed since its stage: refused with the stage that remakes it.
+    chosen = copy / choice["file"]
+    original = chosen.read_bytes()
+    stage = load_manifest(copy)["artifacts"][choice["file"]]["stage"]
+    chosen.write_bytes(original + b"\0")
+    with pytest.raises(ArtifactError, match=f"retinaunet-deploy {stage} "):
+        recommended_artifact(copy)
+    # An edited model card (read beside files that carry none) is refused too.
+    chosen.write_bytes(original)
+    card = copy / "model_card.json"
+    card.write_text(card.read_text().replace('"disk"', '"AAA"'))
+    with pytest.raises(ArtifactError, match="model_card.json"):
         recommended_artifact(copy)

@@ -69,3 +69,12 @@ def test_soak_usage(tmp_path):
     assert result.exit_code == 1 and "missing.onnx not found" in result.output
     result = CliRunner().invoke(cli, ["bench", "--latency-only", "--preset", "tiny", "--soak"])
     assert result.exit_code == 2 and "--soak takes RUN_DIR" in result.output
+
+
+def test_a_short_soak_that_grows_says_it_measured_the_warm_up():
+    result = {"errors": [], "mismatched_results": 0, "rss_growth": 0.35}
+    short = soak.failures({**result, "minutes": 0.1})
+    assert len(short) == 1 and "warm-up" in short[0] and "--soak-minutes 3" in short[0]
+    long = soak.failures({**result, "minutes": 5})
+    assert len(long) == 1 and "warm-up" not in long[0]
+    assert soak.failures({**result, "rss_growth": 0.01, "minutes": 0.1}) == []
