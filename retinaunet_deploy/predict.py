@@ -67,6 +67,7 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
     from retinaunet_deploy.errors import InputError
     from retinaunet_deploy.runtime import Predictor
     from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
+    from retinaunet_deploy.runtime.registry import resolve
 
     if Path(artifact).is_dir():
         from retinaunet_deploy.recommendation import recommended_artifact
@@ -84,7 +85,8 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                                                              score_threshold=score_threshold)
         results = _predict_into(predictor, image_paths, Path(out_dir))
     write_json(Path(out_dir) / "detections.json", {"artifact": str(artifact),
-                                                    "runtime": runtime, "images": results})
+                                                    "runtime": resolve(artifact, runtime).name,
+                                                    "images": results})
     return results
 
 

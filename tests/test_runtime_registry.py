@@ -167,3 +167,13 @@ def test_the_fake_runtime_is_judged_by_calibrate(fake_cpu, tiny_exported, tmp_pa
     recorded = runtime_variants(run)[f"{FAKE} fp32"]
     assert recorded["runtime"] == FAKE and recorded["passed"] is True
     assert any(line.startswith(f"{FAKE} fp32 ({names.ONNX}): passes") for line in lines)
+
+
+def test_a_folder_or_a_file_of_another_runtime_is_refused_with_the_fix(tmp_path):
+    from retinaunet_deploy.errors import ArtifactError
+    from retinaunet_deploy.runtime.registry import auto_runtime, runtime_named
+
+    with pytest.raises(ArtifactError, match="is a folder; give an artifact file"):
+        auto_runtime(tmp_path)
+    with pytest.raises(ConfigError, match=r"use --runtime auto or one of \['onnxruntime'"):
+        runtime_named("tflite").open(tmp_path / "model.onnx")

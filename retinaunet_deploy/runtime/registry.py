@@ -92,8 +92,10 @@ class Runtime:
         for a missing or corrupt one."""
         path = Path(path)
         if path.suffix not in self.suffixes:
+            others = [r.name for r in RUNTIMES.values() if path.suffix in r.suffixes]
             raise ConfigError(f"{path}: runtime {self.name!r} runs {'/'.join(self.suffixes)} "
-                              f"files, not {path.suffix or 'files without a suffix'}")
+                              f"files, not {path.suffix or 'files without a suffix'}; use "
+                              f"--runtime auto" + (f" or one of {others}" if others else ""))
         return self.opener(path, threads=threads, **options)
 
 
@@ -136,6 +138,10 @@ def runtime_named(name: str) -> Runtime:
 def auto_runtime(path: Path) -> Runtime:
     """The default runtime of a file, by its suffix."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a folder; give an artifact file (a run folder's "
+                            f"recommended one: 'retinaunet-deploy predict {path} IMAGES', or "
+                            f"recommendation.recommended_artifact({str(path)!r}))")
     for runtime in RUNTIMES.values():
         if path.suffix in runtime.auto_for:
             return runtime
