@@ -223,3 +223,152 @@ def test_import_data_choices_come_from_the_registry():
     assert result.exit_code == 0 and "stardist-nuclei" in result.output
     result = CliRunner().invoke(cli, ["import-data", "nothing", "out"])
     assert result.exit_code == 2 and "'nothing' is not" in result.output
+
+
+# === PNG files Pillow would reinterpret ===
+
+def _raw_png(path, width, height, depth, colour, rows):
+    """A PNG written byte by byte (Pillow cannot write 2-bit or 16-bit colour PNGs)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    data = zlib.compress(b"".join(b"\x00" + bytes(row) for row in rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("colour,samples,kind", [(2, 3, "RGB"), (6, 4, "RGBA"),
+                                                 (4, 2, "grey\\+alpha")])
+def test_a_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path, colour, samples, kind):
+    path = _raw_png(tmp_path / "deep.png", 2, 2, 16, colour, [[1, 2] * samples * 2] * 2)
+    for read in (readers.read_image, readers.probe_image,
+                 lambda p: readers.read_labels(p, "mask")):
+        with pytest.raises(DataError, match=rf"deep\.png is a 16-bit {kind} PNG, which would "
+                                            rf"be read as 8 bits \(the low byte dropped\)"):
+            read(path)
+
+
+@pytest.mark.parametrize("depth,packed,values", [(2, [0b00011011], [0, 1, 2, 3]),
+                                                 (4, [0x0F, 0x5A], [0, 15, 5, 10])])
+def test_a_low_bit_depth_png_keeps_its_class_values(tmp_path, depth, packed, values):
+    """Pillow scales 2/4-bit grey to 0..255; a mask's classes must stay 0..3 / 0..15."""
+    path = _raw_png(tmp_path / "low.png", 4, 1, depth, 0, [packed])
+    assert readers.read_labels(path, "mask").tolist() == [values]
+    scale = 255 // (2 ** depth - 1)   # an image is shown as PNG viewers show it
+    assert readers.read_image(path)[..., 0].tolist() == [[v * scale for v in values]]
+    assert readers.read_file(path)[1]["bit_depth"] == depth
+
+
+def test_alpha_is_refused_by_name_not_dropped(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "rgba.png")
+    Image.fromarray(np.zeros((8, 8, 2), np.uint8), mode="LA").save(tmp_path / "la.png")
+    for name, note in (("rgba", "RGB with alpha"), ("la", "grey with alpha")):
+        for read in (readers.read_image, readers.probe_image):
+            with pytest.raises(DataError, match=rf"{name}\.png has PNG mode '\w+' \({note}\); "
+                                                rf"use 8/16-bit greyscale or 8-bit RGB"):
+                read(tmp_path / f"{name}.png")
+
+
+def test_a_decompression_bomb_names_a_way_round(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)   # 64x64 > 2 x 1000: an error
+    with pytest.raises(DataError, match=r"big\.png is refused as a possible decompression "
+                                        r"bomb .*save it as TIFF \(no such limit\)"):
+        readers.read_image(tmp_path / "big.png")
+
+
+# === probe_image: the header without the pixels ===
+
+def _every_kind(folder):
+    """One file of every kind read_image takes, and what read_image returns for it."""
+    import tifffile
+
+    rng = np.random.default_rng(4)
+    grey8 = rng.integers(0, 256, (21, 34), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (21, 34), dtype=np.uint16)
+    rgb = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    Image.fromarray(grey8).save(folder / "grey8.png")
+    Image.fromarray(grey16).save(folder / "grey16.png")
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    Image.fromarray(grey8).save(folder / "grey8.bmp")           # Pillow's fallback
+    _raw_png(folder / "grey2.png", 4, 1, 2, 0, [[0b00011011]])
+    tifffile.imwrite(folder / "grey8.tif", grey8, compression="lzw")
+    tifffile.imwrite(folder / "grey16.tiff", grey16, tile=(16, 16), bigtiff=True)
+    tifffile.imwrite(folder / "rgb.tif", rgb, compression="zstd")
+    tifffile.imwrite(folder / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")
+    tifffile.imwrite(folder / "column.tif", grey8[..., :1], photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(folder / "jpeg.tif", rgb, compression="jpeg")
+    return sorted(folder.iterdir())
+
+
+def test_probe_agrees_with_read_image_on_every_kind(tmp_path):
+    paths = _every_kind(tmp_path)
+    assert len(paths) == 11
+    for path in paths:
+        image = readers.read_image(path)
+        header = readers.probe_image(path)
+        assert header == readers.ImageHeader(path, *image.shape, image.dtype,
+                                             readers.reader_for(path).format), path
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P").save(p / "x.png"),
+    lambda p: Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(p / "x.png"),
+    lambda p: Image.fromarray(np.zeros((8, 8), np.float32)).save(p / "x.tif"),
+    lambda p: Image.fromarray(np.zeros((8, 8), bool)).save(p / "x.png"),
+    lambda p: _raw_png(p / "x.png", 1, 1, 16, 2, [[1, 2, 3, 4, 5, 6]]),
+    lambda p: __import__("tifffile").imwrite(p / "x.tif", np.zeros((8, 8), np.int16)),
+    lambda p: __import__("tifffile").imwrite(p / "x.tif", np.zeros((8, 8, 3), np.uint16),
+                                             photometric="rgb"),
+    lambda p: __import__("tifffile").imwrite(p / "x.tif", np.zeros((2, 8, 8), np.uint8),
+                                             photometric="minisblack"),
+    lambda p: __import__("tifffile").imwrite(p / "x.tif", np.zeros((8, 8, 5), np.uint8),
+                                             photometric="minisblack", planarconfig="contig"),
+    lambda p: (p / "x.png").write_bytes(b"not an image at all"),
+])
+def test_probe_refuses_what_read_image_refuses_with_the_same_line(tmp_path, make):
+    make(tmp_path)
+    [path] = list(tmp_path.iterdir())
+    with pytest.raises(DataError) as read:
+        readers.read_image(path)
+    with pytest.raises(DataError) as probed:
+        readers.probe_image(path)
+    assert str(probed.value) == str(read.value)
+
+
+def test_probe_decodes_no_pixels(tmp_path, monkeypatch):
+    """A file whose pixel data is cut off probes fine: read errors come at read time."""
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    assert readers.probe_image(tmp_path / "cut.png") == readers.ImageHeader(
+        tmp_path / "cut.png", 64, 64, 1, np.dtype(np.uint8), "PNG")
+    with pytest.raises(DataError, match=r"cannot read .*cut\.png: .*replace it with a valid"):
+        readers.read_image(tmp_path / "cut.png")
+    # A TIFF's pixels are not touched either: decoding them would fail here.
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((40, 30), np.uint16), compression="lzw")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("probe_image decoded pixels")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    assert readers.probe_image(tmp_path / "a.tif").height == 40
+    assert readers.probe_image(tmp_path / "a.png").width == 64
+
+
+def test_a_reader_without_a_probe_is_read_in_full(npy_reader, tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((12, 20, 3), np.uint8))
+    assert readers.probe_image(tmp_path / "a.npy") == readers.ImageHeader(
+        tmp_path / "a.npy", 12, 20, 3, np.dtype(np.uint8), "NPY")
