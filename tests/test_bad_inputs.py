@@ -301,6 +301,15 @@ def test_dataset_with_a_missing_mask(tmp_path):
     (["export", "no/such/run"], "does not exist"),
     (["triton", "{run}", "--kind", "tpu"], "'tpu' is not one of"),
     (["bench"], "give either RUN_DIR, or --latency-only with --preset"),
+    # A thread count of 0 or below is refused, not passed on as "the runtime's default".
+    (["predict", "{run}/model.onnx", "{run}/model_card.json", "--threads", "0"],
+     "Invalid value for '--threads': 0 is not in the range x>=1"),
+    (["bench", "{run}", "--threads", "-2"],
+     "Invalid value for '--threads': -2 is not in the range x>=1"),
+    (["calibrate", "{run}", "--threads", "0"],
+     "Invalid value for '--threads': 0 is not in the range x>=1"),
+    (["triton", "{run}", "--max-queue-delay-us", "-5"],
+     "Invalid value for '--max-queue-delay-us': -5 is not in the range x>=0"),
 ])
 def test_wrong_options_are_usage_errors(corpus, args, expected):
     run, _ = corpus

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from retinaunet_deploy import names
-from retinaunet_deploy.cli.group import cli, comma_text, int_list
+from retinaunet_deploy.cli.group import NON_NEGATIVE_INT, POSITIVE_INT, cli, comma_text, int_list
 from retinaunet_deploy.cli.target_options import GateTargetsCommand
 from retinaunet_deploy.export.options import CalibrationOptions
 from retinaunet_deploy.export.quantize import METHODS
@@ -37,7 +37,7 @@ QUANT = CAL.quantisation
 @click.option("--no-openvino", is_flag=True,
               help="Skip judging OpenVINO int8 (model.int8.onnx) and bf16 (model.onnx).")
 @click.option("--no-tflite", is_flag=True, help="Skip the LiteRT model.int8.tflite.")
-@click.option("--threads", type=int, default=CAL.threads,
+@click.option("--threads", type=POSITIVE_INT, default=CAL.threads,
               help="Threads of every runtime, Keras included [default: each runtime's own].")
 def calibrate(run_dir, method, percentile, calibration_images, eval_images, no_fallback,
               no_cpu_variant, no_fp16, no_openvino, no_tflite, threads, **targets):
@@ -147,7 +147,7 @@ def build_engine(run_dir, precision, min_batch, opt_batch, max_batch, min_size, 
 @click.option("--preferred-batch-sizes", default=comma_text(TRITON.preferred_batch_sizes),
               show_default=True, callback=int_list,
               help="Batch sizes Triton's dynamic batcher aims for.")
-@click.option("--max-queue-delay-us", type=int, default=TRITON.max_queue_delay_us,
+@click.option("--max-queue-delay-us", type=NON_NEGATIVE_INT, default=TRITON.max_queue_delay_us,
               show_default=True,
               help="How long a request may wait to be batched with others.")
 @click.option("--instances", type=int, default=TRITON.instances, show_default=True)

@@ -59,6 +59,12 @@ def console():
     return terminal if terminal.is_terminal else Console(width=170)
 
 
+# A count that must be at least 1 (--threads: 0 or a negative number is refused as a usage
+# error naming the option, never passed on to a runtime that reads it as "its default").
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+
+
 def int_list(ctx, param, value):
     """A click callback: "1,8" -> (1, 8), positive integers only."""
     if value is None:

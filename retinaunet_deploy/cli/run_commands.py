@@ -8,7 +8,7 @@ import click
 
 from retinaunet_deploy import names
 from retinaunet_deploy.bench.rows import BenchOptions
-from retinaunet_deploy.cli.group import cli, comma_text, console, int_list
+from retinaunet_deploy.cli.group import POSITIVE_INT, cli, comma_text, console, int_list
 from retinaunet_deploy.cli.model_commands import PRESET_NAMES
 from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
 from retinaunet_deploy.runtime.registry import runtime_choices
@@ -38,7 +38,7 @@ class RegisteredRuntimes(click.Choice):
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("predictions"), show_default=True)
-@click.option("--threads", type=int, default=None, help="Inference threads [default: library's].")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="Inference threads [default: library's].")
 @click.option("--score-threshold", type=float, default=0.5, show_default=True,
               help="Keep detections scoring at least this. (The model card's 0.05 is for "
                    "evaluation, where AP needs the low-score tail.)")
@@ -102,7 +102,7 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
 @click.option("--batch-sizes", default=None, callback=int_list,
               help=f"Comma-separated batch sizes [default: {comma_text(BENCH.batch_sizes)}; 1 "
                    f"with --latency-only].")
-@click.option("--threads", type=int, default=BENCH.threads, show_default=True,
+@click.option("--threads", type=POSITIVE_INT, default=BENCH.threads, show_default=True,
               help="Intra-op threads of every CPU row, Keras included (asserted).")
 @click.option("--rounds", type=int, default=BENCH.rounds, show_default=True,
               help="Minimum timed runs per row and batch size.")
