@@ -349,3 +349,29 @@ def test_an_unexpected_exception_is_one_line_naming_debug(monkeypatch, tmp_path)
     monkeypatch.setattr(model.RetinaUNet, "from_preset", broken)
     _fails_cleanly(["info", "--preset", "tiny"], "unexpected ZeroDivisionError: division by "
                    "zero", "re-run with --debug")
+
+
+# === Soak: a damaged or missing file names the command that remakes it ===
+
+def test_soak_on_a_truncated_file_names_the_stage_to_rerun(corpus, tmp_path):
+    run = _fresh_run(corpus, tmp_path)
+    data = (run / "model.onnx").read_bytes()
+    (run / "model.onnx").write_bytes(data[: len(data) // 3])
+    _fails_cleanly(["bench", run, "--soak", "--soak-minutes", "0.05", "--out", tmp_path / "s"],
+                   "model.onnx changed since 'export' recorded it",
+                   f"re-run 'retinaunet-deploy export {run}'")
+    (run / "model.int8.onnx").unlink()
+    _fails_cleanly(["bench", run, "--soak", "--soak-artifact", "model.int8.onnx", "--out",
+                    tmp_path / "s"], "model.int8.onnx not found",
+                   f"run 'retinaunet-deploy calibrate {run}' first")
+    assert not (tmp_path / "s").exists()
+
+
+def test_soak_on_an_unrecorded_truncated_file_names_the_command(corpus, tmp_path):
+    run = _fresh_run(corpus, tmp_path)
+    (run / "manifest.json").unlink()    # files copied without their records
+    data = (run / "model.onnx").read_bytes()
+    (run / "model.onnx").write_bytes(data[: len(data) // 3])
+    _fails_cleanly(["bench", run, "--soak", "--soak-minutes", "0.05", "--out", tmp_path / "s"],
+                   "model.onnx as ONNX", "corrupt or truncated: re-create it with "
+                   f"'retinaunet-deploy export {run}'")

@@ -195,18 +195,67 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def stage_of(run_dir: Path, name: str) -> str | None:
+    """The stage that writes `name` in a run: its manifest record's, else by its name
+    (None for a file no stage writes)."""
+    from retinaunet_deploy import names
+    from retinaunet_deploy.artifacts import load_manifest
+
+    record = load_manifest(run_dir)["artifacts"].get(name)
+    if record and record.get("stage"):
+        return record["stage"]
+    if names.plan_precision(name):
+        return "build-engine"
+    return {names.KERAS: "train", names.CARD: "train", names.ONNX: "export",
+            names.FP16_ONNX: "calibrate", names.INT8_ONNX: "calibrate",
+            names.INT8_CPU_ONNX: "calibrate", names.INT8_TFLITE: "calibrate"}.get(name)
+
+
+def check_artifact(artifact: Path) -> str | None:
+    """Refuse a missing artifact or one that differs from its manifest record, naming the
+    command that remakes it; return that command (None for a file no stage writes).
+
+    Raises:
+        ArtifactError: "<file> not found; run '<command>' first ..." or "<file> changed
+            since '<stage>' recorded it (...); re-run '<command>'".
+    """
+    from retinaunet_deploy.artifacts import load_manifest, remedy_for, verify_artifact
+    from retinaunet_deploy.errors import ArtifactError
+
+    run_dir, name = artifact.parent, artifact.name
+    stage = stage_of(run_dir, name)
+    remedy = remedy_for(run_dir, name, stage) if stage else None
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact} not found; " + (f"run '{remedy}' first, or " if remedy
+                                                          else "") +
+                            "name another file of the run with --soak-artifact")
+    if name in load_manifest(run_dir)["artifacts"]:
+        verify_artifact(run_dir, name, remedy)
+    return remedy
+
+
 def run_soak(artifact: Path, out_dir: Path, minutes: float = 5.0, threads: int = 2,
              callers: int = 2, progress=None) -> dict:
     """`soak`, then OUT/result.json and OUT/rss.png; returns the result ("passed" says
-    whether it held). Raises `ArtifactError` when `artifact` is not a file."""
+    whether it held).
+
+    Raises:
+        ArtifactError: `artifact` is missing, differs from its manifest record, or cannot
+            be opened, naming the command that remakes it (`check_artifact`).
+    """
     from retinaunet_deploy.artifacts import write_json
     from retinaunet_deploy.errors import ArtifactError
 
     artifact, out_dir = Path(artifact), Path(out_dir)
-    if not artifact.is_file():
-        raise ArtifactError(f"{artifact} not found; export the run first or name another "
-                            f"file of it with --soak-artifact")
-    result = soak(artifact, minutes, threads, callers, progress=progress)
+    remedy = check_artifact(artifact)
+    try:
+        result = soak(artifact, minutes, threads, callers, progress=progress)
+    except ArtifactError as error:
+        # Damaged where no record shows it (an unrecorded file): name the stage's command
+        # where the runtime could only say "re-create it".
+        if remedy is None or not str(error).endswith("re-create it"):
+            raise
+        raise ArtifactError(f"{error} with '{remedy}'") from error
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "result.json", result)
     plot(result, out_dir / "rss.png")
