@@ -372,3 +372,14 @@ def test_a_reader_without_a_probe_is_read_in_full(npy_reader, tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((12, 20, 3), np.uint8))
     assert readers.probe_image(tmp_path / "a.npy") == readers.ImageHeader(
         tmp_path / "a.npy", 12, 20, 3, np.dtype(np.uint8), "NPY")
+
+
+def test_boxes_from_mask_refuses_values_outside_its_classes():
+    from retinaunet_deploy.data.sample import boxes_from_mask
+
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:4, 2:4], mask[6:8, 6:8] = 1, 255
+    with pytest.raises(DataError, match=r"the mask has value\(s\) \[255\] outside the 3 "
+                                        r"classes 0\.\.2; fix the mask"):
+        boxes_from_mask(mask, 3)
+    assert len(boxes_from_mask(np.minimum(mask, 1), 3)[0]) == 2

@@ -90,13 +90,18 @@ def boxes_from_mask(mask: np.ndarray, num_classes: int):
 
     Args:
         mask: (H, W) integer class indices, 0 = background.
-        num_classes: mask classes including background; larger values are ignored.
+        num_classes: mask classes including background.
     Returns:
         boxes: (M, 4) float32 (y1, x1, y2, x2) pixels, y2/x2 exclusive, class by
             class, each class's components in raster order.
         classes: (M,) int32 detection class = mask class - 1.
+    Raises:
+        DataError: a value outside 0..num_classes-1 (never dropped silently).
     """
-    mask = np.where(mask < num_classes, mask, 0)
+    outside = np.unique(mask[(mask < 0) | (mask >= num_classes)])
+    if outside.size:
+        raise DataError(f"the mask has value(s) {outside[:10].tolist()} outside the "
+                        f"{num_classes} classes 0..{num_classes - 1}; fix the mask")
     return instance_boxes(components_as_instances(mask), mask)
 
 
