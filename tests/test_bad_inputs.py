@@ -308,6 +308,9 @@ def test_dataset_with_a_missing_mask(tmp_path):
      "Invalid value for '--threads': -2 is not in the range x>=1"),
     (["calibrate", "{run}", "--threads", "0"],
      "Invalid value for '--threads': 0 is not in the range x>=1"),
+    # An option the chosen method would ignore is refused, not dropped.
+    (["calibrate", "{run}", "--percentile", "99.9"],
+     "--percentile applies to --method percentile only, not minmax"),
     (["triton", "{run}", "--max-queue-delay-us", "-5"],
      "Invalid value for '--max-queue-delay-us': -5 is not in the range x>=0"),
 ])

@@ -383,3 +383,21 @@ def test_boxes_from_mask_refuses_values_outside_its_classes():
                                         r"classes 0\.\.2; fix the mask"):
         boxes_from_mask(mask, 3)
     assert len(boxes_from_mask(np.minimum(mask, 1), 3)[0]) == 2
+
+
+def test_a_file_of_several_frames_is_refused_not_cut_to_its_first(tmp_path):
+    frames = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    for read in (readers.read_image, readers.probe_image,
+                 lambda p: readers.read_labels(p, "mask")):
+        with pytest.raises(DataError, match=r"anim\.png holds 2 frames \(an animation or a "
+                                            r"stack\); save each image as its own file"):
+            read(tmp_path / "anim.png")
+
+
+def test_a_colour_mask_with_equal_channels_says_save_it_as_greyscale(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"mask .*m\.png is uint8 of shape \(8, 8, 3\); masks "
+                                        r"must be single-channel integer label images; its "
+                                        r"channels are equal: save it as greyscale"):
+        readers.read_labels(tmp_path / "m.png", "mask")

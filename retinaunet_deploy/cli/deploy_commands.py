@@ -47,6 +47,10 @@ def calibrate(run_dir, method, percentile, calibration_images, eval_images, no_f
     The target options (one per gate) follow the others."""
     from retinaunet_deploy.export.calibration import calibrate as run_calibration
 
+    source = click.get_current_context().get_parameter_source("percentile")
+    if method != "percentile" and source is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(f"--percentile applies to --method percentile only, not "
+                               f"{method}; add --method percentile or drop --percentile")
     options = CalibrationOptions.from_flat(
         method=method, percentile=percentile, calibration_images=calibration_images,
         eval_images=eval_images, fallback=not no_fallback, cpu_variant=not no_cpu_variant,

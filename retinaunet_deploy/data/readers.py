@@ -236,8 +236,12 @@ def read_labels(path: Path, what: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2 or array.dtype.kind not in "uib":
+        same = (array.ndim == 3 and array.shape[-1] > 1
+                and all(np.array_equal(array[..., 0], array[..., i])
+                        for i in range(1, array.shape[-1])))
         raise DataError(f"{what} {path} is {array.dtype} of shape {array.shape}; {what}s must "
-                        f"be single-channel integer label images")
+                        f"be single-channel integer label images"
+                        + ("; its channels are equal: save it as greyscale" if same else ""))
     array = array.astype(np.int64)
     if array.size and array.min() < 0:
         raise DataError(f"{what} {path} has negative value {int(array.min())}; labels are "
@@ -270,7 +274,12 @@ def _open_pillow(path: Path, work):
     try:
         with Image.open(path) as image:
             known = {"mode": image.mode, "pillow_format": image.format,
-                     "lossy": image.format in ("JPEG", "MPO")}
+                     "lossy": image.format in ("JPEG", "MPO"),
+                     "transparency": "transparency" in image.info}  # kept as values
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:   # Pillow would give the first frame only
+                raise DataError(f"{path} holds {frames} frames (an animation or a stack); "
+                                f"save each image as its own file")
             ihdr = _png_ihdr(path) if image.format == "PNG" else None
             if ihdr:
                 known["bit_depth"], colour = ihdr
@@ -293,11 +302,13 @@ def _open_pillow(path: Path, work):
 
 def read_png(path: Path) -> tuple[np.ndarray, dict]:
     """A PNG (or any file Pillow opens) as stored; metadata ``mode`` (Pillow's),
-    ``pillow_format``, ``lossy`` and, for a PNG, ``bit_depth`` and ``colour_type``.
+    ``pillow_format``, ``lossy``, ``transparency`` (a transparent colour is named: the
+    pixels keep their values) and, for a PNG, ``bit_depth`` and ``colour_type``.
 
     1/2/4-bit greyscale PNGs keep their stored values (0..1, 0..3, 0..15: class
     indices stay class indices); `png_image` scales them to 0..255 for an image.
-    A 16-bit colour or grey+alpha PNG is refused (Pillow would keep 8 of its bits).
+    A 16-bit colour or grey+alpha PNG is refused (Pillow would keep 8 of its bits), and
+    so is a file of several frames (an APNG, a multi-frame GIF: Pillow reads frame 0).
     """
     def work(image, known):
         image.load()
