@@ -221,3 +221,21 @@ def test_big_endian_tiffs_read_in_native_order(tmp_path):
     assert image.dtype == np.dtype(np.uint16)
     np.testing.assert_array_equal(image[..., 0], pixels)
     assert readers.probe_image(path).dtype == np.dtype(np.uint16)
+
+
+def test_predict_takes_compressed_tiffs(tiny_exported, tmp_path):
+    """Issue 19: LZW and JPEG TIFFs were refused by predict ("replace it with a valid TIFF")."""
+    from click.testing import CliRunner
+
+    from retinaunet_deploy.cli import cli
+    from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
+
+    run_dir, _ = tiny_exported
+    image = synthetic_samples(SyntheticConfig(size=64), 1, seed=1, split="test")[0].image
+    tifffile.imwrite(tmp_path / "lzw.tif", image[..., 0], compression="lzw", tile=(32, 32))
+    tifffile.imwrite(tmp_path / "jpeg.tif", image[..., 0], compression="jpeg", bigtiff=True)
+    result = CliRunner().invoke(cli, ["predict", str(run_dir / "model.onnx"),
+                                      str(tmp_path / "lzw.tif"), str(tmp_path / "jpeg.tif"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "lzw.tif" in result.output and "jpeg.tif" in result.output
