@@ -102,8 +102,9 @@ def test_a_label_map_trains_two_classes_and_the_mean_is_not_inflated(tmp_path):
 
 def test_sixteen_bit_masks_beyond_a_uint8_class_name_the_map(tmp_path):
     data = disks_folder(tmp_path / "data", count=4, value=65535, dtype=np.uint16)
-    with pytest.raises(DataError, match=r"has values \[0, 65535\].*at most 256 classes .*"
-                                        r"--label-map 65535:1$"):
+    with pytest.raises(DataError, match=r"has class value 65535; at most 256 classes .*values "
+                                        r"found: \[0, 65535\]\); map them with --label-map "
+                                        r"65535:1$"):
         train(TrainOptions(data=str(data), **TINY), tmp_path / "run", verbose=0)
 
 

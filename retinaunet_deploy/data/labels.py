@@ -49,8 +49,11 @@ def apply_labels(stored: np.ndarray, labels: Labels, path: Path) -> np.ndarray:
             else np.zeros(len(values), bool))
     limit = MASK_CLASSES if labels.void is None else VOID_LABEL
     if np.any(classes[~void] >= limit):
-        raise DataError(refusal(path, [int(v) for v in values], classes[~void].tolist(),
-                                labels, f"at most {limit} classes (0..{limit - 1}) fit a mask"))
+        after = f" after {labels.describe()}" if labels.describe() else ""
+        raise DataError(f"mask {path} has class value {int(classes[~void].max())}{after}; at "
+                        f"most {limit} classes (0..{limit - 1}) fit a mask (values found: "
+                        f"{_short([int(v) for v in values])}); "
+                        f"{suggest([0, *classes[~void].tolist()], labels)}")
     classes[void] = VOID_LABEL
     return classes.astype(np.uint8)[inverse.reshape(stored.shape)]
 
