@@ -127,6 +127,17 @@ def test_a_void_border_is_refused_then_left_out_with_ignore_index(tmp_path):
         void = sample.mask == VOID_LABEL
         assert void.any() and set(np.unique(sample.mask)) == {0, 1, VOID_LABEL}
         assert not sample.instances[void].any()            # void belongs to no object
+    # Every later stage reads the masks through the same rules: held-out sets (evaluation,
+    # bench), their ground-truth boxes (gates) and calibration patches.
+    from retinaunet_deploy.data.splits import calibration_images, held_out_set
+    from retinaunet_deploy.judge.ground_truth import sample_truths
+
+    held_out = held_out_set(card, 8)
+    assert [s.name for s in held_out] == [s.name for s in samples]
+    assert all((s.mask == VOID_LABEL).any() for s in held_out)
+    assert all(set(classes.tolist()) <= {0} for _, classes in sample_truths(held_out))
+    assert sum(len(classes) for _, classes in sample_truths(held_out)) >= 2 * len(held_out)
+    assert calibration_images(card, 4).shape == (4, 64, 64, 1)
     # Void pixels count in no figure: predicting them as anything scores the same.
     perfect = [SimpleNamespace(mask=np.where(s.mask == VOID_LABEL, 1, s.mask).astype(np.uint8),
                                detections=None) for s in samples]
