@@ -98,6 +98,11 @@ def test_a_label_map_trains_two_classes_and_the_mean_is_not_inflated(tmp_path):
     # Later stages read the masks through the recorded map.
     assert all(set(np.unique(s.mask)) <= {0, 1} for s in load_split(card, "test"))
     assert card.training["best_epoch"] >= 1 and card.training["best_val_score"] is not None
+    # The same scenes stored as 0/1 train the same model to the same figures.
+    same = train(TrainOptions(data=str(disks_folder(tmp_path / "data01", value=1)), **TINY),
+                 tmp_path / "run01", verbose=0)
+    assert same.evaluation == evaluation
+    assert same.training["history"] == card.training["history"]
 
 
 def test_sixteen_bit_masks_beyond_a_uint8_class_name_the_map(tmp_path):
