@@ -280,3 +280,13 @@ def test_label_rules_options_and_card_section():
     assert ModelCard.from_dict(labelled).to_dict() == labelled
     with pytest.raises(ArtifactError, match="malformed 'labels' section"):
         ModelCard.from_dict({**minimal, "labels": {"map": {"x": 1}}})
+
+
+def test_a_detection_class_the_model_lacks_is_an_error_not_a_shifted_one_hot():
+    from retinaunet_deploy.data.targets import match_anchors
+
+    box = np.array([[0, 0, 10, 10]], np.float32)
+    cls_target, _ = match_anchors(box, np.array([0]), box, 1)
+    assert cls_target.tolist() == [[1.0, 1.0]]
+    with pytest.raises(ValueError, match=r"detection class 254 outside 0..0"):
+        match_anchors(box, np.array([254]), box, 1)
