@@ -186,6 +186,7 @@ def finite_history(history: dict) -> dict:
 
 def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> list[str]:
     """What a user must know about the figures: small splits, boxes that merge, silence."""
+    from retinaunet_deploy.data.labels import foreground_pixels
     from retinaunet_deploy.data.splits import few_images_warning
 
     warnings = [w for w in (few_images_warning(len(splits.val), "validation (best epoch)"),
@@ -195,14 +196,19 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
         warnings.append("no instances/ folder: boxes are connected components of the mask, so "
                         "touching objects of one class share one box; add 16-bit instance "
                         "labels to separate them")
-    from retinaunet_deploy.data.labels import foreground_pixels
-
+    void = options.labels.void
+    if void is not None and not any((s.mask == void).any()
+                                    for part in (splits.train, splits.val, splits.test)
+                                    for s in part):
+        warnings.append(f"--ignore-index {options.labels.ignore_index}: no mask holds that "
+                        f"value, so no pixel is void; check the value")
     for name, samples in (("validation", splits.val), ("test", splits.test)):
         if not any(foreground_pixels(s.mask, options.labels) for s in samples):
             warnings.append(
                 f"the {name} split has no foreground pixel: "
                 + ("no epoch was chosen by validation figures (the last epoch's weights are "
-                   "kept)" if name == "validation" else "the test Dice and AP are n/a")
+                   "kept)" if name == "validation" else "the test figures have no object to measure "
+                   "(Dice n/a, or 0 for false positives; AP n/a)")
                 + "; give it images with labelled objects (--splits FILE)")
     if evaluation.get("objects") and evaluation.get("map@0.1") == 0:
         warnings.append(f"the detector found none of the {evaluation['objects']} test objects "

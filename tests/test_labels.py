@@ -192,8 +192,9 @@ def test_validation_and_test_splits_without_foreground_give_null_with_a_reason(t
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"train": ["00.png", "01.png", "02.png"],
                                   "val": ["03.png", "04.png"], "test": ["05.png"]}))
-    card = train(TrainOptions(data=str(data), splits=str(splits), **TINY), tmp_path / "run",
-                 verbose=0)
+    card = train(TrainOptions(data=str(data), splits=str(splits), ignore_index=200, **TINY),
+                 tmp_path / "run", verbose=0)
+    assert any("--ignore-index 200: no mask holds that value" in w for w in card.warnings)
     written = strict_json(tmp_path / "run" / "model_card.json")      # no NaN anywhere
     strict_json(tmp_path / "run" / "manifest.json")
     training = written["training"]
