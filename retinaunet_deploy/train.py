@@ -202,14 +202,14 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
                                     for s in part):
         warnings.append(f"--ignore-index {options.labels.ignore_index}: no mask holds that "
                         f"value, so no pixel is void; check the value")
+    consequence = {"validation": "no epoch was chosen by validation figures (the last "
+                                 "epoch's weights are kept)",
+                   "test": "the test figures have no object to measure (Dice n/a, or 0 for "
+                           "false positives; AP n/a)"}
     for name, samples in (("validation", splits.val), ("test", splits.test)):
         if not any(foreground_pixels(s.mask, options.labels) for s in samples):
-            warnings.append(
-                f"the {name} split has no foreground pixel: "
-                + ("no epoch was chosen by validation figures (the last epoch's weights are "
-                   "kept)" if name == "validation" else "the test figures have no object to measure "
-                   "(Dice n/a, or 0 for false positives; AP n/a)")
-                + "; give it images with labelled objects (--splits FILE)")
+            warnings.append(f"the {name} split has no foreground pixel: {consequence[name]}; "
+                            f"give it images with labelled objects (--splits FILE)")
     if evaluation.get("objects") and evaluation.get("map@0.1") == 0:
         warnings.append(f"the detector found none of the {evaluation['objects']} test objects "
                         f"(AP@0.1 = 0): train longer (--epochs, --steps-per-epoch) or check "
