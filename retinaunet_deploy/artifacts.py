@@ -251,8 +251,10 @@ def headline_figure(record: dict) -> str:
     figures = record.get("figures") or {}
     if "test" in figures:  # a trained model, against ground truth
         test = figures["test"]
-        text = f"test Dice {test['mean_dice']:.4f}"
-        return text + (f", mAP@0.1 {test['map@0.1']:.3f}" if "map@0.1" in test else "")
+        dice, ap = test.get("mean_dice"), test.get("map@0.1")   # None: n/a
+        text = f"test Dice {'n/a' if dice is None else format(dice, '.4f')}"
+        return text + (f", mAP@0.1 {'n/a' if ap is None else format(ap, '.3f')}"
+                       if "map@0.1" in test else "")
     if "parity" in figures:
         parity = figures["parity"]
         return (f"max |ONNX - Keras| {parity['max_abs_error_all']:.1e}, argmax "

@@ -12,6 +12,7 @@ ONNX file's metadata). Its sections:
 * ``normalization`` (`Normalization`): mean and std of the training pixels;
   applied in-graph by the ``preprocess`` Rescaling layer (x * scale + offset);
 * ``anchors`` (`AnchorConfig`), ``postprocess`` (`DetectionConfig`);
+* ``labels`` (`label_rules.Labels`, optional): the mask values' label map and ignore index;
 * ``data``, ``training``, ``evaluation`` and ``warnings``: where the model came
   from and how good it was on held-out images.
 
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from retinaunet_deploy.artifacts import write_json
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.label_rules import VOID_LABEL, Labels  # noqa: F401 (the card's section)
 from retinaunet_deploy.model.anchors import AnchorConfig
 from retinaunet_deploy.names import CARD
 from retinaunet_deploy.postprocess import DetectionConfig
@@ -144,6 +146,7 @@ class ModelCard:
         anchors: `AnchorConfig`, or None without heads.
         postprocess: `DetectionConfig` as recorded, or None (see `detection_config`).
         data: the dataset source's block (``kind``, splits...; `data.sources`; read-only).
+        labels: `Labels`: how the masks were read (label map, ignore index).
         preset: the architecture preset's name, or None.
         card_version: the schema version it was written in (`CARD_VERSION`).
         raw: the JSON it was read from ({} for a card built in code).
@@ -157,6 +160,7 @@ class ModelCard:
     anchors: AnchorConfig | None = None
     postprocess: DetectionConfig | None = None
     data: dict = field(default_factory=dict)
+    labels: Labels = field(default_factory=Labels)
     preset: str | None = None
     card_version: int = CARD_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -208,6 +212,8 @@ class ModelCard:
                               for key in keys})
 
     def _typed_sections(self) -> dict:
+        labels = ({"labels": self.labels.to_dict()}   # optional: absent = masks as stored
+                  if self.labels != Labels() or "labels" in self.raw else {})
         return {
             "card_version": self.card_version, "preset": self.preset,
             "builder": self.builder, "class_names": list(self.class_names),
@@ -215,7 +221,7 @@ class ModelCard:
             "normalization": self.normalization.to_dict(),
             "anchors": self.anchors.to_dict() if self.anchors else None,
             "postprocess": self.postprocess.to_dict() if self.postprocess else None,
-            "data": self.data,
+            "data": self.data, **labels,
         }
 
     @cached_property
@@ -269,6 +275,7 @@ class ModelCard:
             postprocess=section("postprocess", lambda: DetectionConfig(
                 **_mapping(js["postprocess"])) if js.get("postprocess") else None),
             data=section("data", lambda: _mapping(js.get("data") or {})),
+            labels=section("labels", lambda: Labels.from_dict(js.get("labels"))),
             preset=js.get("preset"), card_version=js["card_version"],
             raw=json.loads(json.dumps(js)))
 

@@ -4,7 +4,11 @@ Training reads patches of `size` cut from images of any size (`data.patches`);
 an epoch is `steps_per_epoch` batches whatever the dataset's size. Validation
 (best-epoch choice) and the test figures score whole images through the same
 `Predictor` that apps use. The splits are decided here, once, and recorded in
-the model card (`data.splits`); every later stage reads them back.
+the model card (`data.splits`); every later stage reads them back. Mask values
+must be the classes 0..K-1 (`data.labels`): `label_map` and `ignore_index`
+(``--label-map``, ``--ignore-index``) say how other values are read, are
+recorded in the card's ``labels``, and void pixels count in no loss and no
+figure. A training split without a foreground pixel is refused before training.
 
 The run folder receives an uncompiled inference model with symbolic height and
 width (built-in layers only, so it loads with ``safe_mode=True`` without this
@@ -25,6 +29,7 @@ from retinaunet_deploy.artifacts import record_artifact, tool_versions
 from retinaunet_deploy.card import CARD_VERSION, ModelCard, save_card
 from retinaunet_deploy.data.sources import Splits, source_for
 from retinaunet_deploy.errors import ConfigError
+from retinaunet_deploy.label_rules import Labels
 from retinaunet_deploy.names import CARD, KERAS
 
 
@@ -35,7 +40,9 @@ class TrainOptions:
     `data` names a dataset source (`data.sources`): "synthetic", or a folder
     path; the synthetic counts apply to the embedded dataset only. A folder dataset is split by a seeded shuffle into
     train / validation (`val_fraction`) / test (`test_fraction`), or as the JSON
-    file `splits` says.
+    file `splits` says. `label_map` (stored mask value -> class) and `ignore_index`
+    (the stored value of void pixels) are the label rules of a dataset read from
+    mask files (`label_rules.Labels`, the `labels` property).
     """
 
     data: str = "synthetic"
@@ -51,6 +58,8 @@ class TrainOptions:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     splits: str | None = None
+    label_map: dict = field(default_factory=dict)
+    ignore_index: int | None = None
     learning_rate: float = 2e-3
     dice_weight: float = 1.0
     loss_weights: dict = field(default_factory=lambda: {"mask": 1.0, "cls_logits": 1.0,
@@ -76,13 +85,42 @@ class TrainOptions:
         if not 0 <= self.foreground_fraction <= 1:
             raise ConfigError(f"foreground fraction must be in [0, 1], got "
                               f"{self.foreground_fraction}")
+        self.labels  # noqa: B018 (checks the label rules)
+
+    @property
+    def labels(self) -> Labels:
+        """The label rules (`label_rules.Labels`) of `label_map` and `ignore_index`."""
+        return Labels(self.label_map, self.ignore_index)
 
 
 def load_splits(options: TrainOptions) -> Splits:
     """The samples of each split and the card's ``data`` block, from the source that
     ``options.data`` names (`data.sources`: synthetic, or a folder split once and
-    recorded)."""
-    return source_for(options.data).split(options)
+    recorded).
+
+    Raises ConfigError for label rules given to a source that makes its masks as
+    classes (synthetic), and DataError for a training split without foreground.
+    """
+    from retinaunet_deploy.data.labels import check_training_split
+
+    source = source_for(options.data)
+    if options.labels != Labels() and not source.takes_labels:
+        raise ConfigError(f"--label-map and --ignore-index apply to masks read from files; "
+                          f"--data {options.data} makes its masks as classes 0..K-1: leave "
+                          f"them out")
+    splits = source.split(options)
+    check_training_split(splits.train, options.labels,
+                         splits.description.get("path") or options.data)
+    return splits
+
+
+def selection_score(report: dict) -> float | None:
+    """The best-epoch score of a validation report: the mean foreground Dice, averaged
+    with mAP@0.1 when the model has detection heads and the split has a box; None when
+    neither is defined (no foreground in truth or prediction)."""
+    parts = [report["mean_dice"]] + ([report["map@0.1"]] if "map@0.1" in report else [])
+    parts = [part for part in parts if part is not None]
+    return sum(parts) / len(parts) if parts else None
 
 
 def whole_image_figures(predictor, samples, class_names, num_det_classes) -> dict:
@@ -109,7 +147,7 @@ def _validation_callback(card: ModelCard, val_samples, num_det_classes):
     class ValidationFigures(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.best_score, self.best_epoch, self.best_weights = -1.0, -1, None
+            self.best_score, self.best_epoch, self.best_weights = None, None, None
             self.predictor = None
 
         def on_epoch_end(self, epoch, logs=None):
@@ -117,20 +155,38 @@ def _validation_callback(card: ModelCard, val_samples, num_det_classes):
                 self.predictor = Predictor(KerasBackend.from_model(self.model, card), card)
             report = whole_image_figures(self.predictor, val_samples, card.class_names,
                                          num_det_classes)
+            score = selection_score(report)
+            if score is None:     # not with a foreground pixel in the split (train checks)
+                return
             logs["val_dice"] = report["mean_dice"]
-            logs["val_score"] = report["mean_dice"]
-            if "map@0.1" in report:
+            if report.get("map@0.1") is not None:
                 logs["val_ap10"] = report["map@0.1"]
-                logs["val_score"] = (report["mean_dice"] + report["map@0.1"]) / 2
-            if logs["val_score"] > self.best_score:
-                self.best_score, self.best_epoch = logs["val_score"], epoch
+            logs["val_score"] = score
+            if self.best_score is None or score > self.best_score:
+                self.best_score, self.best_epoch = score, epoch
                 self.best_weights = self.model.get_weights()
 
     return ValidationFigures()
 
 
+NO_SELECTION = ("the validation split has no foreground pixel, so no epoch could be chosen by "
+                "its figures: the last epoch's weights were kept")
+
+
+def finite_history(history: dict) -> dict:
+    """The card's ``history`` (5 decimals per epoch), a non-finite value (a diverged loss)
+    as null with ``history_reason`` beside it: the card stays strict JSON."""
+    rounded = {k: [round(float(v), 5) if np.isfinite(v) else None for v in vals]
+               for k, vals in history.items()}
+    if any(v is None for vals in rounded.values() for v in vals):
+        return {"history": rounded, "history_reason": "null: not finite (NaN or Inf) in that "
+                "epoch; training diverged: lower --lr"}
+    return {"history": rounded}
+
+
 def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> list[str]:
     """What a user must know about the figures: small splits, boxes that merge, silence."""
+    from retinaunet_deploy.data.labels import foreground_pixels
     from retinaunet_deploy.data.splits import few_images_warning
 
     warnings = [w for w in (few_images_warning(len(splits.val), "validation (best epoch)"),
@@ -140,7 +196,21 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
         warnings.append("no instances/ folder: boxes are connected components of the mask, so "
                         "touching objects of one class share one box; add 16-bit instance "
                         "labels to separate them")
-    if "map@0.1" in evaluation and evaluation.get("objects") and evaluation["map@0.1"] == 0:
+    void = options.labels.void
+    if void is not None and not any((s.mask == void).any()
+                                    for part in (splits.train, splits.val, splits.test)
+                                    for s in part):
+        warnings.append(f"--ignore-index {options.labels.ignore_index}: no mask holds that "
+                        f"value, so no pixel is void; check the value")
+    consequence = {"validation": "no epoch was chosen by validation figures (the last "
+                                 "epoch's weights are kept)",
+                   "test": "the test figures have no object to measure (Dice n/a, or 0 for "
+                           "false positives; AP n/a)"}
+    for name, samples in (("validation", splits.val), ("test", splits.test)):
+        if not any(foreground_pixels(s.mask, options.labels) for s in samples):
+            warnings.append(f"the {name} split has no foreground pixel: {consequence[name]}; "
+                            f"give it images with labelled objects (--splits FILE)")
+    if evaluation.get("objects") and evaluation.get("map@0.1") == 0:
         warnings.append(f"the detector found none of the {evaluation['objects']} test objects "
                         f"(AP@0.1 = 0): train longer (--epochs, --steps-per-epoch) or check "
                         f"the labels")
@@ -158,6 +228,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     import tensorflow as tf
 
     from retinaunet_deploy.artifacts import atomic_path
+    from retinaunet_deploy.data.labels import foreground_pixels
     from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.model.anchors import generate_anchors
@@ -198,6 +269,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
         "anchors": anchor_config.to_dict() if anchor_config else None,
         "postprocess": DetectionConfig().to_dict() if anchor_config else None,
         "data": splits.description,
+        "labels": options.labels.to_dict(),
     }
     card = ModelCard.from_dict(card_json, "the model card being trained")  # for validation
 
@@ -209,7 +281,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
         schedule = keras.optimizers.schedules.CosineDecay(
             options.learning_rate, decay_steps=options.steps_per_epoch * options.epochs,
             alpha=0.02, warmup_target=None)
-        losses = {"mask": MaskLoss(num_classes, options.dice_weight)}
+        losses = {"mask": MaskLoss(num_classes, options.dice_weight, options.labels.void)}
         if builder.has_detection:
             losses.update(cls_logits=FocalLoss(), box_deltas=SmoothL1Loss())
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses,
@@ -222,22 +294,32 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     batches = PatchBatches(splits.train, patch_options, options.batch_size, anchors,
                            builder.num_det_classes, mean, std, np.iinfo(pixel_dtype).max,
                            seed=options.seed)
-    figures = _validation_callback(card, splits.val, builder.num_det_classes)
-    early_stop = keras.callbacks.EarlyStopping(monitor="val_score", mode="max",
-                                               patience=options.patience)
+    # A validation split without foreground cannot choose an epoch (its Dice is n/a or 0
+    # whatever the model): then no selection and no early stop; the card says why.
+    figures, callbacks = None, []
+    if any(foreground_pixels(s.mask, options.labels) for s in splits.val):
+        figures = _validation_callback(card, splits.val, builder.num_det_classes)
+        callbacks = [figures, keras.callbacks.EarlyStopping(monitor="val_score", mode="max",
+                                                            patience=options.patience)]
     history = model.fit(batches.dataset(options.steps_per_epoch * options.epochs),
                         epochs=options.epochs, steps_per_epoch=options.steps_per_epoch,
-                        callbacks=[figures, early_stop], shuffle=False, verbose=verbose)
+                        callbacks=callbacks, shuffle=False, verbose=verbose)
     train_seconds = time.perf_counter() - started
 
     # Restore the best epoch into a fresh, uncompiled model: the saved file then
     # needs no custom loss classes and loads with safe_mode=True anywhere.
     inference_model = builder.build_model(any_size=True)
-    inference_model.set_weights(figures.best_weights or model.get_weights())
+    chosen = figures is not None and figures.best_epoch is not None
+    inference_model.set_weights(figures.best_weights if chosen else model.get_weights())
     predictor = Predictor(KerasBackend.from_model(inference_model, card), card)
     evaluation = whole_image_figures(predictor, splits.test, splits.class_names,
                                      builder.num_det_classes)
 
+    history_block = finite_history(history.history)
+    warnings = data_warnings(splits, options, evaluation)
+    if "history_reason" in history_block:
+        warnings.append("a training loss was not finite (NaN or Inf) in some epoch: training "
+                        "diverged; retrain with a lower --lr")
     out_dir = Path(out_dir)
     with atomic_path(out_dir / KERAS) as tmp:
         inference_model.save(tmp)
@@ -248,15 +330,15 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
             "patches": asdict(patch_options),
             "images": {name: len(getattr(splits, name)) for name in ("train", "val", "test")},
             "epochs_run": len(history.history["loss"]),
-            "best_epoch": figures.best_epoch + 1,
-            "best_val_score": round(float(figures.best_score), 4),
+            "best_epoch": figures.best_epoch + 1 if chosen else None,
+            "best_val_score": round(float(figures.best_score), 4) if chosen else None,
+            **({} if chosen else {"best_epoch_reason": NO_SELECTION}),
             "seconds": round(train_seconds, 1),
-            "history": {k: [round(float(v), 5) for v in vals]
-                        for k, vals in history.history.items()},
+            **history_block,
             "tensorflow": tf.__version__, "keras": keras.__version__,
         },
         "evaluation": {"split": "test", "whole_images": True, **evaluation},
-        "warnings": data_warnings(splits, options, evaluation),
+        "warnings": warnings,
     })
     record_artifact(out_dir, KERAS, "train", options=asdict(options),
                     figures={"test": evaluation}, tools=tool_versions("tensorflow", "keras"))

@@ -13,8 +13,9 @@ def test_dice_and_iou_by_hand():
     # class 1: |P|=1, |T|=2, overlap 1 -> Dice 2/3, IoU 1/2; class 2: |P|=2, |T|=1 -> same.
     np.testing.assert_allclose(dice_per_class(pred, truth, 3), [1, 2 / 3, 2 / 3])
     np.testing.assert_allclose(iou_per_class(pred, truth, 3), [1, 0.5, 0.5])
-    # An absent class in both is perfect, absent in one is zero.
-    np.testing.assert_allclose(dice_per_class(np.zeros((2, 2)), np.zeros((2, 2)), 2), [1, 1])
+    # A class absent in both has no Dice (n/a: NaN, left out of means), absent in one is zero.
+    np.testing.assert_allclose(dice_per_class(np.zeros((2, 2)), np.zeros((2, 2)), 2),
+                               [1, np.nan])
     np.testing.assert_allclose(dice_per_class(np.ones((2, 2)), np.zeros((2, 2)), 2), [0, 0])
 
 

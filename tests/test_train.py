@@ -48,6 +48,12 @@ def test_training_writes_a_loadable_model_and_its_card(tiny_run):
         "pixel_max": 255}
     assert card.input.to_dict() == card.to_dict()["input"]
     assert card.training["images"] == {"train": 16, "val": 8, "test": 8}
+    # The label rules are recorded (none for synthetic masks), and the card is strict JSON.
+    assert card.to_dict()["labels"] == {"map": {}, "ignore_index": None}
+    json.loads((out / "model_card.json").read_text(),
+               parse_constant=lambda constant: pytest.fail(f"the card holds {constant}"))
+    assert 1 <= card.training["best_epoch"] <= card.training["epochs_run"]
+    assert 0 <= card.training["best_val_score"] <= 1
     # Fewer than 16 test images: said loudly, in the card.
     assert any("only 8 image(s)" in w for w in card.warnings)
     # The graph's Rescaling is the card's normalisation.

@@ -120,6 +120,12 @@ def _show_lineage(run_dir: Path):
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help='A folder dataset\'s splits as JSON {"train": [names], '
                                  '"val": [...], "test": [...]} [default: a seeded shuffle].')
+@click.option("--label-map", default=None, metavar="STORED:CLASS[,...]",
+              help="Map stored mask values to classes 0..K-1, e.g. 255:1 for masks saved as "
+                   "0/255 (a folder dataset's masks must hold classes 0..K-1).")
+@click.option("--ignore-index", type=click.IntRange(min=0), default=None,
+              help="A stored mask value marking void pixels (e.g. 255, a VOC border), left "
+                   "out of the losses and of every figure.")
 @click.option("--lr", "learning_rate", type=float, default=TRAIN.learning_rate,
               show_default=True, help="Peak learning rate (Adam, cosine decay).")
 @click.option("--seed", type=int, default=TRAIN.seed, show_default=True)
@@ -128,14 +134,17 @@ def _show_lineage(run_dir: Path):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("export/default"), show_default=True, help="Run folder to write.")
 def train(data, preset, size, epochs, steps_per_epoch, batch_size, train_images, val_images,
-          test_images, splits_file, learning_rate, seed, no_detection, no_flips, out_dir):
+          test_images, splits_file, label_map, ignore_index, learning_rate, seed, no_detection,
+          no_flips, out_dir):
     """Train a RetinaUNet; write OUT/model.keras and OUT/model_card.json."""
+    from retinaunet_deploy.label_rules import parse_label_map
     from retinaunet_deploy.train import train as run_training
 
     options = TrainOptions(data=data, preset=preset, size=size, epochs=epochs,
                            steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            train_images=train_images, val_images=val_images,
                            test_images=test_images, splits=splits_file,
+                           label_map=parse_label_map(label_map), ignore_index=ignore_index,
                            learning_rate=learning_rate, seed=seed, detection=not no_detection,
                            flips=not no_flips, rotations=not no_flips)
     card = run_training(options, out_dir)
@@ -174,7 +183,7 @@ def _print_evaluation(card: ModelCard, out_dir: Path):
         table.add_row(name, *("n/a" if v is None else f"{v:.3f}" for v in values))
     means = [evaluation["mean_dice"], evaluation["mean_iou"]] + [
         evaluation["m" + c] for c in columns[2:]]
-    table.add_row("mean", *(f"{v:.3f}" for v in means))
+    table.add_row("mean", *("n/a" if v is None else f"{v:.3f}" for v in means))
     out = Console()
     out.print(table)
     for warning in card.warnings:

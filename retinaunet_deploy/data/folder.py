@@ -6,11 +6,14 @@ Files pair up by stem (``images/a.tif`` with ``masks/a.png``), in any format
 * images: 8- or 16-bit greyscale, or 8-bit RGB, of any height and width (at
   least one network stride); every image of a dataset has the same channels
   and bit depth;
-* masks: one channel of class indices, 0 = background, same size as the image;
+* masks: one channel of class indices 0..K-1, 0 = background, same size as the
+  image; other values (a 0/255 binary mask, a 255 void border) are mapped or marked
+  void by the run's label rules (`data.labels`, ``train --label-map``,
+  ``--ignore-index``), or refused;
 * instances (optional): 16-bit label images, 0 = background, one id per object.
   Each instance becomes one box of the mask class under it. Without them boxes
   are the connected components of each class, so touching objects of one class
-  share one box.
+  share one box. Void pixels belong to no instance.
 
 Every problem is a `DataError` naming the file and what to do about it.
 """
@@ -23,11 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.data import readers
+from retinaunet_deploy.data.labels import apply_labels
 from retinaunet_deploy.data.readers import read_image, read_labels
 from retinaunet_deploy.data.sample import Sample, check_instances, components_as_instances
 from retinaunet_deploy.errors import DataError
+from retinaunet_deploy.label_rules import AS_STORED, Labels
 
-MAX_CLASSES = 256           # masks are stored as uint8 class indices
 MAX_INSTANCES = 65535       # instance labels are 16-bit
 
 
@@ -83,47 +87,51 @@ def sample_sha256(paths) -> str:
     return digest.hexdigest()
 
 
-def load_sample(name: str, paths, min_size: int = 16) -> Sample:
-    """Read and check one sample's files (paths as from `list_folder`)."""
+def load_sample(name: str, paths, min_size: int = 16, labels: Labels = AS_STORED) -> Sample:
+    """Read and check one sample's files (paths as from `list_folder`); the mask through
+    `labels` (`data.labels.apply_labels`: void pixels become `VOID_LABEL` and belong to
+    no instance)."""
     image_path, mask_path, instance_path = paths
     image = read_image(image_path)
-    mask = read_labels(mask_path, "mask")
+    stored = read_labels(mask_path, "mask")
     height, width = image.shape[:2]
-    if mask.shape != (height, width):
-        raise DataError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but its image is "
-                        f"{height}x{width}; masks must match their images")
+    if stored.shape != (height, width):
+        raise DataError(f"mask {mask_path} is {stored.shape[0]}x{stored.shape[1]} but its image "
+                        f"is {height}x{width}; masks must match their images")
     if min(height, width) < min_size:
         raise DataError(f"{image_path} is {height}x{width}, smaller than one network stride "
                         f"({min_size} px); use larger images or leave this one out")
-    if mask.max(initial=0) >= MAX_CLASSES:
-        raise DataError(f"mask {mask_path} has class value {int(mask.max())}; at most "
-                        f"{MAX_CLASSES} classes (0..{MAX_CLASSES - 1}) are supported")
-    mask = mask.astype(np.uint8)
+    mask = apply_labels(stored, labels, mask_path)
+    void = mask == labels.void if labels.void is not None else None
     if instance_path is None:
-        instances = components_as_instances(mask)
+        instances = components_as_instances(mask if void is None else np.where(void, 0, mask))
     else:
-        labels = read_labels(instance_path, "instance label image")
-        if labels.shape != (height, width):
-            raise DataError(f"instance labels {instance_path} are {labels.shape[0]}x"
-                            f"{labels.shape[1]} but the image is {height}x{width}; they must "
+        ids = read_labels(instance_path, "instance label image")
+        if ids.shape != (height, width):
+            raise DataError(f"instance labels {instance_path} are {ids.shape[0]}x"
+                            f"{ids.shape[1]} but the image is {height}x{width}; they must "
                             f"match")
-        if labels.max(initial=0) > MAX_INSTANCES:
-            raise DataError(f"instance labels {instance_path} use id {int(labels.max())}, more "
+        if ids.max(initial=0) > MAX_INSTANCES:
+            raise DataError(f"instance labels {instance_path} use id {int(ids.max())}, more "
                             f"than a 16-bit label image can hold ({MAX_INSTANCES}); split the "
                             f"image into smaller ones")
-        instances = labels.astype(np.int32)
+        instances = ids.astype(np.int32)
+        if void is not None:
+            instances[void] = 0
         check_instances(instances, mask, instance_path)
     return Sample(name, image, mask, instances, sample_sha256(paths))
 
 
 def load_folder_dataset(root: Path, names: list[str] | None = None,
-                        num_classes: int | None = None, min_size: int = 16) -> list[Sample]:
+                        num_classes: int | None = None, min_size: int = 16,
+                        labels: Labels = AS_STORED) -> list[Sample]:
     """Read and validate a folder dataset (all of it, or the named images).
 
     Args:
         names: image file names to load (a recorded split); None loads every image.
         num_classes: mask classes including background; checked when given.
         min_size: the network's total stride; smaller images are refused.
+        labels: the run's label rules (`label_rules.Labels`), applied to every mask.
     """
     files = list_folder(root)
     names = sorted(files) if names is None else names
@@ -132,7 +140,7 @@ def load_folder_dataset(root: Path, names: list[str] | None = None,
         if name not in files:
             raise DataError(f"{Path(root) / 'images' / name} is gone from the dataset; restore "
                             f"it or retrain")
-        samples.append(load_sample(name, files[name], min_size))
+        samples.append(load_sample(name, files[name], min_size, labels))
     first = samples[0].image
     for sample in samples[1:]:
         if sample.image.shape[2] != first.shape[2] or sample.image.dtype != first.dtype:
@@ -142,8 +150,10 @@ def load_folder_dataset(root: Path, names: list[str] | None = None,
                 f"{first.dtype}; all images must share channels and bit depth")
     if num_classes is not None:
         for sample in samples:
-            if sample.mask.max() >= num_classes:
-                raise DataError(f"{files[sample.name][1]} has class value {int(sample.mask.max())}"
+            classes = (sample.mask if labels.void is None
+                       else sample.mask[sample.mask != labels.void])
+            if classes.max(initial=0) >= num_classes:
+                raise DataError(f"{files[sample.name][1]} has class value {int(classes.max())}"
                                 f" but the dataset has {num_classes} classes (0.."
                                 f"{num_classes - 1}); fix the mask or pass the right number of "
                                 f"classes")

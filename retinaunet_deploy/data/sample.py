@@ -27,7 +27,8 @@ class Sample:
     Attributes:
         name: the image's file name (the key in recorded splits).
         image: (H, W, C) uint8 or uint16 raw pixels, C in {1, 3}.
-        mask: (H, W) uint8 class indices, 0 = background.
+        mask: (H, W) uint8 class indices, 0 = background; void pixels (a run's
+            ``--ignore-index``) hold `label_rules.VOID_LABEL` (255) and no instance.
         instances: (H, W) int32 instance ids, 0 = background: from ``instances/``
             when given, else the connected components of each class.
         sha256: hash of the image, mask and instance files together (None when

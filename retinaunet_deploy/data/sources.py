@@ -17,7 +17,9 @@ Built in:
 * ``folder`` (any other ``--data`` value: a path): ``{"kind": "folder", "path",
   "instances", "splits": {split: [[name, sha256], ...]}}``, split by a seeded
   shuffle or a user's splits file; the sha256 covers the image, mask and
-  instance files together, and a folder that changed since is refused;
+  instance files together, and a folder that changed since is refused; its
+  masks are read through the run's label rules (`data.labels`): classes
+  0..K-1, K = the largest class + 1, anything else refused;
 * ``stardist-nuclei``: StarDist's DSB 2018 image, written as a folder by
   `import-data` (then trained as that folder).
 
@@ -34,8 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.data import folder, synthetic
+from retinaunet_deploy.data.labels import dataset_classes
 from retinaunet_deploy.data.sample import SPLIT_NAMES
 from retinaunet_deploy.errors import ConfigError, DataError
+from retinaunet_deploy.label_rules import AS_STORED, Labels
 
 
 @dataclass
@@ -61,10 +65,15 @@ class Source:
         kind: its name: the card's ``data["kind"]``, `import-data`'s argument.
         claims: ``claims(value) -> bool``: whether ``train --data VALUE`` names it.
         split: ``split(options) -> Splits`` at training; `options` has the
-            `train.TrainOptions` fields (data, seed, size, *_images, *_fraction, splits).
+            `train.TrainOptions` fields (data, seed, size, *_images, *_fraction, splits,
+            and `labels`, the label rules).
         load: ``load(data, split, count, min_size) -> [Sample]``: a recorded split
             back from the card's ``data`` block, the first `count` (None: all);
-            raises `DataError` when the data changed since.
+            raises `DataError` when the data changed since. With `takes_labels`,
+            also ``labels=`` (the card's `label_rules.Labels`).
+        takes_labels: whether its masks are read from files through label rules
+            (``train --label-map``, ``--ignore-index``); a source that makes its
+            masks as classes (synthetic) refuses those options.
         make: ``make(data, split, count) -> [Sample]``: `count` images of a split,
             for a source that can make any number (None: held-out sets are the
             recorded split).
@@ -78,6 +87,7 @@ class Source:
     load: Callable[[dict, str, int | None, int], list] | None = None
     make: Callable[[dict, str, int], list] | None = None
     write_folder: Callable[[Path], dict] | None = None
+    takes_labels: bool = False
 
 
 SOURCES: dict[str, Source] = {}
@@ -216,24 +226,29 @@ def verify_folder(data: dict) -> None:
 
 def _folder_split(options) -> Splits:
     root = Path(options.data)
-    names = sorted(folder.list_folder(root))
+    files = folder.list_folder(root)
+    names = sorted(files)
     if options.splits:
         chosen = read_splits_file(Path(options.splits), names)
     else:
         chosen = decide_splits(names, options.seed, options.val_fraction, options.test_fraction)
-    samples = folder.load_folder_dataset(root, [n for part in chosen.values() for n in part])
+    samples = folder.load_folder_dataset(root, [n for part in chosen.values() for n in part],
+                                         labels=options.labels)
     by_name = {s.name: s for s in samples}
-    num_classes = max(2, max(int(s.mask.max()) for s in samples) + 1)
+    num_classes = dataset_classes(samples, {n: files[n][1] for n in by_name}, options.labels,
+                                  root)
     class_names = ["background"] + [f"class_{c}" for c in range(1, num_classes)]
     parts = {split: [by_name[n] for n in part] for split, part in chosen.items()}
     return Splits(parts["train"], parts["val"], parts["test"], class_names,
                   folder_description(root, chosen, samples))
 
 
-def _folder_load(data: dict, split: str, count: int | None, min_size: int) -> list:
+def _folder_load(data: dict, split: str, count: int | None, min_size: int,
+                 labels: Labels = AS_STORED) -> list:
     verify_folder(data)
     names = [name for name, _ in data["splits"][split]][:count]
-    return folder.load_folder_dataset(Path(data["path"]), names, min_size=min_size)
+    return folder.load_folder_dataset(Path(data["path"]), names, min_size=min_size,
+                                      labels=labels)
 
 
 # === data shipped in a package ===
@@ -245,7 +260,7 @@ def _write_stardist_nuclei(out_dir: Path) -> dict:
 
 
 register_source(Source("folder", claims=lambda value: True, split=_folder_split,
-                       load=_folder_load))
+                       load=_folder_load, takes_labels=True))
 register_source(Source("synthetic", claims=lambda value: value == "synthetic",
                        split=_synthetic_split, load=_synthetic_load, make=_synthetic_make))
 register_source(Source("stardist-nuclei", write_folder=_write_stardist_nuclei))

@@ -8,7 +8,9 @@ reads it back here.
 (`held_out_set` and `calibration_images` are built on it):
 it regenerates or re-reads exactly the recorded lists and refuses a folder that
 changed since (a file missing, changed or added), naming the file. Nothing is
-ever re-split.
+ever re-split. Masks read from files go through the card's label rules
+(`card.labels`: label map, ignore index; `data.labels.apply_labels`), exactly
+as training read them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ def load_split(card: ModelCard, split: str, count: int | None = None, min_size: 
     """
     if split not in SPLIT_NAMES:
         raise DataError(f"unknown split {split!r}; choose one of {list(SPLIT_NAMES)}")
-    return source_of(card.data).load(card.data, split, count, min_size)
+    source = source_of(card.data)
+    if source.takes_labels:
+        return source.load(card.data, split, count, min_size, labels=card.labels)
+    return source.load(card.data, split, count, min_size)
 
 
 def calibration_images(card: ModelCard, count: int, seed: int = 1) -> np.ndarray:

@@ -28,9 +28,15 @@ def match_anchors(boxes: np.ndarray, classes: np.ndarray, anchors: np.ndarray,
         cls_target: (A, C + 1) float32: one-hot class in [:C], anchor state in [C]
             (1 positive, 0 negative, -1 ignored).
         box_target: (A, 5) float32: encoded deltas in [:4] (0 unless positive), state in [4].
+    Raises:
+        ValueError: a class >= `num_det_classes` (a mask class the model has no
+            detection class for), instead of a silently shifted one-hot.
     """
     keep = classes >= 0
     boxes, classes = boxes[keep], classes[keep]
+    if len(classes) and classes.max() >= num_det_classes:
+        raise ValueError(f"detection class {int(classes.max())} outside 0..{num_det_classes - 1}: "
+                         f"the masks hold a class the model was not built for")
     num_anchors = len(anchors)
     state = np.full(num_anchors, NEGATIVE, np.float32)
     one_hot = np.zeros((num_anchors, num_det_classes), np.float32)

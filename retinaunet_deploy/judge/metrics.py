@@ -2,8 +2,13 @@
 
 Dice and IoU are computed over a whole set of images per class (pixel counts
 summed over the set, not averaged per image), so images without a class do
-not produce undefined values. AP is the all-point interpolated area under the
-precision-recall curve (PASCAL VOC 2010+ / COCO style), per class.
+not produce undefined values. A class absent from both the truth and the
+prediction of the whole set has no Dice or IoU (NaN: "n/a"), and a mean leaves
+it out (`defined_mean`): it is never counted as a perfect 1.0, which would let
+classes that never occur inflate the mean. Void truth pixels (``ignore``, the
+run's ``--ignore-index``) are left out of every count. AP is the all-point
+interpolated area under the precision-recall curve (PASCAL VOC 2010+ / COCO
+style), per class.
 """
 
 from __future__ import annotations
@@ -13,28 +18,47 @@ import numpy as np
 from retinaunet_deploy.model.boxes import box_iou
 
 
-def confusion_counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K) pixel counts, rows = truth class, columns = predicted class."""
+def confusion_counts(pred: np.ndarray, truth: np.ndarray, num_classes: int,
+                     ignore: int | None = None) -> np.ndarray:
+    """(K, K) pixel counts, rows = truth class, columns = predicted class.
+
+    Args:
+        pred, truth: integer class indices of any (equal) shape.
+        ignore: a truth value marking void pixels, left out; None: none.
+    Raises:
+        ValueError: a class outside 0..K-1 (other than `ignore`) in either, which
+            would otherwise land in another class's cell.
+    """
     pred = np.asarray(pred).astype(np.int64).ravel()
     truth = np.asarray(truth).astype(np.int64).ravel()
+    if ignore is not None:
+        kept = truth != ignore
+        pred, truth = pred[kept], truth[kept]
+    for name, values in (("truth", truth), ("prediction", pred)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} holds class {int(values.max())} outside 0..{num_classes - 1}")
     return np.bincount(truth * num_classes + pred, minlength=num_classes**2).reshape(
         num_classes, num_classes)
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K,) Dice 2|P∩T| / (|P| + |T|) per class over all pixels; 1.0 where both are empty."""
-    counts = confusion_counts(pred, truth, num_classes)
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int,
+                   ignore: int | None = None) -> np.ndarray:
+    """(K,) float64 Dice 2|P∩T| / (|P| + |T|) per class over all (non-void) pixels; NaN
+    (n/a) where the class is in neither; 0.0 where it is in only one."""
+    counts = confusion_counts(pred, truth, num_classes, ignore)
     tp = np.diag(counts).astype(np.float64)
     denominator = counts.sum(0) + counts.sum(1)
-    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), np.nan)
 
 
-def iou_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K,) IoU |P∩T| / |P∪T| per class over all pixels; 1.0 where both are empty."""
-    counts = confusion_counts(pred, truth, num_classes)
+def iou_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int,
+                  ignore: int | None = None) -> np.ndarray:
+    """(K,) float64 IoU |P∩T| / |P∪T| per class over all (non-void) pixels; NaN (n/a)
+    where the class is in neither; 0.0 where it is in only one."""
+    counts = confusion_counts(pred, truth, num_classes, ignore)
     tp = np.diag(counts).astype(np.float64)
     union = counts.sum(0) + counts.sum(1) - tp
-    return np.where(union > 0, tp / np.maximum(union, 1), 1.0)
+    return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
 
 def detection_hits(detections, truths, num_classes: int, iou_threshold: float) -> list[dict]:
@@ -116,6 +140,12 @@ def average_precision(detections, truths, num_classes: int, iou_threshold: float
     """
     hits = detection_hits(detections, truths, num_classes, iou_threshold)
     return ap_from_hits(hits, np.ones(len(detections)))[0]
+
+
+def defined_mean(values) -> float | None:
+    """Mean of the defined (non-NaN) values; None when none is defined (n/a)."""
+    values = np.asarray(values, np.float64)
+    return float(values[~np.isnan(values)].mean()) if np.any(~np.isnan(values)) else None
 
 
 def nan_mean(values) -> float:

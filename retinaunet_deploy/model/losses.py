@@ -21,17 +21,31 @@ class MaskLoss(keras.losses.Loss):
     y_true: (N, H, W) int class indices. y_pred: (N, H, W, K) softmax probabilities.
     Soft Dice is computed over the whole batch per class and averaged over classes
     1..K-1, so a rare class (the thin ring) weighs as much as a common one.
+    `ignore`: a y_true value marking void pixels (``--ignore-index``, held as
+    `label_rules.VOID_LABEL`), left out of both terms; the cross-entropy is then the
+    mean over the other pixels. None: every pixel counts.
     """
 
-    def __init__(self, num_classes: int, dice_weight: float = 1.0, name="mask_loss", **kwargs):
+    def __init__(self, num_classes: int, dice_weight: float = 1.0, ignore: int | None = None,
+                 name="mask_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes = num_classes
         self.dice_weight = dice_weight
+        self.ignore = ignore
 
     def call(self, y_true, y_pred):
         y_pred = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
-        one_hot = ops.one_hot(ops.cast(y_true, "int32"), self.num_classes)
-        cross_entropy = -ops.mean(ops.sum(one_hot * ops.log(y_pred), axis=-1))
+        labels = ops.cast(y_true, "int32")
+        if self.ignore is None:
+            one_hot = ops.one_hot(labels, self.num_classes)
+            cross_entropy = -ops.mean(ops.sum(one_hot * ops.log(y_pred), axis=-1))
+        else:
+            valid = ops.cast(ops.not_equal(labels, self.ignore), y_pred.dtype)
+            one_hot = ops.one_hot(ops.where(ops.equal(labels, self.ignore), 0, labels),
+                                  self.num_classes) * valid[..., None]
+            y_pred = y_pred * valid[..., None]
+            cross_entropy = -ops.sum(one_hot * ops.log(ops.maximum(y_pred, 1e-7))) / (
+                ops.maximum(ops.sum(valid), 1.0))
         axes = (0, 1, 2)
         intersection = ops.sum(one_hot * y_pred, axis=axes)
         denominator = ops.sum(one_hot, axis=axes) + ops.sum(y_pred, axis=axes)
@@ -40,7 +54,7 @@ class MaskLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
-                "dice_weight": self.dice_weight}
+                "dice_weight": self.dice_weight, "ignore": self.ignore}
 
 
 class FocalLoss(keras.losses.Loss):
