@@ -16,7 +16,6 @@ optimisations). The file is only put in place when it passes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
 from retinaunet_deploy.names import KERAS, ONNX
+from retinaunet_deploy.strict_json import dumps_json
 
 MIN_OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -90,14 +90,14 @@ def check_standard_ops(proto, path_hint: str) -> None:
 
 
 def embed_metadata(proto, card: ModelCard, parent_sha256: str) -> None:
-    """Write the card's JSON (`ModelCard.to_dict`, keys sorted), the toolkit's version and
-    the parent .keras file's sha256 into the model's ``metadata_props``."""
+    """Write the card's strict JSON (`ModelCard.to_dict`, keys sorted), the toolkit's version
+    and the parent .keras file's sha256 into the model's ``metadata_props``."""
     import onnx
 
     from retinaunet_deploy import __version__
 
     onnx.helper.set_model_props(proto, {
-        "model_card": json.dumps(card.to_dict(), sort_keys=True),
+        "model_card": dumps_json(card.to_dict(), sort_keys=True),
         "retinaunet_deploy_version": __version__,
         "parent_sha256": parent_sha256,
     })
