@@ -68,3 +68,33 @@ def null_figure(record: dict, key: str, value, reason: str) -> None:
     else:
         record[key] = None
         record[key + REASON_SUFFIX] = reason
+
+
+def undefined_as_null(record: dict, reason: str) -> dict:
+    """`record` (nested dicts and lists, changed in place and returned) with every NaN or
+    Infinity number replaced by None; a replaced value under a dict key gets
+    ``<key>_reason`` = `reason` beside it (a list element, its list's key does)."""
+    for key, value in list(record.items()):
+        if isinstance(value, dict):
+            undefined_as_null(value, reason)
+        elif isinstance(value, (list, tuple)) and _nonfinite_at(value) is not None:
+            record[key] = _nulled(value, reason)
+            record.setdefault(f"{key}{REASON_SUFFIX}", reason)
+        elif isinstance(value, float) and not math.isfinite(value):
+            record[key] = None
+            record.setdefault(f"{key}{REASON_SUFFIX}", reason)
+    return record
+
+
+def _nulled(values, reason: str) -> list:
+    out = []
+    for value in values:
+        if isinstance(value, dict):
+            out.append(undefined_as_null(value, reason))
+        elif isinstance(value, (list, tuple)):
+            out.append(_nulled(value, reason))
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(None)
+        else:
+            out.append(value)
+    return out

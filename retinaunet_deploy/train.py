@@ -119,7 +119,7 @@ def _validation_callback(card: ModelCard, val_samples, num_det_classes):
                                          num_det_classes)
             logs["val_dice"] = report["mean_dice"]
             logs["val_score"] = report["mean_dice"]
-            if "map@0.1" in report:
+            if report.get("map@0.1") is not None:
                 logs["val_ap10"] = report["map@0.1"]
                 logs["val_score"] = (report["mean_dice"] + report["map@0.1"]) / 2
             if logs["val_score"] > self.best_score:

@@ -17,6 +17,7 @@ from retinaunet_deploy.judge.metrics import (
     iou_per_class,
     nan_mean,
 )
+from retinaunet_deploy.strict_json import null_figure
 
 AP_THRESHOLDS = (0.1, 0.5)  # 0.1 is the Retina U-Net papers' figure
 
@@ -40,7 +41,8 @@ def evaluate_predictions(predictions, samples, class_names, num_det_classes: int
     Returns:
         JSON-ready dict: the image count, per-class Dice and IoU over foreground
         classes and their means, and with detections per-class AP and mAP at
-        IoU 0.1 and 0.5.
+        IoU 0.1 and 0.5 (a class's AP and the mAP are None when no ground-truth object
+        is there to find: ``map@0.1_reason`` says so).
     """
     num_classes = len(class_names)
     predicted = np.concatenate([p.mask.ravel() for p in predictions])
@@ -66,5 +68,6 @@ def evaluate_predictions(predictions, samples, class_names, num_det_classes: int
                                                                    range(num_det)]
             report[f"ap@{threshold}"] = dict(zip(names, [None if np.isnan(v) else
                                                          round(float(v), 4) for v in ap]))
-            report[f"map@{threshold}"] = round(nan_mean(ap), 4)
+            null_figure(report, f"map@{threshold}", round(nan_mean(ap), 4),
+                        "no ground-truth object in these images")
     return report
