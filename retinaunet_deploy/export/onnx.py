@@ -103,6 +103,21 @@ def embed_metadata(proto, card: ModelCard, parent_sha256: str) -> None:
     })
 
 
+def embed_calibration_range(path: Path, record: dict) -> None:
+    """Add an INT8 file's calibration intensity record (`runtime.calibration_range`) to
+    its ``metadata_props`` as strict JSON under ``calibration_range``, beside the card,
+    so that a copied file keeps it; rewrites `path` in place (a work-folder candidate)."""
+    import onnx
+
+    from retinaunet_deploy.runtime.calibration_range import METADATA_KEY
+
+    proto = onnx.load(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[METADATA_KEY] = dumps_json(record, sort_keys=True)
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, path)
+
+
 def measure_parity(pairs) -> dict:
     """Max |candidate - reference| per output and argmax agreement of `mask`.
 

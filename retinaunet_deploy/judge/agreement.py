@@ -147,8 +147,9 @@ class PerImage:
         weights = np.atleast_2d(weights).astype(np.float64)
         sizes, overlap = weights @ self.sizes, weights @ self.overlap
         dice = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), 1.0)
-        result = {"pixel_agreement": (weights @ self.agree) / (weights @ self.pixels),
-                  "mean_dice_vs_reference": dice.mean(axis=1)}
+        with np.errstate(invalid="ignore", divide="ignore"):  # no image: NaN, then null
+            agreement = (weights @ self.agree) / (weights @ self.pixels)
+        result = {"pixel_agreement": agreement, "mean_dice_vs_reference": dice.mean(axis=1)}
         if self.matched is not None:
             confident = weights @ self.confident
             result["matched_fraction"] = np.where(
