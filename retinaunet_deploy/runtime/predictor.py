@@ -5,12 +5,9 @@
     result.mask, result.detections.boxes, result.detections.scores, result.detections.classes
 
 Input contract (the model card's `input`): raw pixel values, uint8/uint16 of the
-card's pixel dtype or finite float in [0, pixel_max], with the model's channel
-count, of any height and width of at least one stride. The normalisation is
-inside the graph, so no other preprocessing is applied; anything else is an
-`InputError` naming the value found, raised by `Predictor.check_input` (and,
-from a header alone, `Predictor.check_header`): the one place the contract is
-enforced.
+card's pixel dtype or float in [0, pixel_max], with the model's channel count,
+of any height and width of at least one stride. The normalisation is inside the
+graph, so no other preprocessing is applied; anything else is an `InputError`.
 
 How an image runs: it is padded at the bottom and right to a multiple of the
 network's stride with the training mean (which the in-graph normalisation maps
