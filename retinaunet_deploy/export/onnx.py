@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.artifacts import atomic_path, record_artifact, tool_versions, verify_artifact
+from retinaunet_deploy.artifacts import (
+    atomic_path,
+    load_onnx,
+    record_artifact,
+    tool_versions,
+    verify_artifact,
+)
 from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
@@ -111,7 +117,7 @@ def embed_calibration_range(path: Path, record: dict) -> None:
 
     from retinaunet_deploy.runtime.calibration_range import METADATA_KEY
 
-    proto = onnx.load(path)
+    proto = load_onnx(path)
     props = {p.key: p.value for p in proto.metadata_props}
     props[METADATA_KEY] = dumps_json(record, sort_keys=True)
     onnx.helper.set_model_props(proto, props)
