@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from retinaunet_deploy.names import MANIFEST, plan_precision
+from retinaunet_deploy.strict_json import dumps_json
 
 
 @contextlib.contextmanager
@@ -56,9 +57,13 @@ def leftover_temporary_files(folder: Path) -> list[Path]:
 
 
 def write_json(path: Path, data) -> None:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented strict JSON (`dumps_json`), atomically.
+
+    Raises `ValueError` (nothing written) when `data` holds a NaN or Infinity.
+    """
+    text = dumps_json(data, indent=2) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
 
 
 # === Manifest ===
@@ -251,19 +256,23 @@ def headline_figure(record: dict) -> str:
     figures = record.get("figures") or {}
     if "test" in figures:  # a trained model, against ground truth
         test = figures["test"]
-        dice, ap = test.get("mean_dice"), test.get("map@0.1")   # None: n/a
-        text = f"test Dice {'n/a' if dice is None else format(dice, '.4f')}"
-        return text + (f", mAP@0.1 {'n/a' if ap is None else format(ap, '.3f')}"
-                       if "map@0.1" in test else "")
+        text = f"test Dice {_shown(test.get('mean_dice'), '.4f')}"
+        return text + (f", mAP@0.1 {_shown(test['map@0.1'], '.3f')}" if "map@0.1" in test
+                       else "")
     if "parity" in figures:
         parity = figures["parity"]
-        return (f"max |ONNX - Keras| {parity['max_abs_error_all']:.1e}, argmax "
-                f"{parity['mask_argmax_agreement']:.2%}")
+        return (f"max |ONNX - Keras| {_shown(parity['max_abs_error_all'], '.1e')}, argmax "
+                f"{_shown(parity['mask_argmax_agreement'], '.2%')}")
     if "agreement" in figures:
         agreement = figures["agreement"]
-        return (f"pixels {agreement['pixel_agreement']:.4%}, Dice vs float "
-                f"{agreement['mean_dice_vs_reference']:.4f}")
+        return (f"pixels {_shown(agreement['pixel_agreement'], '.4%')}, Dice vs float "
+                f"{_shown(agreement['mean_dice_vs_reference'], '.4f')}")
     return ""
+
+
+def _shown(value, spec: str) -> str:
+    """A figure as text; "n/a" for one written as null (undefined, with its reason)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def run_lineage(run_dir: Path) -> list[dict]:

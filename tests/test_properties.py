@@ -1,8 +1,8 @@
 """Property tests (hypothesis): input validation and the postprocess on random data.
 
-* `Predictor.prepare` / `predict`: any array (any rank, size, dtype, NaN/Inf) either
-  gives a valid batch or raises `InputError`, never anything else; every valid
-  input is accepted.
+* `Predictor.prepare` / `predict`: any array (any rank, size, dtype, NaN/Inf, values
+  outside [0, pixel_max]) either gives a valid batch or raises `InputError`, never
+  anything else; every valid input is accepted.
 * `nms` / `batched_nms`: the result is a subset of the input without repeats, by
   descending score; kept boxes of one class overlap by at most the threshold, and
   every dropped box overlaps a kept one of its class scoring at least as high.
@@ -65,6 +65,8 @@ def images(draw):
     shape = draw(st.one_of(RIGHT_SHAPES, ANY_SHAPES))
     if dtype.kind == "f":
         width = min(64, dtype.itemsize * 8)
+        if draw(st.booleans()):  # half of them inside the contract's [0, pixel_max]
+            return draw(hnp.arrays(dtype, shape, elements=st.floats(0, 255, width=width)))
         elements = st.one_of(st.floats(-1e4, 1e4, width=width),
                              st.sampled_from([np.nan, np.inf, -np.inf]))
         return draw(hnp.arrays(dtype, shape, elements=elements))
@@ -72,14 +74,16 @@ def images(draw):
 
 
 def _is_valid(array: np.ndarray) -> bool:
-    """Any height and width of at least one stride (16), one channel, a non-empty batch."""
+    """Any height and width of at least one stride (16), one channel, a non-empty batch;
+    uint8 or finite float values in [0, pixel_max = 255]."""
     image = {2: array.shape + (1,), 3: array.shape}.get(array.ndim)
     if array.ndim == 4:
         image = array.shape[1:] if len(array) else None
     shape_ok = image is not None and image[2] == 1 and min(image[:2]) >= 16
     if array.dtype == np.uint8:
         return shape_ok
-    return shape_ok and array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
+    return (shape_ok and array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
+            and bool(np.all((array >= 0) & (array <= 255))))
 
 
 @FAST

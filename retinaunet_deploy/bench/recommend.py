@@ -40,6 +40,7 @@ def recommend(report: dict) -> dict | None:
     return {"row": best["name"], "file": best["artifact"], "runtime": best["runtime"],
             "batch_size": int(batch), "p50_ms": p50,
             "speedup_vs_keras": keras / p50 if keras else None,
+            **({} if keras else {"speedup_vs_keras_reason": "the Keras reference was not timed"}),
             "pixel_agreement": fidelity["pixel_agreement"],
             "pixel_agreement_interval": fidelity.get("intervals", {}).get("pixel_agreement"),
             "interval_failures": fidelity.get("interval_failures", []),
@@ -54,7 +55,7 @@ def recommendation_line(choice: dict | None) -> str:
                 "model.keras or model.onnx")
     interval = choice["pixel_agreement_interval"]
     text = (f"Recommendation: {choice['row']}: {choice['p50_ms']:.1f} ms per image (batch "
-            f"{choice['batch_size']}), {choice['speedup_vs_keras']:.2f}x Keras, pixel agreement "
+            f"{choice['batch_size']}), {_times(choice['speedup_vs_keras'])} Keras, pixel agreement "
             f"{choice['pixel_agreement']:.3%}")
     if interval:
         text += f" [95% CI {interval[0]:.3%}, {interval[1]:.3%}]"
@@ -62,3 +63,7 @@ def recommendation_line(choice: dict | None) -> str:
     if choice["interval_failures"]:
         text += f" (note: {'; '.join(choice['interval_failures'])})"
     return text
+
+
+def _times(speedup: float | None) -> str:
+    return "n/a x" if speedup is None else f"{speedup:.2f}x"

@@ -19,6 +19,8 @@ from retinaunet_deploy.card import ModelCard
 
 
 def _fmt(value, spec, missing="—"):
+    """A figure as shown; `missing` for an absent one or one written as null (undefined:
+    its ``<key>_reason`` in report.json says why)."""
     return missing if value is None else format(value, spec)
 
 
@@ -184,10 +186,13 @@ def write_plots(out_dir: Path, report: dict, images: np.ndarray, masks: dict, ca
 
     first = str(report["options"]["batch_sizes"][0])
     ok = [r for r in report["rows"] if r["status"] == "ok" and first in r["latency"]]
+    # A row whose agreement is undefined (null in report.json) has no point to plot.
+    plotted = [r for r in ok if r["fidelity"].get("pixel_agreement") is not None
+               and r["latency"][first]["end_to_end"].get("p50_ms") is not None]
     figure, axes = plt.subplots(figsize=(8, 4.8))
-    for index, row in enumerate(ok):
+    for index, row in enumerate(plotted):
         x = row["latency"][first]["end_to_end"]["p50_ms"]
-        y = 100 * row["fidelity"].get("pixel_agreement", float("nan"))
+        y = 100 * row["fidelity"]["pixel_agreement"]
         axes.scatter(x, y, s=40)
         # Alternate label offsets: rows with equal agreement would print on top of each other.
         axes.annotate(row["name"], (x, y), fontsize=7, textcoords="offset points",
@@ -263,9 +268,10 @@ def write_sweep_markdown(path: Path, report: dict) -> None:
                 lat = row["latency"][batch]
                 lines.append(
                     f"| {row['name']} | {row['precision']} | {size} | {batch} | "
-                    f"{lat['inference']['p50_ms']:.1f} | {lat['end_to_end']['p50_ms']:.1f} | "
-                    f"{lat['end_to_end']['images_per_s']:.1f} | "
-                    f"{lat.get('speedup_vs_reference', float('nan')):.2f}x | "
+                    f"{_fmt(lat['inference']['p50_ms'], '.1f')} | "
+                    f"{_fmt(lat['end_to_end']['p50_ms'], '.1f')} | "
+                    f"{_fmt(lat['end_to_end']['images_per_s'], '.1f')} | "
+                    f"{_fmt(lat.get('speedup_vs_reference'), '.2f')}x | "
                     f"{share_text(lat)} |")
         lines.append("")
     lines += [limits_text(report.get("limits")), *faults_text(report.get("limit_faults")), ""]

@@ -17,7 +17,9 @@ Outputs in the run folder (each recorded in the manifest with its figures):
   (OpenVINO int8 on model.int8.onnx, bf16 on model.onnx), in the manifest's
   ``runtime_variants``.
 * ``calibration.json``: the options, the targets (``targets`` for int8/fp32 and
-  ``targets_by_precision``), the method, the calibration images (count and hashes),
+  ``targets_by_precision``), the method, the calibration images (count, hashes and
+  their intensity range, ``calibration_data.intensity``: `runtime.calibration_range`,
+  also in each INT8 ONNX file's metadata as ``calibration_range``),
   the activation ranges, the layers kept in float, and every variant's figures.
 
 Calibration patches come from the training split. Agreement is measured on
@@ -57,6 +59,7 @@ from retinaunet_deploy.export.trt_check import check_tensorrt_import
 from retinaunet_deploy.export.variants import VARIANTS
 from retinaunet_deploy.judge.gates import make_eval_set
 from retinaunet_deploy.names import CALIBRATION, ONNX, ONNX_FOR_PRECISION
+from retinaunet_deploy.runtime.calibration_range import intensity_record
 
 __all__ = ["CalibrationOptions", "calibrate", "image_hashes"]
 
@@ -97,6 +100,9 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     if warning:
         say(warning)
     calib = calibration_images(card, options.quantisation.calibration_images)
+    # What the INT8 files were calibrated on, for the out-of-calibration guard at predict
+    # time (`runtime.calibration_range`); also inside each INT8 ONNX file.
+    intensity = intensity_record(calib, card.input.pixel_max)
     report = {"parent": {"file": ONNX, "sha256": onnx_sha},
               "options": options.record(), "targets": options.targets_for("int8").to_dict(),
               "targets_by_precision": options.targets_by_precision(),
@@ -106,7 +112,8 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
                              "intervals": "95% percentile bootstrap over images (1000)"},
               "calibration_data": {"split": "train", "images": len(calib),
                                    "patch_size": int(calib.shape[1]),
-                                   "sha256_prefixes": image_hashes(calib)},
+                                   "sha256_prefixes": image_hashes(calib),
+                                   "intensity": intensity},
               "variants": {}}
     context = Context(run_dir, card, calib, eval_set, options, warning, say, report)
     _make_all(context)

@@ -82,12 +82,15 @@ def rivals(context: Context) -> dict[str, tuple[str, str]]:
 
 def make_cpu_variant(context: Context, work: Path) -> Candidate:
     """Quantise ``work/int8-cpu.onnx`` (QOperator U8S8) with the layers the Q/DQ file
-    keeps in float also in float."""
+    keeps in float also in float; the calibration intensity record in its metadata."""
+    from retinaunet_deploy.export.int8 import embed_intensity
+
     options = context.options
     kept_float = list(context.figures_of(INT8_ONNX).get("kept_float", []))
     cpu = work / "int8-cpu.onnx"
     quantize(prepare(context.run_dir / ONNX, work), cpu, context.calib, options.quantisation,
              work, cpu_form=True, exclude=tuple(kept_float))
+    embed_intensity(context, cpu)
     return Candidate(cpu, {"format": FORMAT, "kept_float": kept_float,
                            "required_speedup_margin": options.extras.cpu_speedup_margin},
                      {"method": options.quantisation.method})

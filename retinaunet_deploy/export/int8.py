@@ -71,7 +71,19 @@ def make_int8(context: Context, work: Path) -> Candidate:
                "format": FORMAT}
     made_with = {"method": quantisation.method, "percentile": quantisation.percentile,
                  "calibration_images": len(calib)}
+    embed_intensity(context, qdq)
     return Candidate(qdq, figures, made_with, report)
+
+
+def embed_intensity(context: Context, path: Path) -> None:
+    """Put the calibration images' intensity record (calibration.json's
+    ``calibration_data.intensity``) into an INT8 ONNX candidate's metadata, before it is
+    judged, so the judged and written file carry it (`runtime.calibration_range`)."""
+    from retinaunet_deploy.export.onnx import embed_calibration_range
+
+    record = context.report.get("calibration_data", {}).get("intensity")
+    if record is not None:
+        embed_calibration_range(path, record)
 
 
 def int8_refusal(context: Context, candidate: Candidate, agreement) -> str:

@@ -16,17 +16,23 @@ optimisations). The file is only put in place when it passes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.artifacts import atomic_path, record_artifact, tool_versions, verify_artifact
+from retinaunet_deploy.artifacts import (
+    atomic_path,
+    load_onnx,
+    record_artifact,
+    tool_versions,
+    verify_artifact,
+)
 from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
 from retinaunet_deploy.names import KERAS, ONNX
+from retinaunet_deploy.strict_json import dumps_json
 
 MIN_OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -90,17 +96,32 @@ def check_standard_ops(proto, path_hint: str) -> None:
 
 
 def embed_metadata(proto, card: ModelCard, parent_sha256: str) -> None:
-    """Write the card's JSON (`ModelCard.to_dict`, keys sorted), the toolkit's version and
-    the parent .keras file's sha256 into the model's ``metadata_props``."""
+    """Write the card's strict JSON (`ModelCard.to_dict`, keys sorted), the toolkit's version
+    and the parent .keras file's sha256 into the model's ``metadata_props``."""
     import onnx
 
     from retinaunet_deploy import __version__
 
     onnx.helper.set_model_props(proto, {
-        "model_card": json.dumps(card.to_dict(), sort_keys=True),
+        "model_card": dumps_json(card.to_dict(), sort_keys=True),
         "retinaunet_deploy_version": __version__,
         "parent_sha256": parent_sha256,
     })
+
+
+def embed_calibration_range(path: Path, record: dict) -> None:
+    """Add an INT8 file's calibration intensity record (`runtime.calibration_range`) to
+    its ``metadata_props`` as strict JSON under ``calibration_range``, beside the card,
+    so that a copied file keeps it; rewrites `path` in place (a work-folder candidate)."""
+    import onnx
+
+    from retinaunet_deploy.runtime.calibration_range import METADATA_KEY
+
+    proto = load_onnx(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[METADATA_KEY] = dumps_json(record, sort_keys=True)
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, path)
 
 
 def measure_parity(pairs) -> dict:

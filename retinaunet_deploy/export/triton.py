@@ -14,7 +14,6 @@ failure never leaves a half-written model folder for Triton to load.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from retinaunet_deploy import names
 from retinaunet_deploy.artifacts import check_onnx_external_data, load_manifest, verify_lineage
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.strict_json import dumps_json
 
 MODEL_NAME = "retinaunet"
 # ONNX TensorProto element types -> Triton data types.
@@ -155,7 +155,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
             shutil.copyfile(card, staging / names.CARD)
         (staging / "config.pbtxt").write_text(config_pbtxt(platform, inputs, outputs, options,
                                                            kind))
-        (staging / "source.json").write_text(json.dumps(
+        (staging / "source.json").write_text(dumps_json(
             {"run": str(run_dir), "file": model, "sha256": sha256}, indent=2) + "\n")
         target = out_dir / MODEL_NAME
         if target.exists():  # swap: the old folder is replaced only by a complete new one

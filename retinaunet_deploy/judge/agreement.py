@@ -30,6 +30,7 @@ from retinaunet_deploy.judge.metrics import ap_from_hits, confusion_counts, dete
 from retinaunet_deploy.judge.targets import GATES, Targets
 from retinaunet_deploy.model.boxes import box_iou
 from retinaunet_deploy.postprocess import Detections
+from retinaunet_deploy.strict_json import null_figure, undefined_as_null
 
 
 @dataclass
@@ -79,14 +80,15 @@ class Agreement:
         return missed
 
     def to_dict(self) -> dict:
-        """JSON-ready: every field (targets as `Targets.to_dict()`), ``passed``,
-        ``failures`` and ``interval_failures``."""
+        """Strict-JSON-ready: every field (targets as `Targets.to_dict()`), ``passed``,
+        ``failures`` and ``interval_failures``. A figure that is undefined here (no image,
+        pixel or foreground class to measure it on) is None with ``<key>_reason``."""
         result = asdict(replace(self, targets=None))
         result["targets"] = self.targets.to_dict()
         result["passed"] = self.passed
         result["failures"] = self.failures
         result["interval_failures"] = self.interval_failures
-        return result
+        return undefined_as_null(result, "undefined: nothing to measure it on in these images")
 
     def summary(self) -> str:
         """One line: each measured gate's figure (mask gates, the mean |prob diff|, then
@@ -145,8 +147,9 @@ class PerImage:
         weights = np.atleast_2d(weights).astype(np.float64)
         sizes, overlap = weights @ self.sizes, weights @ self.overlap
         dice = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), 1.0)
-        result = {"pixel_agreement": (weights @ self.agree) / (weights @ self.pixels),
-                  "mean_dice_vs_reference": dice.mean(axis=1)}
+        with np.errstate(invalid="ignore", divide="ignore"):  # no image: NaN, then null
+            agreement = (weights @ self.agree) / (weights @ self.pixels)
+        result = {"pixel_agreement": agreement, "mean_dice_vs_reference": dice.mean(axis=1)}
         if self.matched is not None:
             confident = weights @ self.confident
             result["matched_fraction"] = np.where(
@@ -226,16 +229,18 @@ def compare(reference, candidate, class_names, truths=None, targets: Targets | N
             per_image.matched[i] = len(matched)
             ious += matched
         detections = {"reference_boxes": int(per_image.confident.sum()),
-                      "match_iou": targets.match_iou,
-                      "mean_matched_iou": float(np.mean(ious)) if ious else float("nan")}
+                      "match_iou": targets.match_iou}
+        null_figure(detections, "mean_matched_iou", np.mean(ious) if ious else None,
+                    "no confident reference box was matched")
         if truths is not None:
             num_det = num_det_classes or max(1, num_classes - 1)
             for threshold in (0.1, 0.5):
                 hits = tuple(detection_hits(d, truths, num_det, threshold)
                              for d in (reference_detections, candidate_detections))
                 ref_ap, cand_ap = (nan_mean(ap_from_hits(h, np.ones(count))[0]) for h in hits)
-                detections[f"map@{threshold}"] = cand_ap
-                detections[f"map@{threshold}_diff"] = cand_ap - ref_ap
+                no_truth = "no ground-truth object in these images"
+                null_figure(detections, f"map@{threshold}", cand_ap, no_truth)
+                null_figure(detections, f"map@{threshold}_diff", cand_ap - ref_ap, no_truth)
                 if threshold == 0.1:
                     per_image.ap_hits = hits
     point = {name: float(values[0]) for name, values in per_image.figures(np.ones(count)).items()}

@@ -39,6 +39,7 @@ from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.names import REFERENCE_DIR
 from retinaunet_deploy.postprocess import Detections
 from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE, Prediction
+from retinaunet_deploy.strict_json import dumps_json
 
 FORMAT = 2              # 2: the key holds the arrays' sha256
 VARIANTS_DIR = "variants"
@@ -50,7 +51,7 @@ _NOT_MATCHED = ("images", "arrays_sha256")
 
 
 def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(dumps_json(value, sort_keys=True).encode()).hexdigest()
 
 
 def image_list(samples) -> list[list[str]]:
@@ -121,7 +122,7 @@ class StoredPredictions:
             tmp.write_bytes(data)
         with atomic_path(self.key_path) as tmp:
             stored = {**key, "arrays_sha256": hashlib.sha256(data).hexdigest()}
-            tmp.write_text(json.dumps(stored, indent=1) + "\n")
+            tmp.write_text(dumps_json(stored, indent=1) + "\n")
 
     def remove(self) -> None:
         self.key_path.unlink(missing_ok=True)

@@ -149,13 +149,52 @@ class Predictor:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    # === Input validation ===
+    # === Input validation: the input contract, enforced here and only here ===
 
-    def prepare(self, images) -> tuple[np.ndarray, bool]:
-        """Check images against the input contract.
+    def check_header(self, height: int, width: int, channels: int, dtype) -> None:
+        """Check an image's header (size, channels, dtype) against the card's contract
+        without its pixels (planning checks every input this way before reading any).
 
-        Returns (N, H, W, C) float32 and whether a single image was given.
+        Args:
+            height, width: the image's size in pixels.
+            channels: its channel count C (1 for an (H, W) image).
+            dtype: its pixel dtype (anything `np.dtype` takes).
+
+        Raises `InputError` (one line, with the value found and what to change) for a
+        side smaller than one stride, another channel count than the card's, an integer
+        dtype other than the card's pixel dtype, or a dtype that is neither.
         """
+        dtype = np.dtype(dtype)
+        if min(height, width) < self.stride:
+            raise InputError(f"image size {height}x{width} is smaller than one network stride "
+                             f"({self.stride} px); use a larger image")
+        if channels != self.channels:
+            raise InputError(f"image has {channels} channel(s), the model takes "
+                             f"{self.channels}; convert the image first")
+        if dtype.kind in "ui":
+            if dtype != self.pixel_dtype:
+                raise InputError(f"integer images must be {self.pixel_dtype} (the model was "
+                                 f"trained on {self.pixel_dtype} pixels, 0..{self.pixel_max}), "
+                                 f"got {dtype}; convert or pass float pixel values")
+        elif dtype.type not in FLOAT_DTYPES:
+            raise InputError(f"unsupported image dtype {dtype}; use {self.pixel_dtype} "
+                             f"or float pixel values in [0, {self.pixel_max}]")
+
+    def check_input(self, images) -> None:
+        """Check one image (H, W) / (H, W, C) or a batch (N, H, W, C) against the card's
+        input contract: `check_header`, then the values. Pixel values must be raw values
+        in [0, pixel_max] (255 for 8-bit, 65535 for 16-bit data), finite for floats.
+
+        Raises `InputError` (one line naming the value found) for anything outside it: a
+        non-array, a wrong rank, an empty batch, what `check_header` refuses, NaN or
+        Inf, or a value below 0 or above pixel_max (e.g. a float image scaled x257,
+        0..65535, fed to an 8-bit model, or a normalised one with negative values).
+        """
+        self._checked(images)
+
+    def _checked(self, images) -> tuple[np.ndarray, bool]:
+        """`check_input`; returns the images as (N, H, W, C), as given, and whether a
+        single image was given."""
         if not isinstance(images, np.ndarray):
             raise InputError(f"images must be a numpy array, got {type(images).__name__}")
         single = images.ndim in (2, 3)
@@ -169,23 +208,39 @@ class Predictor:
         n, h, w, c = images.shape
         if n == 0:
             raise InputError("the batch is empty (N = 0)")
-        if min(h, w) < self.stride:
-            raise InputError(f"image size {h}x{w} is smaller than one network stride "
-                             f"({self.stride} px); use a larger image")
-        if c != self.channels:
-            raise InputError(f"image has {c} channel(s), the model takes {self.channels}; "
-                             f"convert the image first")
-        if images.dtype.kind in "ui":
-            if images.dtype != self.pixel_dtype:
-                raise InputError(f"integer images must be {self.pixel_dtype} (the model was "
-                                 f"trained on {self.pixel_dtype} pixels, 0..{self.pixel_max}), "
-                                 f"got {images.dtype}; convert or pass float pixel values")
-        elif images.dtype.type in FLOAT_DTYPES:
-            if not np.all(np.isfinite(images)):
-                raise InputError("images contain NaN or Inf; replace them before prediction")
-        else:
-            raise InputError(f"unsupported image dtype {images.dtype}; use {self.pixel_dtype} "
-                             f"or float pixel values in [0, {self.pixel_max}]")
+        self.check_header(h, w, c, images.dtype)
+        self._check_values(images, single)
+        return images, single
+
+    def _check_values(self, images: np.ndarray, single: bool) -> None:
+        """NaN/Inf and the range [0, pixel_max], with the value found (two passes)."""
+        if images.dtype.kind == "u" and self.pixel_max >= np.iinfo(images.dtype).max:
+            return  # every value of the card's pixel dtype is in range
+        low, high = images.min(), images.max()
+        which = "image" if single else f"the batch of {len(images)}"
+        if images.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+            bad = ~np.isfinite(images)
+            index = np.unravel_index(int(np.argmax(bad)), images.shape)
+            where = f"row {index[1]}, column {index[2]}" + ("" if single else
+                                                           f" of image {index[0]}")
+            raise InputError(f"{which} contains NaN or Inf ({int(bad.sum())} value(s), the "
+                             f"first {images[index]} at {where}); replace them before "
+                             f"prediction")
+        if low < 0 or high > self.pixel_max:
+            value = low if low < 0 else high
+            side = "below 0" if low < 0 else f"above pixel_max {self.pixel_max}"
+            raise InputError(
+                f"{which} holds pixel value {float(value):g} ({side}; its values span "
+                f"{float(low):g}..{float(high):g}); the model takes raw pixel values in "
+                f"[0, {self.pixel_max}] ({self.pixel_dtype}, as it was trained): pass the raw "
+                f"{self.pixel_dtype} pixels, or float values rescaled into that range")
+
+    def prepare(self, images) -> tuple[np.ndarray, bool]:
+        """Check images against the input contract (`check_input`).
+
+        Returns (N, H, W, C) float32 and whether a single image was given.
+        """
+        images, single = self._checked(images)
         return np.ascontiguousarray(images, dtype=np.float32), single
 
     # === Running ===
