@@ -350,16 +350,17 @@ def check_onnx_external_data(path: Path):
 
     import onnx
 
+    from retinaunet_deploy import remake
     from retinaunet_deploy.errors import ArtifactError
 
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path} not found")
+        raise ArtifactError(f"{path} not found; {remake.missing(path)}")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as error:  # protobuf raises several types for a corrupt file
         raise ArtifactError(f"cannot read {path} as ONNX ({str(error).splitlines()[0][:160]}); "
-                            f"it is corrupt or truncated: re-create it") from error
+                            f"it is corrupt or truncated: {remake.remedy(path)}") from error
     folder = path.parent.resolve()
     for tensor in _onnx_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -380,6 +381,7 @@ def load_onnx(path: Path):
     """`onnx.load` for files that may come from elsewhere: external data checked first."""
     import onnx
 
+    from retinaunet_deploy import remake
     from retinaunet_deploy.errors import ArtifactError
 
     check_onnx_external_data(path)
@@ -387,4 +389,4 @@ def load_onnx(path: Path):
         return onnx.load(path)
     except Exception as error:  # a missing or short external data file
         raise ArtifactError(f"cannot load {path} ({str(error).splitlines()[0][:160]}); "
-                            f"re-create it") from error
+                            f"{remake.remedy(path)}") from error

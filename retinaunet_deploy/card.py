@@ -345,8 +345,9 @@ def load_card(run_dir: Path) -> ModelCard:
     try:
         card = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ArtifactError(f"{path} is not valid JSON ({_line(error)}); re-run training to "
-                            f"rewrite it") from error
+        raise ArtifactError(f"{path} is not valid JSON ({_line(error)}); restore it from a "
+                            f"copy, or re-train ('retinaunet-deploy train --out {run_dir}')"
+                            ) from error
     return ModelCard.from_dict(card, str(path), run_remedy(Path(run_dir)))
 
 
@@ -365,6 +366,8 @@ def embedded_card(path: Path, text: str | None) -> ModelCard | None:
     try:
         card = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ArtifactError(f"{path} has a corrupt model_card in its metadata; "
-                            f"re-export it") from error
+        from retinaunet_deploy.remake import remedy as remake
+
+        raise ArtifactError(f"{path} has a corrupt model_card in its metadata "
+                            f"({_line(error)}); {remake(path)}") from error
     return ModelCard.from_dict(card, f"the model card embedded in {path}", remedy)

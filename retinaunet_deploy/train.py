@@ -186,7 +186,7 @@ def finite_history(history: dict) -> dict:
 
 def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> list[str]:
     """What a user must know about the figures: small splits, boxes that merge, silence."""
-    from retinaunet_deploy.data.labels import foreground_pixels
+    from retinaunet_deploy.data.labels import foreground_pixels, label_map_warnings
     from retinaunet_deploy.data.splits import few_images_warning
 
     warnings = [w for w in (few_images_warning(len(splits.val), "validation (best epoch)"),
@@ -202,6 +202,7 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
                                     for s in part):
         warnings.append(f"--ignore-index {options.labels.ignore_index}: no mask holds that "
                         f"value, so no pixel is void; check the value")
+    warnings += label_map_warnings(splits.description, options.labels)
     consequence = {"validation": "no epoch was chosen by validation figures (the last "
                                  "epoch's weights are kept)",
                    "test": "the test figures have no object to measure (Dice n/a, or 0 for "

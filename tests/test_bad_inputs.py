@@ -73,11 +73,15 @@ def _fails_cleanly(args, *expected, code=1):
 # === Artifacts ===
 
 @pytest.mark.parametrize("name,expected", [
-    ("truncated.keras", ["truncated.keras", "re-run 'retinaunet-deploy train'"]),
-    ("random.keras", ["random.keras", "re-run 'retinaunet-deploy train'"]),
-    ("truncated.onnx", ["truncated.onnx", "corrupt or truncated: re-create it"]),
-    ("random.onnx", ["random.onnx", "corrupt or truncated: re-create it"]),
-    ("empty.onnx", ["cannot load", "empty.onnx", "re-run 'retinaunet-deploy export'"]),
+    ("truncated.keras", ["truncated.keras", ("re-train it with 'retinaunet-deploy train --out "
+                                            "RUN'")]),
+    ("random.keras", ["random.keras", "re-train it with 'retinaunet-deploy train --out RUN'"]),
+    ("truncated.onnx", ["truncated.onnx", ("corrupt or truncated: re-create it with "
+                                          "'retinaunet-deploy export RUN'")]),
+    ("random.onnx", ["random.onnx", ("corrupt or truncated: re-create it with "
+                                    "'retinaunet-deploy export RUN'")]),
+    ("empty.onnx", ["cannot load", "empty.onnx", ("re-create it with 'retinaunet-deploy export "
+                                                 "RUN'")]),
     ("text.plan", ["text.plan has no build record",
                    "rebuild it on this machine with 'retinaunet-deploy build-engine"]),
 ])
@@ -234,8 +238,10 @@ def test_info_marks_variants_of_an_older_parent_stale(corpus, tmp_path):
 @pytest.mark.parametrize("image,expected", [
     ("small.png", ["small.png", "image size 12x32 is smaller than one network stride (16 px)",
                    "use a larger image"]),
-    ("rgb.png", ["rgb.png", "3 channel(s), the model takes 1", "convert the image"]),
-    ("deep.png", ["deep.png", "integer images must be uint8", "got uint16"]),
+    ("rgb.png", ["rgb.png", "3 channel(s), the model takes 1", "save it as greyscale"]),
+    ("deep.png", ["deep.png", "integer images must be uint8", "got uint16",
+                  "save it as uint8 (0..255", ("train a model on uint16 images "
+                  "('retinaunet-deploy train --data DIR')")]),
     ("random.png", ["cannot read", "random.png", "replace it with a valid PNG"]),
     ("truncated.png", ["cannot read", "truncated.png", "replace it with a valid PNG"]),
 ])
@@ -280,7 +286,8 @@ def test_mask_with_an_out_of_range_class(tmp_path):
 
     root = _dataset(tmp_path / "data", mask_value=7)
     with pytest.raises(DataError, match=r"0\.png has class value 7 but the dataset has 3 "
-                                        r"classes \(0\.\.2\); fix the mask"):
+                                        r"classes \(0\.\.2\); fix the mask, or train a model "
+                                        r"on this dataset \('retinaunet-deploy train --data "):
         load_folder_dataset(root, num_classes=3)
 
 

@@ -263,7 +263,8 @@ def test_the_card_sits_at_the_bottom():
     """card.py imports only the bottom layer and the three dataclasses it types with."""
     allowed = {"retinaunet_deploy.artifacts", "retinaunet_deploy.errors",
                "retinaunet_deploy.names", "retinaunet_deploy.model.anchors",
-               "retinaunet_deploy.postprocess", "retinaunet_deploy.label_rules"}
+               "retinaunet_deploy.postprocess", "retinaunet_deploy.label_rules",
+               "retinaunet_deploy.remake"}   # the bottom layer's remedies (names, artifacts)
     tree = ast.parse((PACKAGE / "card.py").read_text())
     imported = {node.module for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.module

@@ -1,5 +1,7 @@
 """compare(): a pure function of outputs; Targets gate masks and detections."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,32 @@ def test_identical_outputs_agree_exactly_on_images_of_different_sizes():
     assert result.images == 2
     assert result.pixel_agreement == 1.0 and result.mean_dice_vs_reference == 1.0
     assert result.max_abs_prob_diff == 0.0 and result.passed and result.failures == []
+
+
+def test_a_class_in_neither_mask_is_left_out_of_the_mean_dice_not_counted_as_one():
+    # "ring" (class 2) occurs in neither mask: its Dice is undefined, not 1.0.
+    reference = [np.array([[0, 1, 1, 0]])]
+    candidate = [np.array([[0, 1, 0, 0]])]
+    result = compare(_predictions(reference), _predictions(candidate), NAMES, intervals=True)
+    assert result.dice_vs_reference["disk"] == round(2 / 3, 5)
+    assert np.isnan(result.dice_vs_reference["ring"])
+    assert result.mean_dice_vs_reference == pytest.approx(2 / 3)    # not (2/3 + 1) / 2
+    assert result.intervals["mean_dice_vs_reference"] == pytest.approx([2 / 3, 2 / 3])
+    written = result.to_dict()
+    assert written["dice_vs_reference"] == {"disk": round(2 / 3, 5), "ring": None}
+    assert "ring" in written["dice_vs_reference_reason"]
+    json.dumps(written, allow_nan=False)
+    # No foreground class in either mask: the mean is undefined (null with a reason, "n/a"),
+    # and an undefined figure misses no target.
+    blank = [np.zeros((4, 4), int)]
+    result = compare(_predictions(blank), _predictions(blank), NAMES, intervals=True)
+    assert np.isnan(result.mean_dice_vs_reference) and result.passed
+    assert "Dice vs float n/a" in result.summary()
+    written = result.to_dict()
+    assert written["mean_dice_vs_reference"] is None
+    assert written["mean_dice_vs_reference_reason"]
+    assert written["dice_vs_reference"] == {"disk": None, "ring": None}
+    json.dumps(written, allow_nan=False)
 
 
 def test_mismatched_sizes_are_refused():

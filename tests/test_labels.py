@@ -98,11 +98,15 @@ def test_a_label_map_trains_two_classes_and_the_mean_is_not_inflated(tmp_path):
     # Later stages read the masks through the recorded map.
     assert all(set(np.unique(s.mask)) <= {0, 1} for s in load_split(card, "test"))
     assert card.training["best_epoch"] >= 1 and card.training["best_val_score"] is not None
-    # The same scenes stored as 0/1 train the same model to the same figures.
-    same = train(TrainOptions(data=str(disks_folder(tmp_path / "data01", value=1)), **TINY),
-                 tmp_path / "run01", verbose=0)
+    assert not any("--label-map" in w for w in card.warnings)    # its entry mapped 255
+    # The same scenes stored as 0/1 train the same model to the same figures; the map's
+    # entry now matches no stored value: said, naming the entry.
+    same = train(TrainOptions(data=str(disks_folder(tmp_path / "data01", value=1)),
+                              label_map={255: 1}, **TINY), tmp_path / "run01", verbose=0)
     assert same.evaluation == evaluation
     assert same.training["history"] == card.training["history"]
+    assert any(w.startswith("--label-map 255:1: no mask holds the stored value 255")
+               for w in same.warnings), same.warnings
 
 
 def test_sixteen_bit_masks_beyond_a_uint8_class_name_the_map(tmp_path):
@@ -240,6 +244,22 @@ def test_a_class_absent_from_truth_and_prediction_is_left_out_of_the_mean():
                                  ["background", "x"])
     assert empty["mean_dice"] is None and empty["mean_dice_reason"]
     json.dumps(empty, allow_nan=False)
+
+
+def test_label_map_entries_matching_no_stored_value_are_named(tmp_path):
+    from retinaunet_deploy.data.labels import label_map_warnings
+
+    data = disks_folder(tmp_path / "data", count=3)                    # masks of 0 and 255
+    description = {"kind": "folder", "path": str(data),
+                   "splits": {"train": [["00.png", "-"], ["01.png", "-"]],
+                              "test": [["02.png", "-"]]}}
+    warnings = label_map_warnings(description, Labels({255: 1, 128: 2, 7: 3}))
+    assert warnings == [
+        f"--label-map {v}:{c}: no mask holds the stored value {v}, so the entry maps nothing "
+        f"(stored values found: [0, 255]); check the value" for v, c in ((7, 3), (128, 2))]
+    assert label_map_warnings(description, Labels({255: 1})) == []
+    assert label_map_warnings(description, Labels()) == []            # no map: not read
+    assert label_map_warnings({"kind": "synthetic"}, Labels({9: 1})) == []
 
 
 def test_out_of_range_classes_are_an_error_not_another_cell():

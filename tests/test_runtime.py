@@ -3,6 +3,7 @@ contract errors, the predict command."""
 
 import itertools
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -131,8 +132,14 @@ class ProfiledEngine(BackendBase):
 def test_an_engine_profile_pads_small_images_and_tiles_large_ones(tiny_trained):
     _, card = tiny_trained
     engine = ProfiledEngine(card)
-    predictor = Predictor(engine, card, tile=1024)
+    with pytest.warns(UserWarning, match=r"--tile 1024 is larger than the backend takes "
+                                         r"\(128 px.*tiles of 128 px are used"):
+        predictor = Predictor(engine, card, tile=1024)
     assert predictor.tile == 128                     # capped by the profile's max_size
+    assert predictor.requested_tile == 1024 and "--max-size 1024" in predictor.tile_warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # a tile within the profile: no warning
+        assert Predictor(engine, card, tile=128).tile_warning is None
     small = np.full((20, 30), 255, np.uint8)
     result = predictor.predict(small)
     assert engine.shapes[-1][1:3] == (64, 64)        # padded up to the profile's min_size
@@ -176,14 +183,18 @@ def test_artifact_errors(tmp_path, run_copy):
     with pytest.raises(ArtifactError, match=r"unsupported artifact type '.pt'"):
         Predictor.from_artifact(tmp_path / "model.pt")
     (run_copy / "model.keras").write_bytes(b"PK\x03\x04 truncated zip")
-    with pytest.raises(ArtifactError, match=r"cannot load .*model.keras .*re-run"):
+    with pytest.raises(ArtifactError, match=r"cannot load .*model.keras .*re-train it with "
+                                            r"'retinaunet-deploy train --out "):
         Predictor.from_artifact(run_copy / "model.keras")
     (run_copy / "model.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(ArtifactError, match=r"cannot read .*model.onnx as ONNX .*corrupt or "
                                             r"truncated: re-create it"):
         Predictor.from_artifact(run_copy / "model.onnx")
-    with pytest.raises(ArtifactError, match=r"not found"):
+    with pytest.raises(ArtifactError, match=r"not found; check the path"):
         Predictor.from_artifact(tmp_path / "missing.onnx")
+    with pytest.raises(ArtifactError, match=r"model.int8.onnx not found; run 'retinaunet-deploy "
+                                            r"calibrate .*' first"):
+        Predictor.from_artifact(tmp_path / "model.int8.onnx")
 
 
 @pytest.mark.skipif(cuda_device_count() > 0, reason="a GPU is present: CUDA can load")

@@ -181,6 +181,18 @@ def test_engine_batches_are_chunked_and_padded_to_its_profile(count, expected_ca
     assert outputs["cls_logits"].shape == (count, 2, 2, 1)
 
 
+def test_an_input_outside_the_profile_names_the_build_command_that_takes_it(tmp_path):
+    from retinaunet_deploy.errors import InputError
+
+    backend, _ = _engine_without_gpu(min_batch=1, opt_batch=1, max_batch=2)
+    backend.path = tmp_path / "model.fp16.plan"
+    with pytest.raises(InputError, match=r"H and W in 16\.\.64 \(its optimisation profile\), "
+                                         r"got \(1, 128, 32, 1\); rebuild it with "
+                                         r"'retinaunet-deploy build-engine .* --precision fp16 "
+                                         r"--min-size 16 --max-size 128'"):
+        backend.run(np.zeros((1, 128, 32, 1), np.float32))
+
+
 def test_predictor_feeds_an_engine_its_tuned_batch():
     from retinaunet_deploy.runtime.predictor import Predictor
 

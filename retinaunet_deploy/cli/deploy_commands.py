@@ -19,6 +19,12 @@ CAL, ENGINE, TRITON = CalibrationOptions(), EngineOptions(), TritonOptions()
 QUANT = CAL.quantisation
 
 
+def _dice(agreement: dict) -> str:
+    """The Dice vs float of an agreement's JSON; "n/a" when null (no class in either mask)."""
+    dice = agreement["mean_dice_vs_reference"]
+    return "n/a" if dice is None else f"{dice:.4f}"
+
+
 @cli.command(cls=GateTargetsCommand)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--method", type=click.Choice(list(METHODS)), default=QUANT.method,
@@ -62,7 +68,7 @@ def calibrate(run_dir, method, percentile, calibration_images, eval_images, no_f
         click.echo(f"{name} ({state}; {figures['evaluated'].split(' (')[0]}; "
                    f"{agreement['images']} whole test images): pixel agreement "
                    f"{agreement['pixel_agreement']:.4%}, Dice vs float "
-                   f"{agreement['mean_dice_vs_reference']:.4f}"
+                   f"{_dice(agreement)}"
                    + (f", kept in float: {len(figures['kept_float'])} layer(s)"
                       if figures.get("kept_float") else ""))
     warning = report["evaluation"].get("warning")
@@ -76,7 +82,7 @@ def calibrate(run_dir, method, percentile, calibration_images, eval_images, no_f
         click.echo(f"{name} ({figures['file']}; {'passes' if figures['passed'] else 'misses'}; "
                    f"{agreement['images']} whole test images): pixel agreement "
                    f"{agreement['pixel_agreement']:.4%}, Dice vs float "
-                   f"{agreement['mean_dice_vs_reference']:.4f}")
+                   f"{_dice(agreement)}")
     click.echo(f"wrote {run_dir / names.CALIBRATION}")
 
 

@@ -155,8 +155,9 @@ def load_folder_dataset(root: Path, names: list[str] | None = None,
             if classes.max(initial=0) >= num_classes:
                 raise DataError(f"{files[sample.name][1]} has class value {int(classes.max())}"
                                 f" but the dataset has {num_classes} classes (0.."
-                                f"{num_classes - 1}); fix the mask or pass the right number of "
-                                f"classes")
+                                f"{num_classes - 1}); fix the mask, or train a model on this "
+                                f"dataset ('retinaunet-deploy train --data {root}', with "
+                                f"--label-map STORED:CLASS for values that are not classes)")
     return samples
 
 
@@ -175,5 +176,7 @@ def write_folder_dataset(root: Path, samples: list[Sample], instances: bool = Tr
         Image.fromarray(sample.mask.astype(np.uint8)).save(root / "masks" / name)
         if instances:
             if sample.instances.max(initial=0) > MAX_INSTANCES:
-                raise DataError(f"{sample.name} has more than {MAX_INSTANCES} instances")
+                raise DataError(f"{sample.name} has instance id {int(sample.instances.max())}, "
+                                f"more than a 16-bit label image can hold ({MAX_INSTANCES}); "
+                                f"split the image into smaller ones")
             Image.fromarray(sample.instances.astype(np.uint16)).save(root / "instances" / name)

@@ -109,6 +109,31 @@ def check_training_split(train_samples, labels: Labels, where: str) -> None:
             labels, splits=True))
 
 
+def label_map_warnings(description: dict, labels: Labels) -> list[str]:
+    """One warning per ``--label-map`` entry whose stored value no mask of the dataset
+    holds: the entry maps nothing (a typo, or masks stored otherwise than thought, e.g.
+    ``255:1`` on masks already saved as 0/1), so it is named, with the values found.
+
+    Args:
+        description: the card's ``data`` block (`sources.folder_description`): for a
+            folder dataset its ``path`` and ``splits`` (names); other kinds give none.
+    Reads the stored values of every mask of the splits again (only when there is a map).
+    """
+    if not labels.map or description.get("kind") != "folder":
+        return []
+    from retinaunet_deploy.data.folder import list_folder
+    from retinaunet_deploy.data.readers import read_labels
+
+    files = list_folder(Path(description["path"]))
+    stored: set[int] = set()
+    for part in description.get("splits", {}).values():
+        for name, _ in part:
+            stored.update(np.unique(read_labels(files[name][1], "mask")).tolist())
+    return [f"--label-map {value}:{target}: no mask holds the stored value {value}, so the "
+            f"entry maps nothing (stored values found: {_short(sorted(stored))}); check "
+            f"the value" for value, target in labels.map if value not in stored]
+
+
 def no_foreground(what: str, labels: Labels, splits: bool = False) -> str:
     """The one line refusing data without foreground."""
     rules = f" under {labels.describe()}" if labels.describe() else ""

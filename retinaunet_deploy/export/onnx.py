@@ -91,8 +91,12 @@ def check_standard_ops(proto, path_hint: str) -> None:
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node
                       if n.domain not in STANDARD_DOMAINS})
     if foreign:
+        path = Path(path_hint)
+        fix = (f"re-export without the graph simplification ('retinaunet-deploy export "
+               f"{path.parent} --no-simplify'); if they remain, " if path.name == ONNX else "")
         raise ArtifactError(f"{path_hint} would contain non-standard ops {foreign}; TensorRT "
-                            f"cannot import them (re-export without that optimisation)")
+                            f"cannot import them; {path_hint} was not written: {fix}this is a "
+                            f"bug in retinaunet-deploy: report it")
 
 
 def embed_metadata(proto, card: ModelCard, parent_sha256: str) -> None:
@@ -124,6 +128,20 @@ def embed_calibration_range(path: Path, record: dict) -> None:
     onnx.save(proto, path)
 
 
+def _parity_remedy(run_dir: Path, error: float) -> str:
+    """What to do when parity fails: export without simplification, or (for a finite
+    error) accept it with a --tolerance just above it (one significant digit, up)."""
+    fix = (f"retry without the graph simplification ('retinaunet-deploy export {run_dir} "
+           f"--no-simplify')")
+    if not np.isfinite(error):
+        return fix
+    digit, exponent = f"{error:.0e}".split("e")
+    looser = float(f"{digit}e{exponent}")
+    looser = looser if looser >= error else float(f"{int(digit) + 1}e{exponent}")
+    return (f"{fix}, or accept the difference ('retinaunet-deploy export {run_dir} "
+            f"--tolerance {looser:g}')")
+
+
 def measure_parity(pairs) -> dict:
     """Max |candidate - reference| per output and argmax agreement of `mask`.
 
@@ -136,7 +154,8 @@ def measure_parity(pairs) -> dict:
     for reference, candidate in pairs:
         missing = sorted(set(reference) ^ set(candidate))
         if missing:
-            raise ArtifactError(f"outputs differ between Keras and ONNX: {missing}")
+            raise ArtifactError(f"outputs differ between Keras and ONNX: {missing} (a bug in "
+                                f"retinaunet-deploy: report it)")
         for name in reference:
             error = float(np.max(np.abs(candidate[name].astype(np.float64)
                                         - reference[name].astype(np.float64))))
@@ -196,7 +215,8 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
             raise ArtifactError(
                 f"ONNX parity failed: max |ONNX - Keras| = {parity['max_abs_error_all']:.3g} > "
                 f"tolerance {options.tolerance:g} ({parity['max_abs_error']}); "
-                f"{run_dir / ONNX} was not written")
+                f"{run_dir / ONNX} was not written; "
+                f"{_parity_remedy(run_dir, parity['max_abs_error_all'])}")
     ops = sorted({node.op_type for node in proto.graph.node})
     record_artifact(run_dir, ONNX, "export", parent=KERAS, options=asdict(options),
                     figures={"parity": parity, "nodes": len(proto.graph.node), "op_types": ops,

@@ -8,7 +8,9 @@ Figures (reference = the Keras float model on the same images):
 
 * pixel_agreement: fraction of pixels whose argmax class matches;
 * dice_vs_reference: Dice between the two argmax masks, per foreground class,
-  and its mean (the ring is thin, so a mean over classes exposes it);
+  and its mean (the ring is thin, so a mean over classes exposes it); a class
+  absent from both masks has no Dice (null, "n/a") and is left out of the mean,
+  never counted as 1.0 (null when no class is present at all);
 * mean/max |prob diff|: over all mask probabilities;
 * detections: boxes scoring >= `match_score` in the reference are matched to
   same-class candidate boxes (greedy, by IoU); mean IoU of matched pairs and the
@@ -45,8 +47,8 @@ class Agreement:
 
     images: int
     pixel_agreement: float
-    dice_vs_reference: dict[str, float]
-    mean_dice_vs_reference: float
+    dice_vs_reference: dict[str, float]     # NaN: the class is in neither mask
+    mean_dice_vs_reference: float           # over classes present; NaN when none is
     mean_abs_prob_diff: float
     max_abs_prob_diff: float
     detections: dict = field(default_factory=dict)
@@ -82,8 +84,20 @@ class Agreement:
     def to_dict(self) -> dict:
         """Strict-JSON-ready: every field (targets as `Targets.to_dict()`), ``passed``,
         ``failures`` and ``interval_failures``. A figure that is undefined here (no image,
-        pixel or foreground class to measure it on) is None with ``<key>_reason``."""
+        pixel or foreground class to measure it on) is None with ``<key>_reason``; a
+        class in neither mask is None in ``dice_vs_reference``, named under
+        ``dice_vs_reference_reason``."""
         result = asdict(replace(self, targets=None))
+        absent = [name for name, dice in self.dice_vs_reference.items() if np.isnan(dice)]
+        if absent:
+            result["dice_vs_reference"] = {name: None if name in absent else dice
+                                           for name, dice in self.dice_vs_reference.items()}
+            result["dice_vs_reference_reason"] = (
+                f"{', '.join(absent)}: in neither mask on these images; left out of the mean")
+        if np.isnan(self.mean_dice_vs_reference):
+            result["mean_dice_vs_reference"] = None
+            result["mean_dice_vs_reference_reason"] = ("no foreground class in either mask on "
+                                                       "these images")
         result["targets"] = self.targets.to_dict()
         result["passed"] = self.passed
         result["failures"] = self.failures
@@ -93,7 +107,8 @@ class Agreement:
     def summary(self) -> str:
         """One line: each measured gate's figure (mask gates, the mean |prob diff|, then
         detection gates) and the pixel agreement's 95% interval."""
-        parts = [gate.summary_part(self) for gate in GATES.values() if gate.kind == "mask"]
+        parts = [f"{gate.label} n/a" if _undefined(gate.figure(self))
+                 else gate.summary_part(self) for gate in GATES.values() if gate.kind == "mask"]
         parts.append(f"mean |prob diff| {self.mean_abs_prob_diff:.2e}")
         parts += [gate.summary_part(self) for gate in GATES.values() if gate.kind != "mask"]
         text = ", ".join(part for part in parts if part)
@@ -101,6 +116,26 @@ class Agreement:
             low, high = self.intervals["pixel_agreement"]
             text += f" (pixels 95% CI {low:.4%}-{high:.4%}, {self.images} images)"
         return text
+
+
+def _undefined(value) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+def class_dice(overlap: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice per foreground class and its mean over the classes present, from summed
+    counts: `overlap` (..., K-1) |ref ∩ cand|, `sizes` (..., K-1) |ref| + |cand|.
+
+    A class with size 0 is in neither mask: its Dice is NaN (undefined, not 1.0) and
+    it is left out of the mean; the mean is NaN when no class is present.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), np.nan)
+    present = np.sum(sizes > 0, axis=-1)
+    total = np.where(sizes > 0, dice, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(present > 0, total / np.maximum(present, 1), np.nan)
+    return dice, mean
 
 
 def match_detections(reference: Detections, candidate: Detections, min_score: float,
@@ -145,11 +180,10 @@ class PerImage:
     def figures(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Every gated figure for B multisets of the images; `weights` (B, N) counts."""
         weights = np.atleast_2d(weights).astype(np.float64)
-        sizes, overlap = weights @ self.sizes, weights @ self.overlap
-        dice = np.where(sizes > 0, 2 * overlap / np.maximum(sizes, 1), 1.0)
+        _, mean_dice = class_dice(weights @ self.overlap, weights @ self.sizes)
         with np.errstate(invalid="ignore", divide="ignore"):  # no image: NaN, then null
             agreement = (weights @ self.agree) / (weights @ self.pixels)
-        result = {"pixel_agreement": agreement, "mean_dice_vs_reference": dice.mean(axis=1)}
+        result = {"pixel_agreement": agreement, "mean_dice_vs_reference": mean_dice}
         if self.matched is not None:
             confident = weights @ self.confident
             result["matched_fraction"] = np.where(
@@ -246,12 +280,12 @@ def compare(reference, candidate, class_names, truths=None, targets: Targets | N
     point = {name: float(values[0]) for name, values in per_image.figures(np.ones(count)).items()}
     if "matched_fraction" in point:
         detections["matched_fraction"] = point["matched_fraction"]
-    dice = np.where(sizes.sum(0) > 0, 2 * overlap.sum(0) / np.maximum(sizes.sum(0), 1), 1.0)
+    dice, mean_dice = class_dice(overlap.sum(0), sizes.sum(0))
     return Agreement(
         images=count,
         pixel_agreement=point["pixel_agreement"],
         dice_vs_reference=dict(zip(class_names[1:], np.round(dice, 5).tolist())),
-        mean_dice_vs_reference=float(dice.mean()),
+        mean_dice_vs_reference=float(mean_dice),
         mean_abs_prob_diff=diff_sum / max(1.0, pixels.sum() * num_classes),
         max_abs_prob_diff=diff_max,
         detections=detections,

@@ -190,7 +190,9 @@ def rejudge(run_dir: Path, file: str, runtime: str, targets: Targets | None = No
     card = load_card(run_dir)
     path = run_dir / file
     if not path.is_file():
-        raise ArtifactError(f"{path} not found")
+        from retinaunet_deploy import remake
+
+        raise ArtifactError(f"{path} not found; {remake.missing(path)}")
     entry = registry.resolve(path, runtime)
     options = runtime_options(entry.name, fused)
     store = VariantStore(run_dir)

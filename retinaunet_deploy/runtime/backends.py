@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy import remake
 from retinaunet_deploy.artifacts import check_onnx_external_data
 from retinaunet_deploy.card import ModelCard, embedded_card, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
@@ -25,13 +26,13 @@ def load_keras_model(path: Path):
 
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path} not found")
+        raise ArtifactError(f"{path} not found; {remake.missing(path)}")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad file; all mean the same
         raise ArtifactError(f"cannot load {path} ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0][:200]}); re-run "
-                            f"'retinaunet-deploy train' to rewrite it") from error
+                            f"{str(error).splitlines()[0][:200]}); "
+                            f"{remake.remedy(path, 're-train it')}") from error
 
 
 def traced_call(model, jit_compile: bool = False):
@@ -97,7 +98,10 @@ def _keras_threads(threads: int | None) -> int | None:
     current = tensorflow_threads() or None
     if threads and current != threads:
         raise ConfigError(f"Keras runs with {current or 'default'} intra-op threads, not the "
-                          f"{threads} asked for")
+                          f"{threads} asked for (TensorFlow sets its thread pools once per "
+                          f"process); open it in a fresh process with {threads} threads "
+                          f"(--threads {threads}), or call configure_tensorflow({threads}) "
+                          f"before anything runs TensorFlow")
     return current
 
 
@@ -158,7 +162,7 @@ class OnnxRuntimeBackend(BackendBase):
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ArtifactError(f"{self.path} not found")
+            raise ArtifactError(f"{self.path} not found; {remake.missing(self.path)}")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -172,7 +176,7 @@ class OnnxRuntimeBackend(BackendBase):
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as error:  # ORT raises its own pybind types for bad files
             raise ArtifactError(f"cannot load {self.path} ({str(error).splitlines()[0][:200]}); "
-                                f"re-run 'retinaunet-deploy export' to rewrite it") from error
+                                f"{remake.remedy(self.path)}") from error
         check_session_providers(self.path, providers, self.session.get_providers())
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -70,11 +70,12 @@ class OpenVINOBackend(BackendBase):
         """
         import openvino as ov
 
+        from retinaunet_deploy import remake
         from retinaunet_deploy.artifacts import check_onnx_external_data
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise ArtifactError(f"{self.path} not found")
+            raise ArtifactError(f"{self.path} not found; {remake.missing(self.path)}")
         graph = check_onnx_external_data(self.path)  # names, metadata; no weights read
         quantized = any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
         self.precision = precision or ("int8" if quantized else "fp32")
@@ -97,8 +98,8 @@ class OpenVINOBackend(BackendBase):
             self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
         except RuntimeError as error:
             raise ArtifactError(f"OpenVINO cannot compile {self.path} "
-                                f"({str(error).strip().splitlines()[0][:200]}); re-run "
-                                f"'retinaunet-deploy export' to rewrite it") from error
+                                f"({str(error).strip().splitlines()[0][:200]}); "
+                                f"{remake.remedy(self.path)}") from error
         # Read back from the compiled model: the figure a report states is the one that
         # runs (0: OpenVINO's default, when no count was asked for).
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,14 @@ class Predictor:
         self.anchor_config = card.anchors
         self.detection_config = card.detection_config
         # The backend's limits (an engine's optimisation profile) bound the tile and the
-        # smallest input.
+        # smallest input: `tile` is the tile used, `requested_tile` the one asked for, and
+        # `tile_warning` (warned once) says when the two differ.
+        self.requested_tile = tile
         tile = min(tile, limits.max_size) if limits.max_size else tile
+        self.tile_warning = None if tile == self.requested_tile else _tile_capped(
+            getattr(backend, "path", None), self.requested_tile, tile)
+        if self.tile_warning:
+            warnings.warn(self.tile_warning, UserWarning, stacklevel=2)
         self.min_input = max(self.stride, limits.min_size)
         if tile < self.stride or tile % self.stride:
             raise ConfigError(f"tile {tile} must be a positive multiple of the stride "
@@ -135,8 +142,7 @@ class Predictor:
         card = backend.card()
         if card is None:
             backend.close()
-            raise ArtifactError(f"{path} has no model card (embedded or model_card.json beside "
-                                f"it); export it from a trained run")
+            raise ArtifactError(_no_card(path))
         return cls(backend, card, batch_size=batch_size, tile=tile, overlap=overlap)
 
     def close(self) -> None:
@@ -170,12 +176,15 @@ class Predictor:
                              f"({self.stride} px); use a larger image")
         if channels != self.channels:
             raise InputError(f"image has {channels} channel(s), the model takes "
-                             f"{self.channels}; convert the image first")
+                             f"{self.channels}; save it as {_channels_form(self.channels)}")
         if dtype.kind in "ui":
             if dtype != self.pixel_dtype:
                 raise InputError(f"integer images must be {self.pixel_dtype} (the model was "
                                  f"trained on {self.pixel_dtype} pixels, 0..{self.pixel_max}), "
-                                 f"got {dtype}; convert or pass float pixel values")
+                                 f"got {dtype}; save it as {self.pixel_dtype} (0.."
+                                 f"{self.pixel_max}, scaled as the training images were), or "
+                                 f"train a model on {dtype} images ('retinaunet-deploy train "
+                                 f"--data DIR')")
         elif dtype.type not in FLOAT_DTYPES:
             raise InputError(f"unsupported image dtype {dtype}; use {self.pixel_dtype} "
                              f"or float pixel values in [0, {self.pixel_max}]")
@@ -351,3 +360,33 @@ class Predictor:
                               np.asarray(p, np.float32) if probabilities else None)
                    for p, dets in zip(probs, detections)]
         return results[0] if single else results
+
+
+def _channels_form(channels: int) -> str:
+    """How to save an image with `channels` channels, in words."""
+    return {1: "greyscale (1 channel)", 3: "RGB without alpha (3 channels)"}.get(
+        channels, f"an image of {channels} channels")
+
+
+def _no_card(path: Path) -> str:
+    """The one line refusing an artifact without a model card, with what restores it."""
+    from retinaunet_deploy import remake
+    from retinaunet_deploy.names import CARD
+
+    if path.suffix == ".onnx":  # the card travels in the file's metadata (export puts it)
+        return (f"{path} has no model card in its metadata; use the file its run wrote, or "
+                f"{remake.remedy(path)}")
+    return (f"{path} has no model card beside it ({path.parent / CARD} not found); copy the "
+            f"{CARD} of the run that trained it beside it, or re-train "
+            f"('retinaunet-deploy train --out {path.parent}')")
+
+
+def _tile_capped(path: Path | None, requested: int, used: int) -> str:
+    """The warning for a tile capped to the backend's largest input."""
+    from retinaunet_deploy import remake
+
+    what = path or "the backend"
+    command = (remake.command_for(path) if path else None) or "retinaunet-deploy build-engine RUN"
+    return (f"--tile {requested} is larger than {what} takes ({used} px, its optimisation "
+            f"profile): tiles of {used} px are used; for larger tiles rebuild it with "
+            f"'{command} --max-size {requested}'")

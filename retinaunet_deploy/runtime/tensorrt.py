@@ -44,6 +44,7 @@ class TensorRTBackend(BackendBase):
     """
 
     def __init__(self, path: Path, threads: int | None = None, device: int = 0):
+        from retinaunet_deploy import remake
         from retinaunet_deploy.runtime.cuda import (
             check_engine_target,
             cuda_call,
@@ -57,8 +58,7 @@ class TensorRTBackend(BackendBase):
         del threads  # GPU inference: the host thread count does not apply (threads: None)
         self.path = Path(path)
         if not self.path.is_file():
-            raise ArtifactError(f"{self.path} not found; build it with 'retinaunet-deploy "
-                                f"build-engine'")
+            raise ArtifactError(f"{self.path} not found; {remake.missing(self.path)}")
         record = engine_record(self.path)  # a replaced or unrecorded engine: refused first
         trt = require_tensorrt()
         self._rt, self._call = cudart(), cuda_call
@@ -69,7 +69,8 @@ class TensorRTBackend(BackendBase):
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise ArtifactError(f"TensorRT could not deserialise {self.path}: "
-                                f"{self._logger.tail(5)}; rebuild it with build-engine")
+                                f"{self._logger.tail(5)}; "
+                                f"{remake.remedy(self.path, 'rebuild it on this machine')}")
         self.context = self.engine.create_execution_context()
         self.stream = self._call(self._rt.cudaStreamCreate())
 
@@ -79,7 +80,8 @@ class TensorRTBackend(BackendBase):
         self.output_names = [n for n in names if n not in self.input_names]
         if len(self.input_names) != 1:
             raise ArtifactError(f"{self.path} has inputs {self.input_names}; expected one "
-                                f"('image')")
+                                f"('image'): it was not built from a RetinaUNet ONNX file of "
+                                f"this toolkit; {remake.remedy(self.path, 'rebuild it')}")
         self.input_name = self.input_names[0]
         min_shape, opt_shape, max_shape = self.engine.get_tensor_profile_shape(
             self.input_name, 0)
@@ -118,7 +120,7 @@ class TensorRTBackend(BackendBase):
         if c != self.channels or not (self.min_size <= min(h, w) and max(h, w) <= self.max_size):
             raise InputError(f"{self.path} takes (N, H, W, {self.channels}) with H and W in "
                              f"{self.min_size}..{self.max_size} (its optimisation profile), got "
-                             f"{batch.shape}; rebuild it with other --min-size/--max-size")
+                             f"{batch.shape}; {self._rebuild_for(h, w)}")
         chunks = []
         for start in range(0, len(batch), self.max_batch):
             chunk = batch[start:start + self.max_batch]
@@ -131,13 +133,25 @@ class TensorRTBackend(BackendBase):
             return chunks[0]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
+    def _rebuild_for(self, height: int, width: int) -> str:
+        """The remedy for an input outside the profile: the build-engine command with
+        sizes that take it."""
+        from retinaunet_deploy import remake
+
+        command = remake.command_for(self.path) or "retinaunet-deploy build-engine RUN"
+        return (f"rebuild it with '{command} --min-size {min(self.min_size, height, width)} "
+                f"--max-size {max(self.max_size, height, width)}'")
+
     def _execute(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One call of the engine on a batch its profile takes."""
         rt, call = self._rt, self._call
         to_device = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         to_host = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         if not self.context.set_input_shape(self.input_name, batch.shape):
-            raise InputError(f"{self.path} refused input shape {batch.shape}")
+            raise InputError(f"{self.path} refused input shape {batch.shape} (its profile: "
+                             f"batch {self.min_batch}..{self.max_batch}, H and W "
+                             f"{self.min_size}..{self.max_size}); "
+                             f"{self._rebuild_for(*batch.shape[1:3])}")
         source = self._buffers[self.input_name]
         flat = np.ascontiguousarray(batch, dtype=source.dtype).ravel()
         source.host[:flat.size] = flat
@@ -146,7 +160,11 @@ class TensorRTBackend(BackendBase):
         for name, buffer in self._buffers.items():
             self.context.set_tensor_address(name, int(buffer.device_ptr))
         if not self.context.execute_async_v3(int(self.stream)):
-            raise ArtifactError(f"TensorRT failed to run {self.path}: {self._logger.tail(5)}")
+            from retinaunet_deploy import remake
+
+            raise ArtifactError(f"TensorRT failed to run {self.path}: {self._logger.tail(5)}; "
+                                f"check that the GPU has free memory (nvidia-smi), or "
+                                f"{remake.remedy(self.path, 'rebuild it on this machine')}")
         shapes = {}
         for name in self.output_names:
             shapes[name] = tuple(self.context.get_tensor_shape(name))

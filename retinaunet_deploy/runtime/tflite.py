@@ -43,9 +43,11 @@ class TFLiteBackend(BackendBase):
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
+        from retinaunet_deploy import remake
+
         self.path = Path(path)
         if not self.path.is_file():
-            raise ArtifactError(f"{self.path} not found")
+            raise ArtifactError(f"{self.path} not found; {remake.missing(self.path)}")
         # LiteRT's interpreter has no read-back of its thread count: `threads` is what it
         # was opened with (num_threads; None: LiteRT's default).
         self.threads = threads
@@ -56,7 +58,7 @@ class TFLiteBackend(BackendBase):
             self.runner = self.interpreter.get_signature_runner(self.signature)
         except (ValueError, RuntimeError) as error:
             raise ArtifactError(f"cannot load {self.path} ({str(error).splitlines()[0][:200]}); "
-                                f"re-run 'retinaunet-deploy calibrate' to rewrite it") from error
+                                f"{remake.remedy(self.path)}") from error
         (self.input_name,) = signatures[self.signature]["inputs"]
         self.output_names = list(signatures[self.signature]["outputs"])
 
