@@ -59,7 +59,7 @@ class TrainOptions:
     rotations: bool = True
     foreground_fraction: float = 1 / 3
     intensity_jitter: float = 0.1
-    border_fraction: float = 1 / 3   # patches reaching past the image edge (`data.patches`)
+    border_fraction: float = 0.0   # patches reaching past the image edge (`data.patches`)
     patience: int = 4
     seed: int = 0
 
