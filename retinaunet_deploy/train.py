@@ -68,6 +68,7 @@ class TrainOptions:
     rotations: bool = True
     foreground_fraction: float = 1 / 3
     intensity_jitter: float = 0.1
+    border_fraction: float = 0.0   # patches reaching past the image edge (`data.patches`)
     patience: int = 4
     seed: int = 0
 
@@ -289,7 +290,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
                       loss_weights={k: options.loss_weights[k] for k in losses})
 
     patch_options = PatchOptions(options.size, options.foreground_fraction, options.flips,
-                                 options.rotations, options.intensity_jitter)
+                                 options.rotations, options.intensity_jitter,
+                                 options.border_fraction, builder.stride)
     anchors = (generate_anchors(anchor_config, (options.size, options.size))
                if anchor_config else None)
     batches = PatchBatches(splits.train, patch_options, options.batch_size, anchors,

@@ -126,7 +126,7 @@ def test_the_predictor_reads_the_defaults_and_types_a_hand_built_card_once():
 
     predictor = Predictor(Echo(), MINIMAL)
     assert isinstance(predictor.card, ModelCard) and predictor.card == ModelCard.from_dict(MINIMAL)
-    assert (predictor.pad_value, predictor.pixel_max, predictor.stride) == (0.0, 255, 16)
+    assert (predictor.pixel_max, predictor.stride) == (255, 16)
     assert predictor.pixel_dtype == np.uint8 and predictor.patch_size == 32
     image = np.zeros((20, 24), np.uint8)
     image[:5] = 9

@@ -335,14 +335,19 @@ def test_patch_sampler_oversamples_foreground():
 
 
 def test_patch_sampler_pads_small_images_and_targets_follow_the_pixels():
-    small = [Sample("s", np.full((40, 50, 1), 200, np.uint8), np.ones((40, 50), np.uint8),
-                    np.ones((40, 50), np.int32))]
+    # An object over the left 20 columns, touching the top and bottom edges.
+    mask = np.zeros((40, 50), np.uint8)
+    mask[:, :20] = 1
+    image = np.where(mask, 200, 50).astype(np.uint8)[..., None]
+    small = [Sample("s", image, mask, mask.astype(np.int32))]
     batches, anchors = _batches(small, intensity_jitter=0.0)
     images, masks, boxes = batches.patches(0)
     assert images.shape == (8, 64, 64, 1) and masks.shape == (8, 64, 64)
     for image, mask, (box, _) in zip(images, masks, boxes):
-        assert np.all(image[mask == 0] == 80.0)       # padded with the training mean
-        assert mask.sum() == 40 * 50                  # the whole image, rotated or flipped
+        # Padded by mirroring, as the Predictor pads (no strip of the training mean, 80):
+        # the object continues into its mirror below the image, as one object.
+        assert np.all(image[mask == 0] == 50.0) and np.all(image[mask == 1] == 200.0)
+        assert mask.sum() == 64 * 20 and len(box) == 1   # rotated or flipped
         ys, xs = np.nonzero(mask)
         np.testing.assert_array_equal(box, [[ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]])
     _, targets = batches.batch(0)

@@ -1,7 +1,7 @@
 // Exercises detections.hpp without TensorRT (run by tests/test_cpp_example.py):
 //   det_selftest CARD.json LOGITS.f32 DELTAS.f32 N H W C ANCHORS_OUT.f32 DETECTIONS_OUT.txt
 // reads the anchor and postprocess settings from the model card, writes the anchors and,
-// per detection, one line "image y1 x1 y2 x2 score class"; prints "padding STRIDE VALUE".
+// per detection, one line "image y1 x1 y2 x2 score class"; prints "stride STRIDE".
 #include <cstdio>
 #include <iostream>
 
@@ -17,11 +17,7 @@ int main(int argc, char** argv) {
         retinaunet::AnchorConfig anchors_config;
         retinaunet::DetectionConfig post;
         retinaunet::read_card(argv[1], anchors_config, post);
-        int stride = 0;
-        float pad_value = 0;
-        retinaunet::read_padding(argv[1], stride, pad_value);
-        std::cout.precision(9);
-        std::cout << "padding " << stride << " " << pad_value << "\n";
+        std::cout << "stride " << retinaunet::read_stride(argv[1]) << "\n";
         const int n = std::stoi(argv[4]), h = std::stoi(argv[5]), w = std::stoi(argv[6]),
                   c = std::stoi(argv[7]);
         const std::vector<float> anchors = retinaunet::generate_anchors(anchors_config, h, w);

@@ -73,13 +73,11 @@ inline std::string read_text(const std::string& path) {
     return buffer.str();
 }
 
-// How an image is padded before it runs: to a multiple of the network's stride
-// (`input.stride`) with the training mean (`normalization.mean`), which the in-graph
-// normalisation maps to 0, as in training and in the Python Predictor.
-inline void read_padding(const std::string& path, int& stride, float& pad_value) {
+// The network's stride (`input.stride`): images are padded to a multiple of it, by
+// mirroring (`pad_to_stride`), as in training and in the Python Predictor.
+inline int read_stride(const std::string& path) {
     const std::string card = read_text(path);
-    stride = static_cast<int>(json_numbers(json_object(card, "input"), "stride")[0]);
-    pad_value = static_cast<float>(json_numbers(json_object(card, "normalization"), "mean")[0]);
+    return static_cast<int>(json_numbers(json_object(card, "input"), "stride")[0]);
 }
 
 inline void read_card(const std::string& path, AnchorConfig& anchors, DetectionConfig& post) {

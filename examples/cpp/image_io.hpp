@@ -87,19 +87,31 @@ inline Image read_raw_f32(const std::string& path, int height, int width, int ch
     return image;
 }
 
+// Source index of pixel `i` of an axis of `n` pixels padded by mirroring: itself inside
+// the image, beyond it reflected about the last and first pixel in turn, the edge pixel
+// not repeated (numpy's "reflect"; n = 3 reads 0 1 2 1 0 1 2 ...).
+inline int mirror_index(int i, int n) {
+    if (n == 1) return 0;
+    const int period = 2 * (n - 1), k = i % period;
+    return k < n ? k : period - k;
+}
+
 // Pad at the bottom and right to a multiple of `stride`, and to at least `min_size` a
-// side, with `value` (the model card's normalization mean, which the in-graph
-// normalisation maps to 0): exactly what the Python Predictor does before running.
-inline Image pad_to_stride(const Image& image, int stride, int min_size, float value) {
+// side, by mirroring the image there: exactly what the Python Predictor does before
+// running (and what training patches that reach past an image edge see).
+inline Image pad_to_stride(const Image& image, int stride, int min_size) {
     auto padded_side = [&](int side) {
         return std::max(min_size, (side + stride - 1) / stride * stride);
     };
     Image out{padded_side(image.height), padded_side(image.width), image.channels, {}};
-    out.pixels.assign(static_cast<size_t>(out.height) * out.width * out.channels, value);
-    for (int y = 0; y < image.height; ++y)
-        std::copy_n(image.pixels.begin() + static_cast<size_t>(y) * image.width * image.channels,
-                    static_cast<size_t>(image.width) * image.channels,
-                    out.pixels.begin() + static_cast<size_t>(y) * out.width * out.channels);
+    out.pixels.resize(static_cast<size_t>(out.height) * out.width * out.channels);
+    const size_t c = static_cast<size_t>(image.channels);
+    for (int y = 0; y < out.height; ++y) {
+        const size_t row = static_cast<size_t>(mirror_index(y, image.height)) * image.width;
+        for (int x = 0; x < out.width; ++x)
+            std::copy_n(image.pixels.begin() + (row + mirror_index(x, image.width)) * c, c,
+                        out.pixels.begin() + (static_cast<size_t>(y) * out.width + x) * c);
+    }
     return out;
 }
 

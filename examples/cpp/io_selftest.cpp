@@ -1,7 +1,7 @@
 // Exercises image_io.hpp without TensorRT (run by tests/test_cpp_example.py):
 //   io_selftest IMAGE.pgm PIXELS_OUT.f32 PROBS.f32 H W K MASK_OUT.pgm
 // writes the PGM's pixels as float32 and the argmax mask of PROBS as a PGM;
-//   io_selftest pad IMAGE.pgm STRIDE MIN_SIZE VALUE PADDED_OUT.f32 CROPPED_OUT.f32
+//   io_selftest pad IMAGE.pgm STRIDE MIN_SIZE PADDED_OUT.f32 CROPPED_OUT.f32
 // writes the image padded as the engine takes it ("H W" on stdout) and that padded
 // buffer cropped back.
 #include <algorithm>
@@ -12,14 +12,14 @@
 
 int pad_mode(char** argv) {
     const retinaunet::Image image = retinaunet::read_pgm(argv[2]);
-    const retinaunet::Image padded = retinaunet::pad_to_stride(
-        image, std::stoi(argv[3]), std::stoi(argv[4]), std::stof(argv[5]));
-    std::ofstream(argv[6], std::ios::binary)
+    const retinaunet::Image padded =
+        retinaunet::pad_to_stride(image, std::stoi(argv[3]), std::stoi(argv[4]));
+    std::ofstream(argv[5], std::ios::binary)
         .write(reinterpret_cast<const char*>(padded.pixels.data()),
                static_cast<std::streamsize>(padded.pixels.size() * sizeof(float)));
     const std::vector<float> back = retinaunet::crop(padded.pixels.data(), padded.width,
                                                      padded.channels, image.height, image.width);
-    std::ofstream(argv[7], std::ios::binary)
+    std::ofstream(argv[6], std::ios::binary)
         .write(reinterpret_cast<const char*>(back.data()),
                static_cast<std::streamsize>(back.size() * sizeof(float)));
     std::cout << padded.height << " " << padded.width << "\n";
@@ -27,7 +27,7 @@ int pad_mode(char** argv) {
 }
 
 int main(int argc, char** argv) {
-    if (argc == 8 && std::string(argv[1]) == "pad") {
+    if (argc == 7 && std::string(argv[1]) == "pad") {
         try {
             return pad_mode(argv);
         } catch (const std::exception& error) {

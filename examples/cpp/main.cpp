@@ -6,7 +6,7 @@
 // pixel values (normalisation is inside the engine) of any H and W that are multiples
 // of the stride, output `mask` (N, H, W, K) float32 softmax; the class mask is the
 // argmax over K. Any image size is taken: it is padded at the bottom and right to the
-// stride (and the engine profile's minimum) with the card's normalization mean, run,
+// stride (and the engine profile's minimum) by mirroring the image there, run,
 // and the outputs cropped back, as the Python Predictor does. (Images beyond the
 // profile's maximum need the Predictor's tiling, or an engine built with a larger
 // --max-size.) A .f32 input is raw little-endian float32 HWC; give its --shape. When
@@ -90,9 +90,7 @@ int main(int argc, char** argv) {
         }
         const std::string folder = engine_path.substr(0, engine_path.find_last_of('/') + 1);
         const std::string card_path = folder + "model_card.json";
-        int stride = 16;
-        float pad_value = 0.0f;
-        retinaunet::read_padding(card_path, stride, pad_value);
+        const int stride = retinaunet::read_stride(card_path);
 
         const std::vector<char> blob = read_file(engine_path);
         std::unique_ptr<nvinfer1::IRuntime> runtime(nvinfer1::createInferRuntime(logger));
@@ -122,7 +120,7 @@ int main(int argc, char** argv) {
                                      "takes " + std::to_string(channels));
         const int min_side = static_cast<int>(std::max(low.d[1], low.d[2]));
         const retinaunet::Image padded =
-            retinaunet::pad_to_stride(image, stride, min_side, pad_value);
+            retinaunet::pad_to_stride(image, stride, min_side);
         if (padded.height > high.d[1] || padded.width > high.d[2])
             throw std::runtime_error(image_path + ": padded to " + std::to_string(padded.height) +
                                      "x" + std::to_string(padded.width) + ", beyond the engine's "

@@ -166,12 +166,13 @@ def measure_parity(pairs) -> dict:
             "mask_argmax_agreement": same / total}
 
 
-def padded_to_stride(image: np.ndarray, stride: int, value: float) -> np.ndarray:
-    """(H, W, C) -> (1, H', W', C) float32, padded at the bottom and right as the
-    Predictor pads."""
+def padded_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
+    """(H, W, C) -> (1, H', W', C) float32, padded at the bottom and right to stride
+    multiples as the Predictor pads (mirrored, `data.patches.pad_to`)."""
+    from retinaunet_deploy.data.patches import pad_to
+
     h, w = image.shape[:2]
-    pad = [(0, 0), (0, -h % stride), (0, -w % stride), (0, 0)]
-    return np.pad(image[None].astype(np.float32), pad, constant_values=value)
+    return pad_to(image[None].astype(np.float32), h + -h % stride, w + -w % stride, (1, 2))
 
 
 def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
@@ -203,8 +204,7 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     onnx.checker.check_model(proto, full_check=True)
 
     samples = load_split(card, "val", options.parity_images)
-    images = [padded_to_stride(s.image, card.input.stride, card.normalization.mean)
-              for s in samples]
+    images = [padded_to_stride(s.image, card.input.stride) for s in samples]
     with atomic_path(run_dir / ONNX) as tmp:
         onnx.save(proto, tmp)
         onnx_backend = OnnxRuntimeBackend(tmp)

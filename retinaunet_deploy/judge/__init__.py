@@ -5,6 +5,7 @@
 * `metrics`: Dice, IoU and AP in numpy;
 * `agreement`: `compare(reference, candidate)` -> `Agreement` (figures, pass/fail);
 * `ground_truth`: scoring predictions against the samples' masks and boxes;
+* `borders`: false positives along the padded right/bottom border vs the interior;
 * `store`: stored predictions (the float reference's and every judged variant's);
 * `reference`: the float reference, computed once per model and image list;
 * `gates`: eval sets, `evaluate_variant` (files opened through the runtime

@@ -8,7 +8,7 @@ stage.
 
 Stored as ``RUN/reference/<split>.npz`` and ``<split>.json`` (`judge.store`: per
 image the probabilities and detections; the key: sha256 of model.keras and of the
-card's postprocessing, the predictor's tiling, every image's name and pixel hash,
+card's postprocessing, the predictor's tiling and padding, every image's name and pixel hash,
 and the arrays' sha256). A request whose images are the first n of a stored list
 is served from it; any other request recomputes and replaces it.
 """

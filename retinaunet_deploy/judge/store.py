@@ -8,7 +8,7 @@ An entry is two files, ``NAME.npz`` and ``NAME.json``:
   detection heads, ``boxes_i`` (D, 4) float32 (image pixels, x1 y1 x2 y2),
   ``scores_i`` (D,) float32 and ``classes_i`` (D,) int32;
 * the key: what made them (a model or variant file's sha256, the runtime and its
-  options, the card's postprocessing and the Predictor's tiling), every image's
+  options, the card's postprocessing, the Predictor's tiling and padding), every image's
   name and pixel hash, and the sha256 of the ``.npz``.
 
 An entry serves a request whose key matches exactly and whose images are the
@@ -36,6 +36,7 @@ import numpy as np
 
 from retinaunet_deploy.artifacts import atomic_path, sha256_file
 from retinaunet_deploy.card import ModelCard
+from retinaunet_deploy.data.patches import BORDER_PADDING
 from retinaunet_deploy.names import REFERENCE_DIR
 from retinaunet_deploy.postprocess import Detections
 from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE, Prediction
@@ -61,11 +62,13 @@ def image_list(samples) -> list[list[str]]:
 
 
 def settings_sha256(card: ModelCard) -> str:
-    """sha256 of what turns network outputs into predictions: the card's postprocessing
-    and anchors (their JSON), and the Predictor's tile size and overlap."""
+    """sha256 of what turns images into network inputs and outputs into predictions: the
+    card's postprocessing and anchors (their JSON), the Predictor's tile size and
+    overlap, and its border padding (entries stored under another padding are stale)."""
     return _digest({"postprocess": card.postprocess.to_dict() if card.postprocess else None,
                     "anchors": card.anchors.to_dict() if card.anchors else None,
-                    "tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP})
+                    "tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP,
+                    "padding": BORDER_PADDING})
 
 
 class StoredPredictions:

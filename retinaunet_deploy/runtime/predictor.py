@@ -10,8 +10,9 @@ of any height and width of at least one stride. The normalisation is inside the
 graph, so no other preprocessing is applied; anything else is an `InputError`.
 
 How an image runs: it is padded at the bottom and right to a multiple of the
-network's stride with the training mean (which the in-graph normalisation maps
-to 0, as in training), run, and the outputs are cropped back; anchors are made
+network's stride by mirroring (`data.patches.pad_to`, as training pads; a strip
+of constant value made the model draw objects along it), run, and the outputs
+are cropped back; anchors are made
 for the padded size, boxes clipped to the image. An image whose padded height
 or width exceeds `tile` (and, for an engine, its optimisation profile) runs as
 a sliding window (`runtime.tiling`). Masks and boxes are always in the image's
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.card import ModelCard
+from retinaunet_deploy.data.patches import pad_to
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.model.anchors import generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
@@ -81,7 +83,6 @@ class Predictor:
         self.stride = card.input.stride
         self.pixel_dtype = np.dtype(card.input.pixel_dtype)
         self.pixel_max = card.input.pixel_max
-        self.pad_value = float(card.normalization.mean)
         self.class_names = card.class_names
         self.det_class_names = card.det_class_names
         self.anchor_config = card.anchors
@@ -301,10 +302,7 @@ class Predictor:
     def _padded(self, batch: np.ndarray) -> np.ndarray:
         h, w = batch.shape[1:3]
         ph, pw = self.padded_size(h, w)
-        if (ph, pw) == (h, w):
-            return batch
-        return np.pad(batch, [(0, 0), (0, ph - h), (0, pw - w), (0, 0)],
-                      constant_values=self.pad_value)
+        return pad_to(batch, ph, pw, axes=(1, 2))
 
     def fits_whole(self, height: int, width: int) -> bool:
         padded = [-(-d // self.stride) * self.stride for d in (height, width)]

@@ -3,6 +3,9 @@
 `sliding_window(image, run, ...)` runs any `run(batch) -> outputs` over the tiles
 of a padded image (MONAI's `sliding_window_inference` habit): the Predictor runs
 its backend through it, and the bench's size sweep reads the same `tile_layout`.
+Tiles never pad: each is a window of the image the Predictor padded once, by
+mirroring (`data.patches.pad_to`, as in training), so no tile has an edge that
+the whole image would not have.
 
 An image too large to run whole is covered by tiles of one size, multiples of
 the network stride and placed on stride multiples, so every tile sees the same
