@@ -55,10 +55,18 @@ class RegisteredRuntimes(click.Choice):
                    "of tiles at most this large (a multiple of 16; an engine's profile caps it).")
 @click.option("--overlap", type=float, default=DEFAULT_OVERLAP, show_default=True,
               help="Fraction of a tile shared with its neighbour.")
+@click.option("--max-detections", type=click.IntRange(min=1), default=None,
+              help="At most this many detections per image [default: the model card's "
+                   "count per training patch, scaled with the image's area]. An image that "
+                   "hits the cap is warned about and recorded (detections_capped).")
+@click.option("--resume", is_flag=True,
+              help="Keep the images an earlier run into --out finished (same artifact and "
+                   "options, outputs unchanged since) and do the rest.")
 def predict(artifact, images, out_dir, threads, score_threshold, provider, runtime, tile,
-            overlap):
+            overlap, max_detections, resume):
     """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
-    write masks, overlays and detections.json.
+    write masks, overlays, results.jsonl (one line per image, as each finishes) and
+    detections.json (the summary, at the end).
 
     ARTIFACT may be a run folder: then the variant its bench recommended runs (the
     fastest that passed its gate on this machine, with its runtime).
@@ -75,14 +83,16 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
                   int8=ort_providers.precision_of(artifact) == "int8",
                   cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
     results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
-                            tile, overlap, runtime)
+                            tile, overlap, runtime, resume=resume,
+                            max_detections=max_detections, echo=click.echo)
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
         size = "x".join(map(str, entry["size"])) + (", tiled" if entry["tiled"] else "")
         click.echo(f"{path} ({size}): {len(found)} detection(s)"
                    f"{': ' + summary if found else ''}")
-    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/ and {out_dir}/detections.json")
+    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/, {out_dir}/results.jsonl and "
+               f"{out_dir}/detections.json")
 
 
 @cli.command()
