@@ -31,7 +31,7 @@ from retinaunet_deploy.predict.writer import DETECTIONS, RESULTS, ResultWriter
 __all__ = ["DETECTIONS", "EXECUTORS", "RESULTS", "InputItem", "ResultWriter", "open_predictor",
            "output_names", "plan_inputs", "predict_files", "run_sequential"]
 
-EXECUTORS = ("sequential",)
+EXECUTORS = ("pipelined", "sequential", "ray")
 
 
 def open_predictor(artifact: Path, threads: int | None = None, providers: list | None = None,
@@ -84,7 +84,7 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                   providers: list | None = None, tile: int | None = None,
                   overlap: float | None = None, runtime: str = "auto", *,
                   resume: bool = False, max_detections: int | None = None,
-                  executor: str = "sequential",
+                  executor: str = "pipelined", ray_address: str | None = None,
                   echo: Callable[[str], None] | None = None) -> dict:
     """Run `artifact` on image files and write the outputs (`writer`); returns the
     per-image entries by path, in the order of `image_paths`.
@@ -102,7 +102,10 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             options; refused otherwise) and do the rest.
         max_detections: per-image cap (None: the card's, scaled with the image's area);
             an image that hits it is recorded (``detections_capped``) and warned about.
-        executor: how images are read, predicted and written (`EXECUTORS`).
+        executor: how images are read, predicted and written (`EXECUTORS`): "pipelined"
+            (`pipeline.run_pipelined`: reading, batched inference and writing overlap),
+            "sequential" (`stream.run_sequential`) or "ray" (`ray_runner.run_ray`: on
+            the actors of the Ray cluster at `ray_address`, None: a local one).
         echo: prints a console line (None: stderr); warnings start with "warning: ".
     Raises:
         InputError, DataError: bad inputs (all of them named, before anything is written).
@@ -142,5 +145,20 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             if resume and len(todo) < len(items):
                 echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already "
                      f"done in {out_dir}")
-            run_sequential(predictor, todo, writer, lambda line: echo(f"warning: {line}"))
+            _executor(executor, artifact, options, ray_address)(
+                predictor, todo, writer, lambda line: echo(f"warning: {line}"))
             return writer.finish(items)
+
+
+def _executor(name: str, artifact: Path, options: dict, ray_address: str | None):
+    """The executor called as ``run(predictor, items, writer, warn)``."""
+    if name == "ray":
+        import functools
+
+        from retinaunet_deploy.predict.ray_runner import run_ray
+
+        return functools.partial(run_ray, artifact_args={"artifact": artifact, **options},
+                                 address=ray_address)
+    from retinaunet_deploy.predict.pipeline import run_pipelined
+
+    return {"pipelined": run_pipelined, "sequential": run_sequential}[name]
