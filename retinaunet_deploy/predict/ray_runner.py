@@ -204,9 +204,9 @@ def _wait_ready(pool, path: Path) -> None:
         cause = _cause(error)
         if isinstance(cause, RetinaUNetError):
             raise cause from None
-        reason = next((line for line in reversed(str(cause).strip().splitlines())
+        reason = next((line.strip() for line in reversed(str(cause).splitlines())
                        if line.strip()), type(cause).__name__)
-        raise RetinaUNetError(f"a Ray actor cannot open {path.name} ({reason.strip()[:200]}); "
+        raise RetinaUNetError(f"a Ray actor cannot open {path.name} ({reason[:200]}); "
                               f"install retinaunet-deploy and the runtime that runs it on every "
                               f"worker") from None
 
@@ -265,22 +265,30 @@ def _schedule(todo, pool, predictor, writer, warn) -> None:
         if next_write >= len(todo):
             break
         if not in_flight:
-            raise RetinaUNetError(f"all {len(pool)} Ray actors died before image "
-                                  f"{todo[next_write].path} was predicted; see the Ray logs "
-                                  f"(/tmp/ray/session_latest/logs), then re-run with --resume")
+            raise RetinaUNetError(f"{len(pool) - len(live)} of {len(pool)} Ray actors died "
+                                  f"and none is left for {todo[next_write].path}; see the Ray "
+                                  f"logs (/tmp/ray/session_latest/logs on each node), then run "
+                                  f"the same command with --resume to finish")
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:
             index, actor = in_flight.pop(ref)
             busy[id(actor)] -= 1
             try:
                 results[index] = ray.get(ref)
-            except RayActorError:
+            except RayActorError as error:
                 # The actor is gone with its images: they go back to the front of the queue.
-                live.pop(id(actor), None)
+                if live.pop(id(actor), None) is not None:
+                    warn(f"a Ray actor died ({_first_line(error)}); its images go to the "
+                         f"{len(live)} other(s)")
                 heapq.heappush(waiting, index)
             except Exception as error:  # noqa: BLE001 - the image's own error, in order
                 results[index] = _Failure(error)
                 failed_at = index if failed_at is None else min(failed_at, index)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:160]
 
 
 def _cause(error: BaseException) -> BaseException:
