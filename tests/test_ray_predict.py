@@ -105,3 +105,30 @@ def test_a_killed_actor_loses_and_duplicates_no_image(ray_cluster, tiny_exported
              for line in (out / "results.jsonl").read_text().splitlines()[1:]]
     assert lines == [str(p) for p in inputs]          # each image once, in order
     assert _files(out) == _files(local_run)
+
+
+def test_predict_command_runs_on_ray(ray_cluster, tiny_exported, inputs, local_run, tmp_path):
+    from click.testing import CliRunner
+
+    from retinaunet_deploy.cli import cli
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["predict", str(tiny_exported[0] / "model.onnx"),
+                                      *map(str, inputs), "--out", str(out), "--threads", "1",
+                                      "--score-threshold", "0.05", "--ray"])
+    assert result.exit_code == 0, result.output
+    assert _files(out) == _files(local_run)
+
+
+def test_ray_taking_an_image_as_its_address_is_refused(tiny_exported, inputs, tmp_path):
+    from click.testing import CliRunner
+
+    from retinaunet_deploy.cli import cli
+
+    result = CliRunner().invoke(cli, ["predict", str(tiny_exported[0] / "model.onnx"),
+                                      "--ray", str(inputs[0]), str(inputs[1]),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert (f"--ray took {inputs[0]} as its cluster address; put --ray after the images, or "
+            f"write --ray=ADDRESS") in result.output
+    assert not (tmp_path / "out").exists()

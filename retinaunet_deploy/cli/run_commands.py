@@ -36,6 +36,11 @@ class RegisteredRuntimes(click.Choice):
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Predict on a Ray cluster's actors (one Predictor each; outputs as a local "
+                   "run's): the cluster at ADDRESS (host:6379, ray://host:10001, auto), or "
+                   "alone (or 'local') a local one. Put it after IMAGES or write --ray=ADDRESS.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("predictions"), show_default=True)
 @click.option("--threads", type=int, default=None, help="Inference threads [default: library's].")
@@ -63,7 +68,7 @@ class RegisteredRuntimes(click.Choice):
               help="Keep the images an earlier run into --out finished (same artifact and "
                    "options, outputs unchanged since) and do the rest.")
 def predict(artifact, images, out_dir, threads, score_threshold, provider, runtime, tile,
-            overlap, max_detections, resume):
+            overlap, max_detections, resume, ray_address):
     """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
     write masks, overlays, results.jsonl (one line per image, as each finishes) and
     detections.json (the summary, at the end).
@@ -84,7 +89,8 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
                   cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
     results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
                             tile, overlap, runtime, resume=resume,
-                            max_detections=max_detections, echo=click.echo)
+                            max_detections=max_detections, echo=click.echo,
+                            **_ray_executor(ray_address))
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
@@ -93,6 +99,16 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
                    f"{': ' + summary if found else ''}")
     click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/, {out_dir}/results.jsonl and "
                f"{out_dir}/detections.json")
+
+
+def _ray_executor(address: str | None) -> dict:
+    """predict_files' executor options for --ray [ADDRESS] (none without it)."""
+    if address is None:
+        return {}
+    if Path(address).is_file():
+        raise click.UsageError(f"--ray took {address} as its cluster address; put --ray after "
+                               f"the images, or write --ray=ADDRESS")
+    return {"executor": "ray", "ray_address": None if address == "local" else address}
 
 
 @cli.command()
