@@ -262,8 +262,14 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     }
     report["recommendation"] = recommend(report)
     write_recommendation(run_dir, report["recommendation"])
+    if options.folder_artifacts:
+        from retinaunet_deploy.bench.throughput import append_section, measure_folder_throughput
+
+        report["folder_throughput"] = measure_folder_throughput(run_dir, report, options, say)
     write_json(out_dir / "report.json", report)
     write_markdown(out_dir / "report.md", report)
+    if options.folder_artifacts:
+        append_section(out_dir / "report.md", report["folder_throughput"])
     write_plots(out_dir, report, [s.image for s in samples[:options.overlay_images]],
                 {name: m[:options.overlay_images] for name, m in masks_by_row.items()},
                 card)

@@ -145,6 +145,15 @@ def _ray_executor(address: str | None) -> dict:
 @click.option("--sweep-tile", type=int, default=None,
               help="Tile of the sweep's tiled run [default: half the largest size].")
 @click.option("--no-size-sweep", is_flag=True, help="Skip the cost-vs-size sweep.")
+@click.option("--folder-throughput", is_flag=True,
+              help="Also measure `predict` end to end on a folder of --folder-images demo-sized "
+                   "PNGs against the same artifact's inference-only batch-8 throughput, "
+                   "interleaved (a report section; about 1 min per artifact on 2 cores).")
+@click.option("--folder-artifacts", default="recommended", show_default=True,
+              help="With --folder-throughput: run files as FILE[:RUNTIME], comma-separated; "
+                   "'recommended' is the run's recommendation.")
+@click.option("--folder-images", type=click.IntRange(min=8), default=256, show_default=True,
+              help="With --folder-throughput: images in the folder.")
 @click.option("--soak", is_flag=True,
               help="Soak RUN_DIR's --soak-artifact instead: --callers threads share one "
                    "Predictor for --soak-minutes; fails unless RSS stays within 5% and every "
@@ -157,7 +166,8 @@ def _ray_executor(address: str | None) -> dict:
               help="With --soak: the file of RUN_DIR to soak.")
 def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
           min_seconds, backends, no_limits, sweep_sizes, sweep_tile, no_size_sweep, soak,
-          soak_minutes, callers, soak_artifact):
+          soak_minutes, callers, soak_artifact, folder_throughput, folder_artifacts,
+          folder_images):
     """Benchmark every artifact of RUN_DIR against the Keras float reference.
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
@@ -182,7 +192,9 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     batch_sizes = batch_sizes or ((1,) if latency_only else BENCH.batch_sizes)
     options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
                            rounds=rounds, min_seconds=min_seconds, peak=not no_limits,
-                           backends=tuple(b.strip() for b in backends.split(",")))
+                           backends=tuple(b.strip() for b in backends.split(",")),
+                           **_folder_options(folder_throughput, folder_artifacts, folder_images,
+                                             latency_only))
     out_dir = out_dir or Path("bench/default" if run_dir else f"bench/{preset}-latency")
     out = console()
     if latency_only:
@@ -208,6 +220,11 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
             out.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False)
     for fault in report.get("limit_faults", []):
         out.print(f"limit measurement disturbed: {fault['note']}", markup=False)
+    if "folder_throughput" in report:
+        from retinaunet_deploy.bench.throughput import summary_lines
+
+        for line in summary_lines(report["folder_throughput"]):
+            out.print(line, markup=False)
     out.print(f"wrote {out_dir}/report.json, report.md, latency_vs_agreement.png, "
               f"overlays.png")
     if not no_size_sweep:
@@ -215,6 +232,17 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     # The last line of the bench: what to ship here (also in RUN_DIR/recommendation.json).
     out.print(recommendation_line(report["recommendation"]).replace("RUN_DIR", str(run_dir)),
               markup=False)
+
+
+def _folder_options(on: bool, artifacts: str, images: int, latency_only: bool) -> dict:
+    """BenchOptions' folder-throughput fields for --folder-throughput (none without it)."""
+    from retinaunet_deploy.bench.throughput import folder_artifacts
+
+    if not on:
+        return {}
+    if latency_only:
+        raise click.UsageError("--folder-throughput takes RUN_DIR, not --latency-only")
+    return {"folder_artifacts": folder_artifacts(artifacts), "folder_images": images}
 
 
 def _soak(run_dir, out_dir, artifact, minutes, threads, callers):
