@@ -42,9 +42,16 @@ PREDICT_SCORE_THRESHOLD = 0.5    # what `predict` keeps by default
 SETTLE_SECONDS = 0.5
 
 
-def folder_images(card, count: int) -> list[np.ndarray]:
+def folder_images(card, count: int, same_size: bool = False) -> list[np.ndarray]:
     """`count` (H, W, C) images of the model's pixel dtype and channels, made as the
-    synthetic source makes test images (the run's own configuration when synthetic)."""
+    synthetic source makes test images (the run's own configuration when synthetic).
+
+    Args:
+        same_size: every image 2x the patch size on each side (the middle of the demo's
+            range) instead of the demo's mixed sizes: a folder of one shape.
+    """
+    import dataclasses
+
     from retinaunet_deploy.data.synthetic import SyntheticConfig, synthetic_samples
 
     data = card.data or {}
@@ -52,6 +59,8 @@ def folder_images(card, count: int) -> list[np.ndarray]:
         config, seed = SyntheticConfig.from_dict(data["config"]), data.get("seed", 0)
     else:
         config, seed = SyntheticConfig(size=card.input.patch_size), 0
+    if same_size:
+        config = dataclasses.replace(config, side_range=(2.0, 2.0))
     images = []
     for sample in synthetic_samples(config, count, seed, "test"):
         image = np.repeat(sample.image, card.input.channels, axis=-1)
@@ -85,8 +94,10 @@ def _inference_batches(predictor, images: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: int = 2,
-                      count: int = 256, rounds: int = 3, progress=None) -> dict:
-    """Measure every (file of `run_dir`, runtime) of `artifacts` as the module says.
+                      count: int = 256, rounds: int = 3, same_size: bool = False,
+                      progress=None) -> dict:
+    """Measure every (file of `run_dir`, runtime) of `artifacts` as the module says
+    (`same_size`: a folder of one image size instead, `folder_images`).
 
     Returns {"images", "image_sizes", "distinct_padded_sizes", "rounds", "threads",
     "target_ratio", "machine", "artifacts": [{"file", "runtime", "inference",
@@ -103,7 +114,7 @@ def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: 
     say = progress or (lambda message: None)
     run_dir = Path(run_dir)
     card = load_card(run_dir)
-    images = folder_images(card, count)
+    images = folder_images(card, count, same_size)
     work = Path(tempfile.mkdtemp(prefix="retinaunet-folder-throughput-"))
     predictors = []
     try:
