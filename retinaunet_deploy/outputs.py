@@ -21,10 +21,11 @@ def output_error(path: Path, error: OSError, remedy: str | None = None):
     if isinstance(error, OutputError):
         return error
     reason = error.strerror or str(error)
-    where = Path(error.filename) if getattr(error, "filename", None) else Path(path)
+    where = Path(path)
     if error.errno in (errno.EEXIST, errno.ENOTDIR):
         # A file where a folder is expected: name it (the path itself or a parent).
-        blocking = next((p for p in (where, *where.parents) if p.exists()), None)
+        failed = Path(error.filename) if getattr(error, "filename", None) else where
+        blocking = next((p for p in (failed, *failed.parents) if p.exists()), None)
         if blocking is not None and not blocking.is_dir():
             reason = f"{blocking} is a file, not a folder"
     if remedy is None:

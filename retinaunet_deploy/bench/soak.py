@@ -199,15 +199,15 @@ def run_soak(artifact: Path, out_dir: Path, minutes: float = 5.0, threads: int =
              callers: int = 2, progress=None) -> dict:
     """`soak`, then OUT/result.json and OUT/rss.png; returns the result ("passed" says
     whether it held). Raises `ArtifactError` when `artifact` is not a file."""
-    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.artifacts import check_writable, write_json
     from retinaunet_deploy.errors import ArtifactError
 
     artifact, out_dir = Path(artifact), Path(out_dir)
     if not artifact.is_file():
         raise ArtifactError(f"{artifact} not found; export the run first or name another "
                             f"file of it with --soak-artifact")
+    check_writable(out_dir)
     result = soak(artifact, minutes, threads, callers, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "result.json", result)
     plot(result, out_dir / "rss.png")
     return result

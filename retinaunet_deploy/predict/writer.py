@@ -5,7 +5,8 @@ finished image and `--resume` can tell finished from unfinished.
     OUT/overlays/<name>.png   image, mask colours, boxes with class and score
     OUT/results.jsonl         line 1: the run's header (artifact, its sha256, runtime,
                               options); then one line per finished image, appended as it
-                              finishes: {"path": ..., **entry}
+                              finishes: {"path": ..., **entry}; rewritten at the end
+                              in the run's order
     OUT/detections.json       the summary written at the end: artifact, runtime, and
                               per image path its entry
 
@@ -228,7 +229,9 @@ class ResultWriter:
         return entry
 
     def finish(self, items=None) -> dict:
-        """Write detections.json (artifact, runtime, per image path its entry) and close.
+        """Rewrite results.jsonl as the header and one line per image in order (dropping
+        lines an image redone on resume left), write detections.json (artifact, runtime,
+        per image path its entry), and close.
 
         Args:
             items: the run's `InputItem`s, in the order the summary lists them (default:
@@ -242,6 +245,14 @@ class ResultWriter:
             raise ConfigError(f"{len(missing)} image(s) have no result ({missing[0]}, ...); "
                               f"run the same command with --resume to finish them")
         images = {p: self.entries[p] for p in paths}
+        # The log, compacted: the header and one line per image, in the run's order (a
+        # resumed run's log then matches an uninterrupted run's byte for byte).
+        lines = [self.header] + [{"path": p, **entry} for p, entry in images.items()]
+        try:
+            with atomic_path(self.results) as tmp:
+                tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        except OSError as error:
+            raise output_error(self.results, error, _remedy(error)) from error
         summary = {"artifact": self.header.get("artifact"),
                    "artifact_sha256": self.header.get("artifact_sha256"),
                    "runtime": self.header.get("runtime"),
