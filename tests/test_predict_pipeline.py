@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from retinaunet_deploy.errors import DataError, InputError
-from retinaunet_deploy.predict import pipeline, predict_files
+from retinaunet_deploy.predict import pipeline, predict_files, stream
 from retinaunet_deploy.predict.plan import InputItem
 
 # Mixed sizes with runs of one size (batched together); with tile 64 the two largest
@@ -69,12 +69,10 @@ def test_an_image_failing_mid_run_keeps_every_image_before_it(tiny_exported, tmp
     """Image 9 (inside the batch of four 50x50) changes after planning: images 0-8 are
     written, nothing after, and the error names the file."""
     from retinaunet_deploy.predict import ResultWriter, open_predictor, plan_inputs
-    from retinaunet_deploy.predict.stream import run_sequential
-
     artifact = tiny_exported[0] / "model.onnx"
     paths = _write_images(tmp_path / "in")
     out = tmp_path / "out"
-    run = {"sequential": run_sequential, "pipelined": pipeline.run_pipelined}[executor]
+    run = {"sequential": stream.run_sequential, "pipelined": pipeline.run_pipelined}[executor]
     with open_predictor(artifact, threads=1, tile=64) as predictor:
         items = plan_inputs(paths, predictor)
         Image.fromarray(np.zeros((60, 60), np.uint8)).save(paths[9])
@@ -164,7 +162,7 @@ def test_memory_is_bounded_by_the_queues_not_the_number_of_inputs(monkeypatch):
             reads[0] += 1
         return np.full((16, 16, 1), 7, np.uint8)
 
-    monkeypatch.setattr(pipeline, "read_item", read_item)
+    monkeypatch.setattr(stream, "read_item", read_item)
     predictor = _FakePredictor()
     writer = _CountingWriter(reads)
     warnings = []

@@ -185,7 +185,8 @@ def test_one_image_is_held_at_a_time(model, inputs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(readers, "read_image", read)
     monkeypatch.setattr(writer_module.ResultWriter, "write", write)
-    predict_files(model, inputs, tmp_path / "out", threads=1)
+    # (The default, pipelined executor holds a bounded few: tests/test_predict_pipeline.py.)
+    predict_files(model, inputs, tmp_path / "out", threads=1, executor="sequential")
     assert [n for kind, n in events if kind == "read"] == [0] * len(
         [e for e in events if e[0] == "read"]), events
     writes = [i for i, (kind, _) in enumerate(events) if kind == "write"]

@@ -28,7 +28,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from retinaunet_deploy.predict.stream import predict_item, read_item, report
+# Through the module, so the sequential and pipelined runs share one definition of each
+# step (and a test's stand-in for one reaches both).
+from retinaunet_deploy.predict import stream
 
 DEPTH = 2        # groups waiting between two stages
 _DONE = object()
@@ -75,7 +77,7 @@ def predict_group(predictor, group: list, images: list):
             yield from zip(group, images, predictions)
             return
     for item, image in zip(group, images):
-        yield item, image, predict_item(predictor, item, image)
+        yield item, image, stream.predict_item(predictor, item, image)
 
 
 def run_pipelined(predictor, items: list, writer, warn: Callable[[str], None]) -> None:
@@ -139,7 +141,7 @@ def _read_all(groups: list[list], reads: queue.Queue, stop: threading.Event) -> 
             images = []
             for item in group:
                 try:
-                    images.append(read_item(item))
+                    images.append(stream.read_item(item))
                 except Exception as error:  # noqa: BLE001 - raised by the inference stage
                     _put(reads, (group[:len(images)], images, error), stop)
                     return
@@ -159,7 +161,7 @@ def _write_all(writes: queue.Queue, writer, predictor, warn, stop: threading.Eve
         item, image, prediction = got
         del got
         try:
-            report(writer.write(item, image, prediction, predictor), warn)
+            stream.report(writer.write(item, image, prediction, predictor), warn)
         except BaseException as error:  # noqa: BLE001 - re-raised by run_pipelined
             errors.append(error)
             stop.set()
