@@ -62,7 +62,7 @@ def _forms(path: Path, twins: list[Path], position: int) -> list[str]:
     shared = 0
     while all(len(p) > shared for p in parents) and len({p[shared] for p in parents}) == 1:
         shared += 1
-    folders = "__".join(path.parent.parts[shared:]).replace(os.sep, "_")
+    folders = "__".join(path.parent.parts[shared:])
     with_ext = f"{stem}_{ext}" if ext else stem
     forms = [stem, with_ext, f"{folders}__{stem}" if folders else stem,
              f"{folders}__{with_ext}" if folders else with_ext]

@@ -122,6 +122,8 @@ class ResultWriter:
                 line = json.loads(raw)
             except ValueError:
                 break
+            if not isinstance(line, dict) or not isinstance(line.get("path"), str):
+                break
             self.done[line["path"]] = line
             good += len(raw) + 1
         if good < len(data):
