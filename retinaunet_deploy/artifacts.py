@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from retinaunet_deploy.names import MANIFEST, plan_precision
+from retinaunet_deploy.outputs import check_writable, output_error  # noqa: F401 (here too)
 from retinaunet_deploy.strict_json import dumps_json
 
 

@@ -29,3 +29,9 @@ class NotBuiltError(RetinaUNetError):
 
 class DataError(RetinaUNetError, ValueError):
     """A dataset that cannot be used: missing pairs, unreadable files, bad mask values."""
+
+
+class OutputError(RetinaUNetError, OSError):
+    """An output location that cannot be written: a read-only or missing permission folder,
+    a file where a folder is expected, a full disk. The message names the path and the
+    OS reason: "<path>: cannot write (<OS reason>); <remedy>"."""

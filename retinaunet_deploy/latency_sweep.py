@@ -70,7 +70,7 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
     report.json and report.md into `out_dir`; returns the report. Raises
     `ArtifactError` when the Keras reference cannot run.
     """
-    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.artifacts import check_writable, write_json
     from retinaunet_deploy.bench.report import write_sweep_markdown
     from retinaunet_deploy.data.synthetic import SyntheticConfig
     from retinaunet_deploy.model import RetinaUNet
@@ -79,6 +79,7 @@ def latency_sweep(out_dir: Path, preset: str, sizes: tuple[int, ...],
     options = options or BenchOptions(batch_sizes=(1,))
     configure_tensorflow(options.threads)  # before the first stage runs TensorFlow
     out_dir = Path(out_dir)
+    check_writable(out_dir)
     say = progress or (lambda message: None)
     probe = limit_probe(options, say)
     sweeps, gflops = [], []

@@ -46,11 +46,24 @@ class Detections:
         scores: (K,) float32 sigmoid scores in [0, 1].
         classes: (K,) int32 detection class index in [0, num_det_classes);
             with default heads, detection class c is mask class c + 1.
+        dropped: detections that passed the score threshold and NMS but were cut by
+            `DetectionConfig.max_detections` (0: the cap was not hit); K + dropped is
+            the count before the cap.
+        candidates_dropped: (anchor, class) candidates over the score threshold left out
+            before NMS by `DetectionConfig.pre_nms_top_k` (0: all were considered); when
+            not 0, K + dropped is a lower bound of what an uncapped run finds.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
+    dropped: int = 0
+    candidates_dropped: int = 0
+
+    @property
+    def capped(self) -> bool:
+        """Whether a cap (`max_detections` or `pre_nms_top_k`) left anything out."""
+        return bool(self.dropped or self.candidates_dropped)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -78,7 +91,8 @@ def decode_detections(cls_logits: np.ndarray, box_deltas: np.ndarray, anchors: n
         anchors: (A, 4) float32 y1x1y2x2 pixels.
         image_size: (H, W) of the model input, for clipping.
     Returns:
-        One `Detections` per image.
+        One `Detections` per image; its `dropped` and `candidates_dropped` say how many
+        the `max_detections` and `pre_nms_top_k` caps left out.
     """
     cls_logits = np.asarray(cls_logits)
     box_deltas = np.asarray(box_deltas)
@@ -104,6 +118,7 @@ def decode_detections(cls_logits: np.ndarray, box_deltas: np.ndarray, anchors: n
         scores = np.zeros(flat.shape, np.float32)
         scores[near] = sigmoid(flat[near])
         candidates = near[scores[near] > threshold]
+        candidates_dropped = max(0, candidates.size - config.pre_nms_top_k)
         if candidates.size > config.pre_nms_top_k:
             top = np.argpartition(-scores[candidates], config.pre_nms_top_k - 1)
             candidates = candidates[top[:config.pre_nms_top_k]]
@@ -113,7 +128,9 @@ def decode_detections(cls_logits: np.ndarray, box_deltas: np.ndarray, anchors: n
         scores = scores[candidates]
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, classes = boxes[valid], scores[valid], classes[valid]
-        keep = batched_nms(boxes, scores, classes, config.iou_threshold)[:config.max_detections]
+        kept = batched_nms(boxes, scores, classes, config.iou_threshold)
+        keep = kept[:config.max_detections]
         results.append(Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32),
-                                  classes[keep].astype(np.int32)))
+                                  classes[keep].astype(np.int32), len(kept) - len(keep),
+                                  int(candidates_dropped)))
     return results

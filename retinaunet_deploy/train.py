@@ -225,7 +225,11 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     Returns the model card (`card.ModelCard`), whose ``evaluation`` holds the whole-image
     test-split figures. `verbose` is Keras's: None shows a progress bar on a
     terminal and one line per epoch otherwise (logs, CI).
+    Raises `OutputError` before any work when `out_dir` cannot be written.
     """
+    from retinaunet_deploy.artifacts import check_writable
+
+    check_writable(out_dir)  # before the data and the training, not after them
     import keras
     import tensorflow as tf
 

@@ -168,6 +168,7 @@ def test_predict_on_a_run_folder_runs_the_recommended_variant(tiny_calibrated, t
     result = CliRunner().invoke(cli, ["predict", str(copy), str(image), "--out", str(out)])
     assert result.exit_code == 0, result.output
     written = json.loads((out / "detections.json").read_text())
+    assert f"running {copy / choice['file']} in {choice['runtime']}" in result.output
     assert written["artifact"] == str(copy / choice["file"])
     assert written["runtime"] == choice["runtime"]
     from retinaunet_deploy.artifacts import load_manifest

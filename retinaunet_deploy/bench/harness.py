@@ -205,7 +205,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
 
     Raises `ArtifactError` only if the reference (model.keras) cannot run.
     """
-    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.artifacts import check_writable, write_json
     from retinaunet_deploy.bench.recommend import recommend, write_recommendation
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.data.splits import calibration_images, few_images_warning
@@ -217,8 +217,9 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     configure_tensorflow(options.threads)  # before anything runs TensorFlow
     say = progress or (lambda message: None)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     card = load_card(run_dir)
+    check_writable(run_dir)  # recommendation.json goes there
+    check_writable(out_dir)
     # Latency is timed on patches of the training size (one shape for every batch size).
     calibration = calibration_images(card, 32)
     say(f"building rows for {run_dir}")
@@ -262,8 +263,14 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     }
     report["recommendation"] = recommend(report)
     write_recommendation(run_dir, report["recommendation"])
+    if options.folder_artifacts:
+        from retinaunet_deploy.bench.throughput import append_section, measure_folder_throughput
+
+        report["folder_throughput"] = measure_folder_throughput(run_dir, report, options, say)
     write_json(out_dir / "report.json", report)
     write_markdown(out_dir / "report.md", report)
+    if options.folder_artifacts:
+        append_section(out_dir / "report.md", report["folder_throughput"])
     write_plots(out_dir, report, [s.image for s in samples[:options.overlay_images]],
                 {name: m[:options.overlay_images] for name, m in masks_by_row.items()},
                 card)

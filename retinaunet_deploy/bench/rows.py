@@ -41,6 +41,10 @@ class BenchOptions:
     backends: tuple[str, ...] = ("keras", "onnxruntime", "openvino", "tflite", "tensorrt")
     overlay_images: int = 3
     peak: bool = True         # measure this CPU's int8/bf16/fp32 limits (`bench.peak`)
+    # `bench.throughput`: predict end to end on a folder vs inference only; () = off,
+    # else (file, runtime) pairs, ("recommended", "auto") for the run's recommendation.
+    folder_artifacts: tuple = ()
+    folder_images: int = 256
 
 
 @dataclass

@@ -243,11 +243,12 @@ def run_soak(artifact: Path, out_dir: Path, minutes: float = 5.0, threads: int =
         ArtifactError: `artifact` is missing, differs from its manifest record, or cannot
             be opened, naming the command that remakes it (`check_artifact`).
     """
-    from retinaunet_deploy.artifacts import write_json
+    from retinaunet_deploy.artifacts import check_writable, write_json
     from retinaunet_deploy.errors import ArtifactError
 
     artifact, out_dir = Path(artifact), Path(out_dir)
     remedy = check_artifact(artifact)
+    check_writable(out_dir)
     try:
         result = soak(artifact, minutes, threads, callers, progress=progress)
     except ArtifactError as error:
@@ -256,7 +257,6 @@ def run_soak(artifact: Path, out_dir: Path, minutes: float = 5.0, threads: int =
         if remedy is None or not str(error).endswith("re-create it"):
             raise
         raise ArtifactError(f"{error} with '{remedy}'") from error
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "result.json", result)
     plot(result, out_dir / "rss.png")
     return result

@@ -29,12 +29,13 @@ def size_sweep(run_dir: Path, out_dir: Path, sizes: tuple[int, ...] = (128, 256,
     per candidate p50 ms and ms per megapixel, the ratio of ms/MP to that at 256 (or the
     second size), and the tiled/whole cost ratio.
     """
-    from retinaunet_deploy.artifacts import verify_lineage, write_json
+    from retinaunet_deploy.artifacts import check_writable, verify_lineage, write_json
     from retinaunet_deploy.data.splits import held_out_set
     from retinaunet_deploy.runtime.predictor import Predictor
     from retinaunet_deploy.timing import interleaved_latency
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_writable(out_dir)
     verify_lineage(run_dir, artifact, f"retinaunet-deploy export {run_dir}")
     largest = max(sizes)
     tile = tile or largest // 2

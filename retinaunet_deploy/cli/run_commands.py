@@ -36,6 +36,11 @@ class RegisteredRuntimes(click.Choice):
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Predict on a Ray cluster's actors (one Predictor each; outputs as a local "
+                   "run's): the cluster at ADDRESS (host:6379, ray://host:10001, auto), or "
+                   "alone (or 'local') a local one. Put it after IMAGES or write --ray=ADDRESS.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("predictions"), show_default=True)
 @click.option("--threads", type=POSITIVE_INT, default=None, help="Inference threads [default: library's].")
@@ -55,10 +60,18 @@ class RegisteredRuntimes(click.Choice):
                    "of tiles at most this large (a multiple of 16; an engine's profile caps it).")
 @click.option("--overlap", type=float, default=DEFAULT_OVERLAP, show_default=True,
               help="Fraction of a tile shared with its neighbour.")
+@click.option("--max-detections", type=click.IntRange(min=1), default=None,
+              help="At most this many detections per image [default: the model card's "
+                   "count per training patch, scaled with the image's area]. An image that "
+                   "hits the cap is warned about and recorded (detections_capped).")
+@click.option("--resume", is_flag=True,
+              help="Keep the images an earlier run into --out finished (same artifact and "
+                   "options, outputs unchanged since) and do the rest.")
 def predict(artifact, images, out_dir, threads, score_threshold, provider, runtime, tile,
-            overlap):
+            overlap, max_detections, resume, ray_address):
     """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
-    write masks, overlays and detections.json.
+    write masks, overlays, results.jsonl (one line per image, as each finishes) and
+    detections.json (the summary, at the end).
 
     ARTIFACT may be a run folder: then the variant its bench recommended runs (the
     fastest that passed its gate on this machine, with its runtime).
@@ -75,14 +88,27 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
                   int8=ort_providers.precision_of(artifact) == "int8",
                   cache_dir=artifact.parent / "ort_trt_cache"), ort_providers.CPU]}[provider]
     results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
-                            tile, overlap, runtime)
+                            tile, overlap, runtime, resume=resume,
+                            max_detections=max_detections, echo=click.echo,
+                            **_ray_executor(ray_address))
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
         size = "x".join(map(str, entry["size"])) + (", tiled" if entry["tiled"] else "")
         click.echo(f"{path} ({size}): {len(found)} detection(s)"
                    f"{': ' + summary if found else ''}")
-    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/ and {out_dir}/detections.json")
+    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/, {out_dir}/results.jsonl and "
+               f"{out_dir}/detections.json")
+
+
+def _ray_executor(address: str | None) -> dict:
+    """predict_files' executor options for --ray [ADDRESS] (none without it)."""
+    if address is None:
+        return {}
+    if Path(address).is_file():
+        raise click.UsageError(f"--ray took {address} as its cluster address; put --ray after "
+                               f"the images, or write --ray=ADDRESS")
+    return {"executor": "ray", "ray_address": None if address == "local" else address}
 
 
 @cli.command()
@@ -119,6 +145,15 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
 @click.option("--sweep-tile", type=int, default=None,
               help="Tile of the sweep's tiled run [default: half the largest size].")
 @click.option("--no-size-sweep", is_flag=True, help="Skip the cost-vs-size sweep.")
+@click.option("--folder-throughput", is_flag=True,
+              help="Also measure `predict` end to end on a folder of --folder-images demo-sized "
+                   "PNGs against the same artifact's inference-only batch-8 throughput, "
+                   "interleaved (a report section; about 1 min per artifact on 2 cores).")
+@click.option("--folder-artifacts", default="recommended", show_default=True,
+              help="With --folder-throughput: run files as FILE[:RUNTIME], comma-separated; "
+                   "'recommended' is the run's recommendation.")
+@click.option("--folder-images", type=click.IntRange(min=8), default=256, show_default=True,
+              help="With --folder-throughput: images in the folder.")
 @click.option("--soak", is_flag=True,
               help="Soak RUN_DIR's --soak-artifact instead: --callers threads share one "
                    "Predictor for --soak-minutes; fails unless RSS stays within 5% and every "
@@ -131,7 +166,8 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
               help="With --soak: the file of RUN_DIR to soak.")
 def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
           min_seconds, backends, no_limits, sweep_sizes, sweep_tile, no_size_sweep, soak,
-          soak_minutes, callers, soak_artifact):
+          soak_minutes, callers, soak_artifact, folder_throughput, folder_artifacts,
+          folder_images):
     """Benchmark every artifact of RUN_DIR against the Keras float reference.
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
@@ -156,7 +192,9 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     batch_sizes = batch_sizes or ((1,) if latency_only else BENCH.batch_sizes)
     options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
                            rounds=rounds, min_seconds=min_seconds, peak=not no_limits,
-                           backends=tuple(b.strip() for b in backends.split(",")))
+                           backends=tuple(b.strip() for b in backends.split(",")),
+                           **_folder_options(folder_throughput, folder_artifacts, folder_images,
+                                             latency_only))
     out_dir = out_dir or Path("bench/default" if run_dir else f"bench/{preset}-latency")
     out = console()
     if latency_only:
@@ -182,6 +220,11 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
             out.print(f"{row['name']}: {row['status']}: {row['reason']}", markup=False)
     for fault in report.get("limit_faults", []):
         out.print(f"limit measurement disturbed: {fault['note']}", markup=False)
+    if "folder_throughput" in report:
+        from retinaunet_deploy.bench.throughput import summary_lines
+
+        for line in summary_lines(report["folder_throughput"]):
+            out.print(line, markup=False)
     out.print(f"wrote {out_dir}/report.json, report.md, latency_vs_agreement.png, "
               f"overlays.png")
     if not no_size_sweep:
@@ -189,6 +232,17 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     # The last line of the bench: what to ship here (also in RUN_DIR/recommendation.json).
     out.print(recommendation_line(report["recommendation"]).replace("RUN_DIR", str(run_dir)),
               markup=False)
+
+
+def _folder_options(on: bool, artifacts: str, images: int, latency_only: bool) -> dict:
+    """BenchOptions' folder-throughput fields for --folder-throughput (none without it)."""
+    from retinaunet_deploy.bench.throughput import folder_artifacts
+
+    if not on:
+        return {}
+    if latency_only:
+        raise click.UsageError("--folder-throughput takes RUN_DIR, not --latency-only")
+    return {"folder_artifacts": folder_artifacts(artifacts), "folder_images": images}
 
 
 def _soak(run_dir, out_dir, artifact, minutes, threads, callers):

@@ -82,6 +82,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     refusal stops the stage (FP16, INT8 Q/DQ) misses its target; `DataError` when
     the run's data is gone or changed.
     """
+    from retinaunet_deploy.artifacts import check_writable
     from retinaunet_deploy.runtime.backends import configure_tensorflow
 
     options = options or CalibrationOptions()
@@ -90,6 +91,7 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     configure_tensorflow(options.threads)  # the float reference runs with these threads
     run_dir = Path(run_dir)
     card = load_card(run_dir)
+    check_writable(run_dir)  # a run folder (it exists)
     onnx_sha = verify_artifact(run_dir, ONNX, f"retinaunet-deploy export {run_dir}")
     say = progress or (lambda message: None)
 

@@ -183,12 +183,14 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     """
     import onnx
 
+    from retinaunet_deploy.artifacts import check_writable
     from retinaunet_deploy.data.splits import load_split
     from retinaunet_deploy.runtime.backends import KerasBackend, OnnxRuntimeBackend
 
     options = options or ExportOptions()
     run_dir = Path(run_dir)
     card = load_card(run_dir)
+    check_writable(run_dir)  # a run folder (it exists)
     parent_sha = verify_artifact(run_dir, KERAS, f"retinaunet-deploy train --out {run_dir}")
     keras_backend = KerasBackend(run_dir / KERAS)
 

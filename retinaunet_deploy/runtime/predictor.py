@@ -105,6 +105,7 @@ class Predictor:
         self.tile, self.overlap = tile, overlap
         self.patch_size = card.input.patch_size
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
+        self.max_detections: int | None = None   # per-image cap; None: the card's, scaled
 
     @classmethod
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
@@ -276,11 +277,13 @@ class Predictor:
         `max_detections` and `pre_nms_top_k` are set for an input of the training
         patch size; an image k times larger holds about k times the objects (a
         512x512 nuclei image has 125, over the card's 100), so both scale by k.
+        `max_detections` (when set) replaces the scaled cap: at most that many per image.
         """
         factor = max(1, math.ceil(height * width / self.patch_size**2))
         config = self.detection_config
-        return dataclasses.replace(config, max_detections=config.max_detections * factor,
-                                   pre_nms_top_k=config.pre_nms_top_k * factor)
+        cap = self.max_detections or config.max_detections * factor
+        return dataclasses.replace(config, max_detections=cap,
+                                   pre_nms_top_k=max(config.pre_nms_top_k * factor, cap))
 
     def decode(self, outputs: dict[str, np.ndarray],
                image_size: tuple[int, int] | None = None) -> list[Detections] | None:

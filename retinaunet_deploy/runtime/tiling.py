@@ -188,5 +188,10 @@ def merge_tile_detections(per_tile: list[Detections], origins: list[tuple[int, i
     scores = np.concatenate(scores).astype(np.float32)
     classes = np.concatenate(classes).astype(np.int32)
     boxes = clip_boxes(boxes, image_size)
-    keep = batched_nms(boxes, scores, classes, iou_threshold)[:max_detections]
-    return Detections(boxes[keep].astype(np.float32), scores[keep], classes[keep])
+    kept = batched_nms(boxes, scores, classes, iou_threshold)
+    keep = kept[:max_detections]
+    # What the caps left out: the merge's own cut, plus each tile's (an upper bound of
+    # what the image lost: a box a tile dropped might have been suppressed here).
+    return Detections(boxes[keep].astype(np.float32), scores[keep], classes[keep],
+                      len(kept) - len(keep) + sum(d.dropped for d in per_tile),
+                      sum(d.candidates_dropped for d in per_tile))

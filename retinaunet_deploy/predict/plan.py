@@ -1,0 +1,167 @@
+"""Planning a predict run: every input checked by its header, and its output name decided,
+before anything is read whole or written.
+
+Output names. An image's outputs are ``masks/<name>.png`` and ``overlays/<name>.png``.
+`output_names` gives every input a name no other input of the run has, compared
+as a case-insensitive file system compares them (Unicode NFC, case-folded):
+
+1. The file's stem (``a.png`` -> ``a``).
+2. Names that clash move, all of them, to the next form that is not the same text:
+   ``a_tif`` (stem and suffix), ``x__a`` (the folders that tell it apart from the inputs
+   of the same stem, joined by ``__``), ``x__a_tif``, and last ``x__a_tif-3`` (the
+   input's position among the run's inputs sorted by path; distinct inputs never share
+   one).
+3. Each move is checked against every other name again, until none clash.
+
+The names depend only on the set of inputs (not their order), so the same list gives
+the same names on every run, and `--resume` finds its outputs again.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.errors import DataError, InputError
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input image of a run, planned.
+
+    Attributes:
+        path: the file as given.
+        name: its output name (``masks/<name>.png``), unique in the run.
+        height, width: pixels, from the file's header.
+        dtype: the pixel dtype the file holds (np.dtype).
+    """
+
+    path: Path
+    name: str
+    height: int
+    width: int
+    dtype: np.dtype
+
+
+def _key(name: str) -> str:
+    """How a case-insensitive, normalising file system compares two names."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _forms(path: Path, twins: list[Path], position: int) -> list[str]:
+    """The names `path` may take, plainest first (duplicates of an earlier one removed)."""
+    from retinaunet_deploy.data.readers import stem_of, suffix_of
+
+    stem = stem_of(path)
+    ext = suffix_of(path).lstrip(".").replace(".", "_")
+    parents = [p.parent.parts for p in twins] if len(twins) > 1 else [path.parent.parts]
+    shared = 0
+    while all(len(p) > shared for p in parents) and len({p[shared] for p in parents}) == 1:
+        shared += 1
+    folders = "__".join(path.parent.parts[shared:])
+    with_ext = f"{stem}_{ext}" if ext else stem
+    forms = [stem, with_ext, f"{folders}__{stem}" if folders else stem,
+             f"{folders}__{with_ext}" if folders else with_ext]
+    forms.append(f"{forms[-1]}-{position}")
+    return list(dict.fromkeys(forms))
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """A distinct output name per input path (the rule in this module's docstring).
+
+    Raises:
+        InputError: the same file is given twice.
+    """
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    seen: dict[Path, Path] = {}
+    for given, path in zip(paths, resolved):
+        if path in seen:
+            raise InputError(f"{given} is given twice (also as {seen[path]}); give each "
+                             f"image once")
+        seen[path] = Path(given)
+    from retinaunet_deploy.data.readers import stem_of
+
+    by_stem: dict[str, list[Path]] = {}
+    for path in resolved:
+        by_stem.setdefault(_key(stem_of(path)), []).append(path)
+    order = {path: i for i, path in enumerate(sorted(resolved, key=str))}
+    forms = [_forms(p, by_stem[_key(stem_of(p))], order[p]) for p in resolved]
+    level = [0] * len(resolved)
+    while True:
+        names = [f[min(lv, len(f) - 1)] for f, lv in zip(forms, level)]
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(_key(name), []).append(i)
+        clashing = [i for group in groups.values() if len(group) > 1 for i in group]
+        if not clashing:
+            return names
+        moved = False
+        for i in clashing:
+            if level[i] < len(forms[i]) - 1:
+                level[i] += 1
+                moved = True
+        if not moved:  # every clashing name is a last form: distinct positions forbid it
+            raise AssertionError(f"output names clash: {sorted(set(names))}")
+
+
+def _header(path: Path) -> tuple[int, int, int, np.dtype]:
+    """(height, width, channels, dtype) of an image file, without keeping its pixels.
+
+    Uses `data.readers.probe_image` (header only) where the readers have it, else
+    reads the image and lets its pixels go.
+    """
+    from retinaunet_deploy.data import readers
+
+    probe = getattr(readers, "probe_image", None)
+    if probe is not None:
+        header = probe(Path(path))
+        return header.height, header.width, header.channels, np.dtype(header.dtype)
+    image = readers.read_image(Path(path))
+    return image.shape[0], image.shape[1], image.shape[2], image.dtype
+
+
+def _check_header(predictor, height: int, width: int, channels: int, dtype: np.dtype) -> None:
+    """The predictor's input contract at header level (`Predictor.check_header` where it
+    has one; else its checks on a zero image of that shape, made without memory)."""
+    check = getattr(predictor, "check_header", None)
+    if check is not None:
+        check(height, width, channels, dtype)
+        return
+    predictor.prepare(np.broadcast_to(np.zeros((1, 1, channels), dtype),
+                                      (height, width, channels)))
+
+
+def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
+    """Check every input by its header against `predictor`'s contract; name its outputs.
+
+    No pixels are kept and nothing is written.
+
+    Raises:
+        InputError: one or more inputs cannot be predicted (unreadable, wrong size,
+            channels or dtype), every one listed in the one message ("a.png: ...;
+            b.tif: ..."); with a single bad input, its own error with its path first.
+        InputError: the same file is given twice.
+    """
+    paths = [Path(p) for p in paths]
+    names = output_names(paths)
+    items, problems = [], []
+    for path, name in zip(paths, names):
+        try:
+            height, width, channels, dtype = _header(path)
+            _check_header(predictor, height, width, channels, dtype)
+        except (DataError, InputError) as error:
+            message = str(error)
+            problems.append((error, message if str(path) in message else f"{path}: {message}"))
+            continue
+        items.append(InputItem(path, name, int(height), int(width), np.dtype(dtype)))
+    if len(problems) == 1:
+        error, message = problems[0]
+        raise type(error)(message) from error
+    if problems:
+        raise InputError(f"{len(problems)} of {len(paths)} images cannot be predicted "
+                         f"(nothing was written): " + "; ".join(m for _, m in problems))
+    return items

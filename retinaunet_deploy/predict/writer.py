@@ -1,0 +1,278 @@
+"""The outputs of a predict run, written so that a killed or disk-full run keeps every
+finished image and `--resume` can tell finished from unfinished.
+
+    OUT/masks/<name>.png      class indices at the image's own size (8-bit, 0 = background)
+    OUT/overlays/<name>.png   image, mask colours, boxes with class and score
+    OUT/results.jsonl         line 1: the run's header (artifact, its sha256, runtime,
+                              options); then one line per finished image, appended as it
+                              finishes: {"path": ..., **entry}; rewritten at the end
+                              in the run's order
+    OUT/detections.json       the summary written at the end: artifact, runtime, and
+                              per image path its entry
+
+An image's entry: size [H, W]; mask and overlay (paths relative to OUT) and their
+sha256; tiled; class_pixels {class: count}; with detection heads, detections (box
+[y1, x1, y2, x2] image pixels, score, class), detections_capped (bool) and
+detections_before_cap (the count before the per-image cap; equal to the number kept
+when not capped); warnings (one line each, also printed).
+
+Order of writing an image: mask, then overlay (each to a temporary file renamed over
+its name), then its results.jsonl line (flushed and fsynced). An image is finished
+when its line is there and both files still have the sha256 it records.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from retinaunet_deploy.artifacts import atomic_path, sha256_file, write_json
+from retinaunet_deploy.errors import ConfigError
+from retinaunet_deploy.outputs import check_writable, output_error
+
+RESULTS = "results.jsonl"
+DETECTIONS = "detections.json"
+RESULTS_KIND = "retinaunet-deploy predict results"
+OVERLAY_MAX_SIDE = 2048   # overlays are upscaled (small crops) or kept at 1x, never huge
+
+
+def _remedy(error: OSError) -> str | None:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("free space on that disk or choose another --out, then run the same "
+                "command with --resume: the finished images are kept")
+    return None
+
+
+class ResultWriter:
+    """Writes each image's outputs atomically and appends its line to results.jsonl.
+
+    Call from one thread (the executors write on the driver).
+
+    Args:
+        out_dir: the output folder (created; checked writable first).
+        header: what makes the run's results what they are (artifact, its sha256,
+            runtime, options); line 1 of results.jsonl. Keys ``artifact`` (a path,
+            however given) and ``kind`` are not compared on resume.
+        resume: keep the finished images of an earlier run with the same header;
+            without it, results.jsonl starts afresh.
+        calibration_range: an object with ``.check(image) -> str | None`` (the INT8
+            artifact's `CalibrationRange`), or None.
+
+    Raises:
+        OutputError: the folder cannot be written (path and OS reason).
+        ConfigError: resume over results of another artifact, runtime or options.
+    """
+
+    def __init__(self, out_dir: Path, *, header: dict, resume: bool,
+                 calibration_range=None):
+        self.out_dir = Path(out_dir)
+        self.header = {"kind": RESULTS_KIND, **header}
+        self.calibration_range = calibration_range
+        self.entries: dict[str, dict] = {}     # path -> entry, of this run and resumed
+        self.done: dict[str, dict] = {}        # path -> line, finished by an earlier run
+        for folder in (self.out_dir, self.out_dir / "masks", self.out_dir / "overlays"):
+            check_writable(folder)
+        self.results = self.out_dir / RESULTS
+        if resume and self.results.exists():
+            self._load_earlier()
+        else:
+            self._start_afresh()
+        try:
+            self._fd = os.open(self.results, os.O_WRONLY | os.O_APPEND)
+        except OSError as error:
+            raise output_error(self.results, error) from error
+
+    # === Resume ===
+
+    def _start_afresh(self) -> None:
+        try:
+            with atomic_path(self.results) as tmp:
+                tmp.write_text(json.dumps(self.header) + "\n")
+        except OSError as error:
+            raise output_error(self.results, error, _remedy(error)) from error
+
+    def _load_earlier(self) -> None:
+        """Read results.jsonl of an earlier run: check its header, keep its complete lines,
+        cut a line a kill left half-written."""
+        data = self.results.read_bytes()
+        again = ("run without --resume (or with another --out) to start over, or with "
+                 "the earlier run's artifact and options to finish it")
+        lines = data.split(b"\n")
+        try:
+            earlier = json.loads(lines[0])
+        except ValueError:
+            raise ConfigError(f"{self.results}: its first line is not a results header; "
+                              f"{again}") from None
+        if not isinstance(earlier, dict) or earlier.get("kind") != RESULTS_KIND:
+            raise ConfigError(f"{self.results}: its first line is not a results header; "
+                              f"{again}")
+        ignored = ("artifact", "kind")
+        for key in sorted(set(earlier) | set(self.header)):
+            if key not in ignored and earlier.get(key) != self.header.get(key):
+                raise ConfigError(f"{self.results}: the earlier run had {key} "
+                                  f"{json.dumps(earlier.get(key))}, this one "
+                                  f"{json.dumps(self.header.get(key))}; {again}")
+        good = len(lines[0]) + 1
+        for raw in lines[1:-1]:   # the last piece has no newline: empty, or cut by a kill
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                break
+            if not isinstance(line, dict) or not isinstance(line.get("path"), str):
+                break
+            self.done[line["path"]] = line
+            good += len(raw) + 1
+        if good < len(data):
+            try:
+                os.truncate(self.results, good)
+            except OSError as error:
+                raise output_error(self.results, error) from error
+
+    def is_done(self, item) -> bool:
+        """Whether an earlier run finished `item` (its line, and both files with the sha256
+        that line records). A finished item's entry joins this run's summary."""
+        line = self.done.get(str(item.path))
+        if line is None or line.get("name") != item.name:
+            return False
+        for kind in ("mask", "overlay"):
+            path = self.out_dir / line[kind]
+            if not path.is_file() or sha256_file(path) != line[f"{kind}_sha256"]:
+                return False
+        self.entries[str(item.path)] = {k: v for k, v in line.items() if k != "path"}
+        return True
+
+    # === Writing ===
+
+    def _save(self, path: Path, save) -> str:
+        """`save(tmp)` to a temporary file renamed over `path`; its sha256."""
+        try:
+            with atomic_path(path) as tmp:
+                save(tmp)
+                digest = sha256_file(tmp)
+        except OSError as error:
+            raise output_error(path, error, _remedy(error)) from error
+        return digest
+
+    def _append(self, line: dict) -> None:
+        data = (json.dumps(line) + "\n").encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.results))
+            os.fsync(self._fd)
+        except OSError as error:
+            try:   # no half line: the file ends after the last finished image
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            raise output_error(self.results, error, _remedy(error)) from error
+
+    def write(self, item, image: np.ndarray, prediction, predictor) -> dict:
+        """Write one image's mask and overlay, then append its line; returns its entry.
+
+        Args:
+            item: its `plan.InputItem`. image: (H, W[, C]) its pixels as read.
+            prediction: `runtime.Prediction` of `image`.
+            predictor: anything with ``class_names``, ``det_class_names``, ``pixel_max``,
+                ``fits_whole(h, w)`` and ``config_for(h, w)`` (a `Predictor`).
+        Raises:
+            OutputError: a file cannot be written (path, OS reason); the image's line is
+                then not written, so `--resume` redoes it.
+        """
+        from PIL import Image
+
+        from retinaunet_deploy.visualize import overlay
+
+        name, (height, width) = item.name, image.shape[:2]
+        mask_path, overlay_path = f"masks/{name}.png", f"overlays/{name}.png"
+        mask_sha = self._save(self.out_dir / mask_path,
+                              lambda tmp: Image.fromarray(prediction.mask).save(tmp))
+        scale = max(1, min(4, OVERLAY_MAX_SIDE // max(height, width)))
+        picture = overlay(image, prediction.mask, prediction.detections, predictor.class_names,
+                          predictor.det_class_names, pixel_max=predictor.pixel_max,
+                          scale=scale)
+        overlay_sha = self._save(self.out_dir / overlay_path, picture.save)
+        del picture
+        entry = {"name": name, "size": [height, width], "mask": mask_path,
+                 "mask_sha256": mask_sha, "overlay": overlay_path, "overlay_sha256": overlay_sha,
+                 "tiled": not predictor.fits_whole(height, width),
+                 "class_pixels": {c: int(n) for c, n in zip(predictor.class_names, np.bincount(
+                     prediction.mask.ravel(), minlength=len(predictor.class_names)))}}
+        warnings = []
+        if prediction.detections is not None:
+            dets, names = prediction.detections, predictor.det_class_names
+            entry["detections"] = [
+                {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4),
+                 "class": names[cls] if cls < len(names) else int(cls)}
+                for box, score, cls in zip(dets.boxes, dets.scores, dets.classes)]
+            entry["detections_capped"] = bool(dets.dropped)
+            entry["detections_before_cap"] = len(dets) + int(dets.dropped)
+            if dets.dropped:
+                warnings.append(f"{item.path}: {len(dets)} detections kept of "
+                                f"{len(dets) + dets.dropped} found (the per-image cap); "
+                                f"raise it with --max-detections")
+            if dets.candidates_dropped:
+                entry["candidates_dropped"] = int(dets.candidates_dropped)
+                warnings.append(f"{item.path}: {dets.candidates_dropped} candidate boxes over "
+                                f"the score threshold were not considered (the pre-NMS cap); "
+                                f"raise --max-detections or --score-threshold")
+        if self.calibration_range is not None:
+            warning = self.calibration_range.check(image)
+            if warning:
+                warnings.append(f"{item.path}: {warning}")
+        entry["warnings"] = warnings
+        self._append({"path": str(item.path), **entry})
+        self.entries[str(item.path)] = entry
+        return entry
+
+    def finish(self, items=None) -> dict:
+        """Rewrite results.jsonl as the header and one line per image in order (dropping
+        lines an image redone on resume left), write detections.json (artifact, runtime,
+        per image path its entry), and close.
+
+        Args:
+            items: the run's `InputItem`s, in the order the summary lists them (default:
+                every image written or resumed, in that order); each must be finished.
+        Returns the per-path entries.
+        """
+        self.close()
+        paths = [str(i.path) for i in items] if items is not None else list(self.entries)
+        missing = [p for p in paths if p not in self.entries]
+        if missing:
+            raise ConfigError(f"{len(missing)} image(s) have no result ({missing[0]}, ...); "
+                              f"run the same command with --resume to finish them")
+        images = {p: self.entries[p] for p in paths}
+        # The log, compacted: the header and one line per image, in the run's order (a
+        # resumed run's log then matches an uninterrupted run's byte for byte).
+        lines = [self.header] + [{"path": p, **entry} for p, entry in images.items()]
+        try:
+            with atomic_path(self.results) as tmp:
+                tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        except OSError as error:
+            raise output_error(self.results, error, _remedy(error)) from error
+        summary = {"artifact": self.header.get("artifact"),
+                   "artifact_sha256": self.header.get("artifact_sha256"),
+                   "runtime": self.header.get("runtime"),
+                   "options": self.header.get("options"), "images": images}
+        try:
+            write_json(self.out_dir / DETECTIONS, summary)
+        except OSError as error:
+            raise output_error(self.out_dir / DETECTIONS, error, _remedy(error)) from error
+        return images
+
+    def close(self) -> None:
+        """Close results.jsonl (every line written is already on disk)."""
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
