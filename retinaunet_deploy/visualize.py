@@ -40,11 +40,21 @@ def overlay(image: np.ndarray, mask: np.ndarray, detections, class_names, det_cl
     """
     from PIL import Image, ImageDraw
 
-    rgb = to_grey_rgb(image, pixel_max).astype(np.float64)
-    colours = np.array([PALETTE[i % len(PALETTE)] for i in range(len(class_names))], np.float64)
-    foreground = mask > 0
-    rgb[foreground] = (1 - alpha) * rgb[foreground] + alpha * colours[mask[foreground]]
-    picture = Image.fromarray(rgb.astype(np.uint8)).resize(
+    rgb = to_grey_rgb(image, pixel_max)
+    # Blend by lookup table, one class and channel at a time (uint8 throughout): the same
+    # bytes as blending the float image, without float copies of a mostly-foreground
+    # 2048x2048 image (160 MB more at peak).
+    levels = np.arange(256, dtype=np.float64)
+    for index in range(1, int(mask.max(initial=0)) + 1):
+        selected = mask == index
+        if not selected.any():
+            continue
+        colour = PALETTE[index % len(PALETTE)]
+        for channel in range(3):
+            table = ((1 - alpha) * levels + alpha * colour[channel]).astype(np.uint8)
+            plane = rgb[:, :, channel]
+            plane[selected] = table[plane[selected]]
+    picture = Image.fromarray(rgb).resize(
         (mask.shape[1] * scale, mask.shape[0] * scale), Image.NEAREST)
     if detections is not None:
         draw = ImageDraw.Draw(picture)
