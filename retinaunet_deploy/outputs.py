@@ -36,10 +36,13 @@ def output_error(path: Path, error: OSError, remedy: str | None = None):
 
 
 def check_writable(folder: Path) -> None:
-    """Create `folder` (and its parents) and write and remove a small probe file in it.
+    """Create `folder` (and its parents), write and remove a small probe file in it, and
+    remove again the folders this call created.
 
     Every stage calls this before its work, so an output folder that cannot be
-    written fails in seconds, not after the work.
+    written fails in seconds, not after the work; a stage refused afterwards (bad data,
+    bad options) leaves no empty folder behind. Stages write through
+    `artifacts.atomic_path`, which creates the folder of the file it writes.
 
     Raises:
         OutputError: the folder cannot be created or written (read-only, no
@@ -49,6 +52,7 @@ def check_writable(folder: Path) -> None:
     try:
         if folder.exists() and not folder.is_dir():
             raise FileExistsError(errno.EEXIST, "File exists", str(folder))
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
         try:
@@ -57,5 +61,7 @@ def check_writable(folder: Path) -> None:
         finally:
             os.close(fd)
             os.unlink(probe)
+            for made in created:      # deepest first
+                made.rmdir()
     except OSError as error:
         raise output_error(folder, error) from error

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.data.patches import pad_to
+
 TARGET_RATIO = 0.8
 BATCH = 8
 PREDICT_SCORE_THRESHOLD = 0.5    # what `predict` keeps by default
@@ -86,9 +88,7 @@ def _inference_batches(predictor, images: list[np.ndarray]) -> list[np.ndarray]:
     batches = []
     for image in images[::BATCH]:
         height, width = predictor.padded_size(*image.shape[:2])
-        padded = np.pad(image.astype(np.float32),
-                        [(0, height - image.shape[0]), (0, width - image.shape[1]), (0, 0)],
-                        constant_values=predictor.pad_value)
+        padded = pad_to(image.astype(np.float32), height, width)   # as the Predictor pads
         batches.append(np.ascontiguousarray(np.repeat(padded[None], BATCH, axis=0)))
     return batches
 

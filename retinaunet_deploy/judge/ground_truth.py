@@ -91,5 +91,5 @@ def evaluate_predictions(predictions, samples, class_names, num_det_classes: int
             report[f"ap@{threshold}"] = dict(zip(names, map(_rounded, ap)))
             report[f"map@{threshold}"] = _rounded(defined_mean(ap))
             if report[f"map@{threshold}"] is None:
-                report[f"map@{threshold}_reason"] = "no ground-truth box in these images"
+                report[f"map@{threshold}_reason"] = "no ground-truth object in these images"
     return report
