@@ -482,12 +482,16 @@ def test_a_real_int8_file_warns_on_images_unlike_its_calibration_data(tiny_calib
     echoed = []
     results = predict_files(run / "model.int8.onnx", [like, bright], tmp_path / "out",
                             threads=1, runtime="onnxruntime", echo=echoed.append)
-    assert results[str(like)]["warnings"] == []
-    [warning] = results[str(bright)]["warnings"]
-    assert warning.startswith(f"{bright}: ") and "INT8 calibration images" in warning
-    assert echoed == [f"warning: {warning}"]
+
+    def unlike(entry):   # (the tiny model may also hit its detection cap: other warnings)
+        return [w for w in entry["warnings"] if "INT8 calibration images" in w]
+
+    assert unlike(results[str(like)]) == []
+    [warning] = unlike(results[str(bright)])
+    assert warning.startswith(f"{bright}: ") and " is outside " in warning
+    assert f"warning: {warning}" in echoed
     lines = _lines(tmp_path / "out")
-    assert [line["warnings"] for line in lines[1:]] == [[], [warning]]
+    assert [unlike(line) for line in lines[1:]] == [[], [warning]]
 
 
 def test_a_capped_tile_is_one_warning_line_not_a_python_warning(model, inputs, tmp_path,
