@@ -145,15 +145,19 @@ class _CountingWriter:
     def __init__(self, reads):
         self.reads, self.written, self.ahead = reads, [], []
 
-    def write(self, item, image, prediction, predictor):
+    def render(self, item, image, prediction, predictor):
+        return {"warnings": [f"{item.name}: warned"] if item.name == "f3" else []}
+
+    def commit(self, item, rendered):
         self.ahead.append(self.reads[0] - len(self.written))
         self.written.append(item.name)
-        return {"warnings": [f"{item.name}: warned"] if item.name == "f3" else []}
+        return rendered
 
 
 def test_memory_is_bounded_by_the_queues_not_the_number_of_inputs(monkeypatch):
     """Images read but not yet written never exceed the queues' capacity: (DEPTH + 2)
-    groups on the read side, DEPTH + 1 images on the write side."""
+    groups on the read side, DEPTH images queued for the writer and RENDERERS + 1 being
+    rendered or waiting to be committed."""
     reads = [0]
     lock = threading.Lock()
 
@@ -170,5 +174,6 @@ def test_memory_is_bounded_by_the_queues_not_the_number_of_inputs(monkeypatch):
     pipeline.run_pipelined(predictor, items, writer, warnings.append)
     assert writer.written == [item.name for item in items]
     assert warnings == ["f3: warned"]
-    bound = (pipeline.DEPTH + 2) * predictor.batch_size + pipeline.DEPTH + 1
+    bound = ((pipeline.DEPTH + 2) * predictor.batch_size + pipeline.DEPTH
+             + pipeline.RENDERERS + 1)
     assert max(writer.ahead) <= bound < len(items)

@@ -463,3 +463,58 @@ def test_an_out_of_calibration_warning_is_printed_and_recorded(model, inputs, tm
         line = f"{path}: mean 99 outside the calibration images' 10..40"
         assert results[str(path)]["warnings"] == [line]
         assert f"warning: {line}" in echoed
+
+
+def test_a_real_int8_file_warns_on_images_unlike_its_calibration_data(tiny_calibrated,
+                                                                      tmp_path):
+    """The tiny run's INT8 ONNX file and its recorded calibration range, end to end: a
+    training image is like the calibration data, the same image 90 grey levels brighter
+    is not, and only its entry (and the console) carry the warning."""
+    from retinaunet_deploy.card import load_card
+    from retinaunet_deploy.data.splits import load_split
+
+    run, _ = tiny_calibrated
+    image = load_split(load_card(run), "train")[0].image
+    like, bright = tmp_path / "like.png", tmp_path / "bright.png"
+    Image.fromarray(image[..., 0]).save(like)
+    Image.fromarray(np.clip(image[..., 0].astype(np.int32) + 90, 0, 255).astype(np.uint8)
+                    ).save(bright)
+    echoed = []
+    results = predict_files(run / "model.int8.onnx", [like, bright], tmp_path / "out",
+                            threads=1, runtime="onnxruntime", echo=echoed.append)
+
+    def unlike(entry):   # (the tiny model may also hit its detection cap: other warnings)
+        return [w for w in entry["warnings"] if "INT8 calibration images" in w]
+
+    assert unlike(results[str(like)]) == []
+    [warning] = unlike(results[str(bright)])
+    assert warning.startswith(f"{bright}: ") and " is outside " in warning
+    assert f"warning: {warning}" in echoed
+    lines = _lines(tmp_path / "out")
+    assert [unlike(line) for line in lines[1:]] == [[], [warning]]
+
+
+def test_a_capped_tile_is_one_warning_line_not_a_python_warning(model, inputs, tmp_path,
+                                                                monkeypatch):
+    """An engine that caps --tile sets `Predictor.tile_warning` (and warns in Python);
+    predict prints it once as "warning: ..." (tests/test_runtime.py has the real cap)."""
+    import warnings
+
+    from retinaunet_deploy.runtime import Predictor
+
+    real = Predictor.from_artifact.__func__
+    line = "--tile 1024 is larger than the engine takes (128 px): tiles of 128 px are used"
+
+    def capped(cls, *args, **kwargs):
+        predictor = real(cls, *args, **kwargs)
+        predictor.tile_warning = line
+        warnings.warn(line, UserWarning, stacklevel=2)
+        return predictor
+
+    monkeypatch.setattr(Predictor, "from_artifact", classmethod(capped))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a Python warning escaping would fail the run
+        result = CliRunner().invoke(cli, ["predict", str(model), str(inputs[0]), "--out",
+                                          str(tmp_path / "out"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count(line) == 1 and f"warning: {line}\n" in result.output

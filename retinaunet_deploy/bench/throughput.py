@@ -36,8 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.data.patches import pad_to
-
 TARGET_RATIO = 0.8
 BATCH = 8
 PREDICT_SCORE_THRESHOLD = 0.5    # what `predict` keeps by default
@@ -85,11 +83,13 @@ def _write_pngs(images: list[np.ndarray], folder: Path) -> list[Path]:
 
 def _inference_batches(predictor, images: list[np.ndarray]) -> list[np.ndarray]:
     """Batches of `BATCH` copies of every `BATCH`-th image, at its padded size (float32)."""
+    from retinaunet_deploy.data.patches import pad_to
+
     batches = []
     for image in images[::BATCH]:
         height, width = predictor.padded_size(*image.shape[:2])
-        padded = pad_to(image.astype(np.float32), height, width)   # as the Predictor pads
-        batches.append(np.ascontiguousarray(np.repeat(padded[None], BATCH, axis=0)))
+        padded = pad_to(image.astype(np.float32)[None], height, width, axes=(1, 2))
+        batches.append(np.ascontiguousarray(np.repeat(padded, BATCH, axis=0)))
     return batches
 
 

@@ -44,10 +44,14 @@ def open_predictor(artifact: Path, threads: int | None = None, providers: list |
         score_threshold: replaces the card's (None: the card's).
         max_detections: at most this many detections per image (None: the card's
             count, scaled with the image's area, `Predictor.config_for`).
+    A tile capped by the backend is not warned about here: its line is the predictor's
+    ``tile_warning``.
+
     Raises:
         ConfigError: max_detections below 1 or score_threshold outside [0, 1].
     """
     import dataclasses
+    import warnings
 
     from retinaunet_deploy.errors import ConfigError
     from retinaunet_deploy.runtime import Predictor
@@ -57,10 +61,15 @@ def open_predictor(artifact: Path, threads: int | None = None, providers: list |
         raise ConfigError(f"--max-detections must be at least 1, got {max_detections}")
     if score_threshold is not None and not 0 <= score_threshold <= 1:
         raise ConfigError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    predictor = Predictor.from_artifact(artifact, threads=threads, providers=providers,
-                                        tile=tile or DEFAULT_TILE,
-                                        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-                                        runtime=runtime)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = Predictor.from_artifact(
+            artifact, threads=threads, providers=providers, tile=tile or DEFAULT_TILE,
+            overlap=DEFAULT_OVERLAP if overlap is None else overlap, runtime=runtime)
+    for warning in caught:   # a capped tile is said by `predict_files`, as one line
+        if str(warning.message) != predictor.tile_warning:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
     if score_threshold is not None:
         predictor.detection_config = dataclasses.replace(predictor.detection_config,
                                                          score_threshold=score_threshold)
@@ -69,13 +78,10 @@ def open_predictor(artifact: Path, threads: int | None = None, providers: list |
 
 
 def _calibration_range(artifact: Path):
-    """The INT8 artifact's calibration range (None for others, or before it exists)."""
-    try:
-        from retinaunet_deploy.runtime.calibration_range import CalibrationRange
-    except ModuleNotFoundError as error:
-        if error.name != "retinaunet_deploy.runtime.calibration_range":
-            raise
-        return None
+    """The INT8 artifact's `CalibrationRange` (None for other files, or an INT8 file made
+    without the record)."""
+    from retinaunet_deploy.runtime.calibration_range import CalibrationRange
+
     return CalibrationRange.for_artifact(Path(artifact))
 
 
@@ -132,6 +138,8 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                "runtime": runtime, "score_threshold": score_threshold,
                "max_detections": max_detections}
     with open_predictor(artifact, **options) as predictor:
+        if predictor.tile_warning:
+            echo(f"warning: {predictor.tile_warning}")
         items = plan_inputs(list(image_paths), predictor)
         header = {"artifact": str(artifact), "artifact_sha256": sha256_file(Path(artifact)),
                   "runtime": resolve(Path(artifact), runtime).name,

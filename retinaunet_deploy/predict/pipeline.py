@@ -1,7 +1,9 @@
 """The pipelined executor of a predict run: reading, inference and writing overlap.
 
-    reader thread ──(DEPTH groups)──► inference (the calling thread) ──(DEPTH groups)──► writer thread
-    read_item                         Predictor.predict, batched        ResultWriter.write
+    reader thread ──(DEPTH groups)──► inference (the calling thread) ──(DEPTH images)──► writer thread
+    read_item                         Predictor.predict, batched        ResultWriter.commit, in order
+                                                                             ▲
+                                                 RENDERERS threads: ResultWriter.render (draw, encode)
 
 A group is a run of consecutive inputs of the same height, width and dtype that
 run whole (not tiled), at most the predictor's `batch_size` long; it runs as one
@@ -11,9 +13,12 @@ of a batch independently; `tests/test_predict_pipeline.py` checks it), so the
 outputs are byte-identical to `stream.run_sequential`'s. Grouping is decided from
 the plan (sizes from the headers), so it never waits for an image to arrive.
 
-Memory is bounded by the queues: at most `DEPTH` groups waiting on each side, one
-being read, one being predicted and one being written, whatever the number of
-inputs.
+The writer thread hands each image to a small pool that draws its overlay and encodes
+both PNGs (Pillow and zlib release the GIL, so this runs beside inference), and commits
+the rendered images (files renamed into place, results.jsonl line) one by one in input
+order. Memory is bounded by the queues: at most `DEPTH` groups waiting to be predicted,
+`DEPTH` images waiting for the writer, `RENDERERS` + 1 being rendered or waiting to be
+committed, one group being read and one being predicted, whatever the number of inputs.
 
 Errors stop the run cleanly, as in the sequential loop: the images before the one
 that failed (to read, to predict or to write) are written and the error is raised
@@ -22,9 +27,11 @@ after the writer finished them; nothing after it is written.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,7 +39,8 @@ import numpy as np
 # step (and a test's stand-in for one reaches both).
 from retinaunet_deploy.predict import stream
 
-DEPTH = 2        # groups waiting between two stages
+DEPTH = 2        # groups (images, on the write side) waiting between two stages
+RENDERERS = 2    # threads drawing and encoding outputs (measured: bench/README.md)
 _DONE = object()
 
 
@@ -90,7 +98,8 @@ def run_pipelined(predictor, items: list, writer, warn: Callable[[str], None]) -
     Args:
         predictor: an open `runtime.Predictor` (called from this thread only).
         items: the `plan.InputItem`s still to do.
-        writer: the run's `writer.ResultWriter` (called from the writer thread only).
+        writer: the run's `writer.ResultWriter`: ``render`` in the pool's threads,
+            ``commit`` from the writer thread only, in input order.
         warn: prints one warning line.
     Raises:
         DataError, InputError: an image that cannot be read or predicted (naming it);
@@ -154,18 +163,33 @@ def _read_all(groups: list[list], reads: queue.Queue, stop: threading.Event) -> 
 
 def _write_all(writes: queue.Queue, writer, predictor, warn, stop: threading.Event,
                errors: list) -> None:
-    """Writer thread: write each result in order until _DONE; after a failure, drain."""
-    while (got := writes.get()) is not _DONE:
+    """Writer thread: render each result in the pool, commit them in order until _DONE;
+    after a failure, drain without rendering or committing more."""
+    pending: collections.deque = collections.deque()   # (item, future of its Rendered)
+
+    def commit_oldest() -> None:
+        item, rendered = pending.popleft()
         if errors:
-            continue
-        item, image, prediction = got
-        del got
+            return
         try:
-            stream.report(writer.write(item, image, prediction, predictor), warn)
+            stream.report(writer.commit(item, rendered.result()), warn)
         except BaseException as error:  # noqa: BLE001 - re-raised by run_pipelined
             errors.append(error)
             stop.set()
-        del item, image, prediction
+
+    with ThreadPoolExecutor(RENDERERS, thread_name_prefix="predict-render") as pool:
+        while (got := writes.get()) is not _DONE:
+            if errors:
+                continue
+            item, image, prediction = got
+            del got
+            pending.append((item, pool.submit(writer.render, item, image, prediction,
+                                              predictor)))
+            del item, image, prediction
+            while pending and (len(pending) > RENDERERS or pending[0][1].done()):
+                commit_oldest()
+        while pending:
+            commit_oldest()
 
 
 def _put(target: queue.Queue, value, stop: threading.Event) -> None:

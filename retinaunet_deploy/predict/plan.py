@@ -109,30 +109,17 @@ def output_names(paths: list[Path]) -> list[str]:
 
 
 def _header(path: Path) -> tuple[int, int, int, np.dtype]:
-    """(height, width, channels, dtype) of an image file, without keeping its pixels.
+    """(height, width, channels, dtype) of an image file from its header
+    (`data.readers.probe_image`: no pixels decoded)."""
+    from retinaunet_deploy.data.readers import probe_image
 
-    Uses `data.readers.probe_image` (header only) where the readers have it, else
-    reads the image and lets its pixels go.
-    """
-    from retinaunet_deploy.data import readers
-
-    probe = getattr(readers, "probe_image", None)
-    if probe is not None:
-        header = probe(Path(path))
-        return header.height, header.width, header.channels, np.dtype(header.dtype)
-    image = readers.read_image(Path(path))
-    return image.shape[0], image.shape[1], image.shape[2], image.dtype
+    header = probe_image(Path(path))
+    return header.height, header.width, header.channels, np.dtype(header.dtype)
 
 
 def _check_header(predictor, height: int, width: int, channels: int, dtype: np.dtype) -> None:
-    """The predictor's input contract at header level (`Predictor.check_header` where it
-    has one; else its checks on a zero image of that shape, made without memory)."""
-    check = getattr(predictor, "check_header", None)
-    if check is not None:
-        check(height, width, channels, dtype)
-        return
-    predictor.prepare(np.broadcast_to(np.zeros((1, 1, channels), dtype),
-                                      (height, width, channels)))
+    """The predictor's input contract at header level (`Predictor.check_header`)."""
+    predictor.check_header(height, width, channels, dtype)
 
 
 def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:

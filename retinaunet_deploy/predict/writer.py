@@ -16,16 +16,30 @@ sha256; tiled; class_pixels {class: count}; with detection heads, detections (bo
 detections_before_cap (the count before the per-image cap; equal to the number kept
 when not capped); warnings (one line each, also printed).
 
-Order of writing an image: mask, then overlay (each to a temporary file renamed over
-its name), then its results.jsonl line (flushed and fsynced). An image is finished
-when its line is there and both files still have the sha256 it records.
+Writing an image has two steps. `ResultWriter.render` draws and encodes it (mask and
+overlay PNG bytes, its entry): no file is touched, so several images may render at once
+in other threads. `ResultWriter.commit` then writes it, one image at a time in the run's
+order: mask, then overlay (each to a temporary file renamed over its name), then its
+results.jsonl line. An image is finished when its line is there and both files still
+have the sha256 it records.
+
+Durability. Each line is handed to the kernel (one `os.write`) as its image finishes,
+so a killed or crashed process keeps every finished image's line: the kernel writes it
+out after the process is gone. results.jsonl is fsynced at most once a second
+(`SYNC_SECONDS`) and when the writer closes, so a power loss or kernel crash may lose
+the lines of the last second; `--resume` then redoes those images, and it redoes any
+image whose files a crash left incomplete, since their sha256 no longer matches.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +51,32 @@ from retinaunet_deploy.outputs import check_writable, output_error
 RESULTS = "results.jsonl"
 DETECTIONS = "detections.json"
 RESULTS_KIND = "retinaunet-deploy predict results"
-OVERLAY_MAX_SIDE = 2048   # overlays are upscaled (small crops) or kept at 1x, never huge
+OVERLAY_SIDE = 512    # small images are upscaled (by 2-4x) until their longer side nears this
+OVERLAY_MAX_SCALE = 4
+PNG_LEVEL = 1         # zlib level of both PNGs: 3x faster than PIL's 6, same bytes every run
+SYNC_SECONDS = 1.0    # results.jsonl is fsynced at most this often, and on close
+
+
+def overlay_scale(height: int, width: int) -> int:
+    """The overlay's integer upscaling of an image: the largest of 1..4 that keeps its
+    longer side at most `OVERLAY_SIDE` px (1 for images that long already)."""
+    return max(1, min(OVERLAY_MAX_SCALE, OVERLAY_SIDE // max(height, width, 1)))
+
+
+@dataclass
+class Rendered:
+    """An image ready to commit: its mask and overlay PNG bytes and its entry (without
+    the files' paths and sha256, which `ResultWriter.commit` adds)."""
+
+    mask_png: bytes
+    overlay_png: bytes
+    entry: dict
+
+
+def _png(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=PNG_LEVEL)
+    return buffer.getvalue()
 
 
 def _remedy(error: OSError) -> str | None:
@@ -50,7 +89,8 @@ def _remedy(error: OSError) -> str | None:
 class ResultWriter:
     """Writes each image's outputs atomically and appends its line to results.jsonl.
 
-    Call from one thread (the executors write on the driver).
+    `render` may run in several threads at once; everything else from one thread (the
+    executors commit on the driver, in the run's order).
 
     Args:
         out_dir: the output folder (created; checked writable first).
@@ -77,6 +117,7 @@ class ResultWriter:
         for folder in (self.out_dir, self.out_dir / "masks", self.out_dir / "overlays"):
             check_writable(folder)
         self.results = self.out_dir / RESULTS
+        self._synced = time.monotonic()
         if resume and self.results.exists():
             self._load_earlier()
         else:
@@ -147,15 +188,14 @@ class ResultWriter:
 
     # === Writing ===
 
-    def _save(self, path: Path, save) -> str:
-        """`save(tmp)` to a temporary file renamed over `path`; its sha256."""
+    def _save(self, path: Path, data: bytes) -> str:
+        """`data` to a temporary file renamed over `path`; its sha256."""
         try:
             with atomic_path(path) as tmp:
-                save(tmp)
-                digest = sha256_file(tmp)
+                tmp.write_bytes(data)
         except OSError as error:
             raise output_error(path, error, _remedy(error)) from error
-        return digest
+        return hashlib.sha256(data).hexdigest()
 
     def _append(self, line: dict) -> None:
         data = (json.dumps(line) + "\n").encode()
@@ -164,7 +204,9 @@ class ResultWriter:
             written = os.write(self._fd, data)
             if written != len(data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.results))
-            os.fsync(self._fd)
+            if time.monotonic() - self._synced >= SYNC_SECONDS:
+                os.fsync(self._fd)
+                self._synced = time.monotonic()
         except OSError as error:
             try:   # no half line: the file ends after the last finished image
                 os.ftruncate(self._fd, size)
@@ -173,7 +215,8 @@ class ResultWriter:
             raise output_error(self.results, error, _remedy(error)) from error
 
     def write(self, item, image: np.ndarray, prediction, predictor) -> dict:
-        """Write one image's mask and overlay, then append its line; returns its entry.
+        """`commit(item, render(item, image, prediction, predictor))`: write one image's
+        mask and overlay, then append its line; returns its entry.
 
         Args:
             item: its `plan.InputItem`. image: (H, W[, C]) its pixels as read.
@@ -184,23 +227,23 @@ class ResultWriter:
             OutputError: a file cannot be written (path, OS reason); the image's line is
                 then not written, so `--resume` redoes it.
         """
+        return self.commit(item, self.render(item, image, prediction, predictor))
+
+    def render(self, item, image: np.ndarray, prediction, predictor) -> Rendered:
+        """Draw and encode one image's outputs (arguments as `write`); writes nothing and
+        changes nothing in the writer, so it may run in any thread."""
         from PIL import Image
 
         from retinaunet_deploy.visualize import overlay
 
-        name, (height, width) = item.name, image.shape[:2]
-        mask_path, overlay_path = f"masks/{name}.png", f"overlays/{name}.png"
-        mask_sha = self._save(self.out_dir / mask_path,
-                              lambda tmp: Image.fromarray(prediction.mask).save(tmp))
-        scale = max(1, min(4, OVERLAY_MAX_SIDE // max(height, width)))
+        height, width = image.shape[:2]
+        mask_png = _png(Image.fromarray(prediction.mask))
         picture = overlay(image, prediction.mask, prediction.detections, predictor.class_names,
                           predictor.det_class_names, pixel_max=predictor.pixel_max,
-                          scale=scale)
-        overlay_sha = self._save(self.out_dir / overlay_path, picture.save)
+                          scale=overlay_scale(height, width))
+        overlay_png = _png(picture)
         del picture
-        entry = {"name": name, "size": [height, width], "mask": mask_path,
-                 "mask_sha256": mask_sha, "overlay": overlay_path, "overlay_sha256": overlay_sha,
-                 "tiled": not predictor.fits_whole(height, width),
+        entry = {"tiled": not predictor.fits_whole(height, width),
                  "class_pixels": {c: int(n) for c, n in zip(predictor.class_names, np.bincount(
                      prediction.mask.ravel(), minlength=len(predictor.class_names)))}}
         warnings = []
@@ -226,6 +269,22 @@ class ResultWriter:
             if warning:
                 warnings.append(f"{item.path}: {warning}")
         entry["warnings"] = warnings
+        return Rendered(mask_png, overlay_png, entry)
+
+    def commit(self, item, rendered: Rendered) -> dict:
+        """Write a rendered image's mask and overlay files, then append its line; returns
+        its entry. Call in the run's order, from one thread.
+
+        Raises:
+            OutputError: as `write`.
+        """
+        name, (height, width) = item.name, (item.height, item.width)
+        mask_path, overlay_path = f"masks/{name}.png", f"overlays/{name}.png"
+        mask_sha = self._save(self.out_dir / mask_path, rendered.mask_png)
+        overlay_sha = self._save(self.out_dir / overlay_path, rendered.overlay_png)
+        entry = {"name": name, "size": [height, width], "mask": mask_path,
+                 "mask_sha256": mask_sha, "overlay": overlay_path, "overlay_sha256": overlay_sha,
+                 **rendered.entry}
         self._append({"path": str(item.path), **entry})
         self.entries[str(item.path)] = entry
         return entry
@@ -266,10 +325,15 @@ class ResultWriter:
         return images
 
     def close(self) -> None:
-        """Close results.jsonl (every line written is already on disk)."""
+        """Fsync and close results.jsonl (every line written is then on disk)."""
         if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass    # its lines are with the kernel; finish() rewrites the file anyway
+            finally:
+                os.close(fd)
 
     def __enter__(self):
         return self
