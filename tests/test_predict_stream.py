@@ -289,9 +289,13 @@ def _one_line_error(result, *expected):
 def test_check_writable_names_the_path_and_the_os_reason(tmp_path):
     from retinaunet_deploy.artifacts import check_writable
 
+    # Checked by creating it, and left as it was found: a stage refused after the check
+    # (bad data, bad options) must leave no empty folder behind.
     check_writable(tmp_path / "new" / "deeper")
-    assert (tmp_path / "new" / "deeper").is_dir() and not any((tmp_path / "new" /
-                                                               "deeper").iterdir())
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    check_writable(tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
     (tmp_path / "file").write_text("x")
     for target in (tmp_path / "file", tmp_path / "file" / "sub"):
         with pytest.raises(OutputError, match=rf"^{target}: cannot write \({tmp_path / 'file'} "

@@ -208,6 +208,8 @@ def test_predict_command_writes_outputs_at_each_images_size(tiny_exported, tmp_p
     """Non-square images of other sizes, and two same-named files from different folders."""
     from PIL import Image
 
+    from retinaunet_deploy.predict.writer import overlay_scale
+
     run_dir, _ = tiny_exported
     for folder, picked in (("a", images[:2]), ("b", images[2:3])):
         write_folder_dataset(tmp_path / folder, [
@@ -229,7 +231,8 @@ def test_predict_command_writes_outputs_at_each_images_size(tiny_exported, tmp_p
         assert entry["size"] == [h, w] and not entry["tiled"]
         mask = np.asarray(Image.open(out / entry["mask"]))
         assert mask.shape == (h, w) and mask.max() < 3
-        assert Image.open(out / entry["overlay"]).size == (w * 4, h * 4)
+        scale = overlay_scale(h, w)      # small images are upscaled, up to ~512 px
+        assert scale > 1 and Image.open(out / entry["overlay"]).size == (w * scale, h * scale)
         assert sum(entry["class_pixels"].values()) == h * w
         for det in entry["detections"]:
             y1, x1, y2, x2 = det["box"]
