@@ -195,22 +195,6 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def stage_of(run_dir: Path, name: str) -> str | None:
-    """The stage that writes `name` in a run: its manifest record's, else by its name
-    (None for a file no stage writes)."""
-    from retinaunet_deploy import names
-    from retinaunet_deploy.artifacts import load_manifest
-
-    record = load_manifest(run_dir)["artifacts"].get(name)
-    if record and record.get("stage"):
-        return record["stage"]
-    if names.plan_precision(name):
-        return "build-engine"
-    return {names.KERAS: "train", names.CARD: "train", names.ONNX: "export",
-            names.FP16_ONNX: "calibrate", names.INT8_ONNX: "calibrate",
-            names.INT8_CPU_ONNX: "calibrate", names.INT8_TFLITE: "calibrate"}.get(name)
-
-
 def check_artifact(artifact: Path) -> str | None:
     """Refuse a missing artifact or one that differs from its manifest record, naming the
     command that remakes it; return that command (None for a file no stage writes).
@@ -219,12 +203,12 @@ def check_artifact(artifact: Path) -> str | None:
         ArtifactError: "<file> not found; run '<command>' first ..." or "<file> changed
             since '<stage>' recorded it (...); re-run '<command>'".
     """
-    from retinaunet_deploy.artifacts import load_manifest, remedy_for, verify_artifact
+    from retinaunet_deploy.artifacts import load_manifest, verify_artifact
     from retinaunet_deploy.errors import ArtifactError
+    from retinaunet_deploy.remake import command_for
 
     run_dir, name = artifact.parent, artifact.name
-    stage = stage_of(run_dir, name)
-    remedy = remedy_for(run_dir, name, stage) if stage else None
+    remedy = command_for(artifact)     # the stage's command, as every other message names it
     if not artifact.is_file():
         raise ArtifactError(f"{artifact} not found; " + (f"run '{remedy}' first, or " if remedy
                                                           else "") +
