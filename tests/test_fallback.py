@@ -141,3 +141,20 @@ def test_a_conv_put_back_in_float_computes_as_if_it_had_been_excluded(tiny_expor
     assert any(not np.array_equal(a, b) for a, b in zip(outputs[1], outputs[2]))
     with pytest.raises(ValueError, match="no node named"):
         keep_float(tmp_path / "all.onnx", prepared, tmp_path / "x.onnx", ("not-a-conv",))
+
+
+def test_gain_leaves_out_a_figure_undefined_on_either_side():
+    """A Dice of NaN (no class present in either mask) or a missing box figure must not
+    turn the whole ranking gain into NaN, which would sort conv layers at random."""
+    from retinaunet_deploy.export.fallback import _gain
+    from retinaunet_deploy.judge.agreement import Agreement
+
+    def agreement(pixels, dice, matched=None):
+        detections = {} if matched is None else {"matched_fraction": matched}
+        return Agreement(images=4, pixel_agreement=pixels, dice_vs_reference={},
+                         mean_dice_vs_reference=dice, mean_abs_prob_diff=0.0,
+                         max_abs_prob_diff=0.0, detections=detections)
+
+    gain = _gain(agreement(0.99, float("nan"), 0.9), agreement(0.98, 0.5, 0.8))
+    assert gain == pytest.approx(0.01 + 0.1)
+    assert _gain(agreement(0.99, 0.7), agreement(0.97, 0.6, 0.8)) == pytest.approx(0.02 + 0.1)

@@ -17,6 +17,7 @@ re-quantised), on up to 16 validation images. The search then keeps the top
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,10 +61,17 @@ class FallbackResult:
 
 
 def _gain(agreement: Agreement, baseline: Agreement) -> float:
-    return (agreement.pixel_agreement - baseline.pixel_agreement
-            + agreement.mean_dice_vs_reference - baseline.mean_dice_vs_reference
-            + agreement.detections.get("matched_fraction", 0.0)
-            - baseline.detections.get("matched_fraction", 0.0))
+    """How much better `agreement` is than `baseline`: the sum of the differences of pixel
+    agreement, mean Dice vs the reference and matched-box fraction (each in [0, 1]);
+    a figure undefined on either side adds nothing."""
+    gain = 0.0
+    for now, before in ((agreement.pixel_agreement, baseline.pixel_agreement),
+                        (agreement.mean_dice_vs_reference, baseline.mean_dice_vs_reference),
+                        (agreement.detections.get("matched_fraction"),
+                         baseline.detections.get("matched_fraction"))):
+        if not any(v is None or math.isnan(v) for v in (now, before)):
+            gain += float(now) - float(before)
+    return gain
 
 
 def judging_runtimes(runtimes: tuple[str, ...], openvino: bool = True) -> tuple[str, ...]:
