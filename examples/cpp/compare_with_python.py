@@ -4,13 +4,14 @@
         [--images 8] [--tile 1024] [--runtime openvino] [--threads 2]
         [--min-pixels 0.9999] [--min-matched 0.99]
 
-Writes the run's first `--images` held-out test images (`data.splits.held_out_set`,
-what every reported figure uses) as 8-bit or 16-bit PGMs into OUT_DIR, plus one
-mosaic of them larger than `--tile` (so it runs as a sliding window), runs BINARY
+Writes `--images` images as 8-bit or 16-bit PGMs into OUT_DIR: the run's first held-out
+test images (`data.splits.held_out_set`, what every reported figure uses) and, last,
+a mosaic of them larger than `--tile` (so it runs as a sliding window); runs BINARY
 (build/cpp/retinaunet_infer) on each with `--json`, and the Python Predictor on the
 same file in `--runtime` (openvino for an .onnx file, tensorrt for a .plan). Prints
 per image the tile count, the pixel agreement of the masks and the Predictor's boxes
-matched by a C++ box of the same class at IoU >= 0.9, then the totals and the C++
+matched by a C++ box of the same class at IoU >= 0.9 (and the largest score gap of a
+matched pair), then the totals and the C++
 wall time; exits 1 when pixel agreement or the matched fraction is below the bars.
 Used by tests/test_cpp_app.py and `make gpu-check`.
 """
@@ -43,8 +44,8 @@ def read_pgm(path: Path) -> np.ndarray:
 
 
 def test_images(run: Path, count: int, tile: int) -> list[np.ndarray]:
-    """`count` held-out test images (H, W) of the run's pixel dtype, plus a mosaic of
-    them more than `tile` pixels wide (two images side by side, repeated until it is)."""
+    """`count` images (H, W) of the run's pixel dtype: `count` - 1 held-out test images
+    and a mosaic of them more than `tile` pixels wide (so it runs as a sliding window)."""
     from retinaunet_deploy.card import load_card
     from retinaunet_deploy.data.splits import held_out_set
 
@@ -52,7 +53,7 @@ def test_images(run: Path, count: int, tile: int) -> list[np.ndarray]:
     if card.input.channels != 1:
         raise SystemExit(f"{run}: the app reads greyscale PGMs; this model takes "
                          f"{card.input.channels} channels")
-    images = [s.image[..., 0].astype(card.input.pixel_dtype) for s in held_out_set(card, count)]
+    images = [s.image[..., 0].astype(card.input.pixel_dtype) for s in held_out_set(card, count - 1)]
     height = min(i.shape[0] for i in images)
     row = np.concatenate([i[:height] for i in images], axis=1)
     while row.shape[1] <= tile:
@@ -60,14 +61,19 @@ def test_images(run: Path, count: int, tile: int) -> list[np.ndarray]:
     return images + [np.concatenate([row, row[::-1]], axis=0)[:, :tile + 100]]
 
 
-def matched_boxes(python, boxes: np.ndarray, classes: np.ndarray, iou: float = 0.9) -> int:
-    """How many of the Predictor's boxes a C++ box of the same class overlaps at IoU >= iou."""
+def matched_boxes(python, boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                  iou: float = 0.9) -> tuple[int, float]:
+    """How many of the Predictor's boxes a C++ box of the same class overlaps at IoU >= iou,
+    and the largest score difference between a matched pair (0 when none matched)."""
     from retinaunet_deploy.model.boxes import box_iou
 
     if not len(python) or not len(boxes):
-        return 0
+        return 0, 0.0
     overlaps = box_iou(python.boxes, boxes) * (python.classes[:, None] == classes[None, :])
-    return int((overlaps.max(axis=1) >= iou).sum())
+    best = overlaps.argmax(axis=1)
+    hit = overlaps.max(axis=1) >= iou
+    gaps = np.abs(python.scores[hit] - scores[best[hit]])
+    return int(hit.sum()), float(gaps.max()) if gaps.size else 0.0
 
 
 def compare(binary: Path, model: Path, images: list[np.ndarray], out: Path, tile: int = 1024,
@@ -93,17 +99,19 @@ def compare(binary: Path, model: Path, images: list[np.ndarray], out: Path, tile
             assert (found["height"], found["width"]) == image.shape
             boxes = np.array([d["box"] for d in found["detections"]], np.float32).reshape(-1, 4)
             classes = np.array([d["class"] for d in found["detections"]], np.int32)
+            scores = np.array([d["score"] for d in found["detections"]], np.float32)
             python = predictor.predict(image)
+            matched, score_gap = matched_boxes(python.detections, boxes, classes, scores)
             rows.append({"shape": image.shape,
                          "tiles": len(predictor.tile_layout(*image.shape).origins),
                          "pixels": int((mask == python.mask).sum()), "total": int(mask.size),
                          "python_boxes": len(python.detections), "cpp_boxes": len(boxes),
-                         "matched": matched_boxes(python.detections, boxes, classes)})
+                         "matched": matched, "score_gap": score_gap})
     pixels = sum(r["pixels"] for r in rows) / sum(r["total"] for r in rows)
     boxes = sum(r["python_boxes"] for r in rows)
     return {"rows": rows, "pixel_agreement": pixels, "python_boxes": boxes,
             "matched_fraction": sum(r["matched"] for r in rows) / boxes if boxes else 1.0,
-            "cpp_seconds": seconds}
+            "score_gap": max(r["score_gap"] for r in rows), "cpp_seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
               f"C++ {row['cpp_boxes']} matched {row['matched']}")
     print(f"{args.model.name}: pixel agreement {report['pixel_agreement']:.6f}, "
           f"{report['matched_fraction']:.4f} of {report['python_boxes']} boxes matched at "
-          f"IoU >= 0.9; C++ {report['cpp_seconds']:.2f} s for {len(report['rows'])} images "
+          f"IoU >= 0.9 (scores within {report['score_gap']:.1e}); C++ {report['cpp_seconds']:.2f} s for {len(report['rows'])} images "
           f"(process start and model compile included)")
     ok = (report["pixel_agreement"] >= args.min_pixels
           and report["matched_fraction"] >= args.min_matched)

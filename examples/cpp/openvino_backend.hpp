@@ -8,7 +8,13 @@
 
 #include <openvino/openvino.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cctype>
 #include <cstdint>
+#include <cstdio>
+#include <sstream>
 #include <fstream>
 #include <memory>
 #include <stdexcept>
@@ -19,10 +25,44 @@
 
 namespace retinaunet {
 
-inline std::string first_line(const std::string& text, size_t limit = 200) {
-    std::string line = text.substr(0, text.find('\n'));
-    return line.size() > limit ? line.substr(0, limit) : line;
+// An OpenVINO exception as one line: its message lines without the "Exception from
+// src/...cpp:NN:" location lines, joined, at most `limit` characters.
+inline std::string openvino_reason(const std::string& text, size_t limit = 240) {
+    std::string reason, line;
+    std::istringstream lines(text);
+    while (std::getline(lines, line)) {
+        if (line.empty() || line.rfind("Exception from ", 0) == 0) continue;
+        while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+        reason += (reason.empty() ? "" : " ") + line;
+    }
+    if (reason.empty()) reason = "no reason given";
+    return reason.size() > limit ? reason.substr(0, limit) + "..." : reason;
 }
+
+// Silences this process's stderr while alive: the ONNX parser inside OpenVINO logs
+// through absl to stderr on a file it cannot parse; the app reports that in its own line.
+class QuietStderr {
+public:
+    QuietStderr() {
+        std::fflush(stderr);
+        saved_ = dup(2);
+        const int null = open("/dev/null", O_WRONLY);
+        if (saved_ >= 0 && null >= 0) dup2(null, 2);
+        if (null >= 0) close(null);
+    }
+    ~QuietStderr() {
+        std::fflush(stderr);
+        if (saved_ >= 0) {
+            dup2(saved_, 2);
+            close(saved_);
+        }
+    }
+    QuietStderr(const QuietStderr&) = delete;
+    QuietStderr& operator=(const QuietStderr&) = delete;
+
+private:
+    int saved_ = -1;
+};
 
 class OpenVINOBackend : public Backend {
 public:
@@ -31,13 +71,19 @@ public:
         if (!std::ifstream(model_path))
             throw std::runtime_error(model_path + ": cannot open (no such file, or not readable)");
         std::shared_ptr<ov::Model> model;
-        try {
-            model = core_.read_model(model_path);
-        } catch (const std::exception& error) {
-            throw std::runtime_error(model_path + ": OpenVINO cannot read it as ONNX (" +
-                                     first_line(error.what()) + "); use a file written by "
-                                     "retinaunet-deploy export or calibrate");
+        std::string failure;
+        {
+            QuietStderr quiet;
+            try {
+                model = core_.read_model(model_path);
+            } catch (const std::exception& error) {
+                failure = openvino_reason(error.what());
+            }
         }
+        if (!model)
+            throw std::runtime_error(model_path + ": OpenVINO cannot read it as ONNX (" + failure +
+                                     "); use a file written by retinaunet-deploy export or "
+                                     "calibrate");
         if (model->inputs().size() != 1)
             throw std::runtime_error(model_path + " has " + std::to_string(model->inputs().size()) +
                                      " inputs; expected one ('image'): not a RetinaUNet file of "
@@ -55,7 +101,7 @@ public:
             compiled_ = core_.compile_model(model, "CPU", config);
         } catch (const std::exception& error) {
             throw std::runtime_error("OpenVINO cannot compile " + model_path + " (" +
-                                     first_line(error.what()) + ")");
+                                     openvino_reason(error.what()) + ")");
         }
         request_ = compiled_.create_infer_request();
         this->threads = compiled_.get_property(ov::inference_num_threads);
