@@ -213,3 +213,9 @@ def export(run_dir, opset, parity_images, tolerance, no_simplify):
     click.echo(f"wrote {run_dir / names.ONNX}: parity on {parity['images']} validation images: "
                f"max |ONNX - Keras| {errors}; mask argmax agreement "
                f"{parity['mask_argmax_agreement']:.2%}")
+    if "end_to_end" in parity:
+        from retinaunet_deploy.export.e2e_gate import summary
+
+        twin = parity["end_to_end"]
+        click.echo(summary(str(run_dir / names.E2E_ONNX), twin) if twin["written"]
+                   else twin["reason"])

@@ -178,6 +178,10 @@ def padded_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
 def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
     """Write ``run_dir/model.onnx`` from ``run_dir/model.keras``; returns the parity figures.
 
+    With detection heads, also its end-to-end twin ``model.e2e.onnx`` (`export.e2e_gate`),
+    its gate figures under the returned ``end_to_end`` (a twin that misses its gate is
+    refused there, with ``reason``, and model.onnx stays written).
+
     Raises `ArtifactError` (leaving any previous model.onnx untouched) when the
     input is missing or changed since training, or parity exceeds the tolerance.
     """
@@ -225,4 +229,10 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
                              "identity_crops_removed": crops_removed},
                     tools=tool_versions("tensorflow", "tf2onnx", "onnx", "onnxslim",
                                         "onnxruntime", "onnxruntime-gpu"))
+    if card.has_detection:  # its end-to-end twin, gated on the test images (`export.e2e_gate`)
+        from retinaunet_deploy.data.splits import held_out_set
+        from retinaunet_deploy.export.e2e_gate import write_twin
+
+        tests = [s.image for s in held_out_set(card, options.parity_images, "test")]
+        parity["end_to_end"] = write_twin(run_dir, ONNX, card, tests, "export")
     return parity
