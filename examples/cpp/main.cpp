@@ -18,6 +18,8 @@
 // in image pixels. The card: --card, else the one an .onnx file carries in its metadata,
 // else model_card.json beside MODEL. Every error is one line on stderr and exit code 1
 // (2 for a command line it cannot parse).
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -181,11 +183,17 @@ int main(int argc, char** argv) {
         } else {
             image = retinaunet::read_pgm(options.image);
         }
+        const auto start = std::chrono::steady_clock::now();
         std::unique_ptr<retinaunet::Backend> backend = open_backend(options);
+        const auto loaded = std::chrono::steady_clock::now();
         const retinaunet::Card card = card_for(options, *backend);
         retinaunet::Predictor predictor(*backend, card, options.tile, options.overlap);
         predictor.check(image, options.image);
         const retinaunet::Result result = predictor.predict(image);
+        const auto done = std::chrono::steady_clock::now();
+        auto ms = [](auto a, auto b) {
+            return std::chrono::duration<double, std::milli>(b - a).count();
+        };
 
         retinaunet::write_pgm(options.mask, result.mask, result.height, result.width,
                               options.scale);
@@ -199,7 +207,8 @@ int main(int argc, char** argv) {
                   << result.tiles << " tile(s)" << (predictor.end_to_end() ? ", end-to-end" : "")
                   << "); pixels per class:";
         for (size_t k = 0; k < counts.size(); ++k) std::cout << " " << k << "=" << counts[k];
-        std::cout << "\n";
+        std::cout << "\nmodel loaded in " << ms(start, loaded) << " ms, image predicted in "
+                  << ms(loaded, done) << " ms (pre- and post-processing included)\n";
         for (const retinaunet::Detection& d : result.detections)
             std::cout << "detection: class " << d.cls << " score " << d.score << " box (y1 " << d.y1
                       << ", x1 " << d.x1 << ", y2 " << d.y2 << ", x2 " << d.x2 << ")\n";

@@ -242,8 +242,12 @@ private:
         return found;
     }
 
-    // An end-to-end file's detections of image `i`: the first num_detections rows.
-    std::vector<Detection> read_end_to_end(const Outputs& outputs, int64_t i) const {
+    // An end-to-end file's detections of image `i` (runtime/e2e.py `detections`): the
+    // first num_detections rows, clipped to (clip_h, clip_w) (the graph clipped them to
+    // its input, which may include padding), empty boxes and those at or under the card's
+    // score threshold dropped. No decoding: anchors, deltas and NMS ran in the graph.
+    std::vector<Detection> read_end_to_end(const Outputs& outputs, int64_t i, int clip_h,
+                                           int clip_w) const {
         const Tensor& num = output(outputs, "num_detections");
         const Tensor& boxes = output(outputs, "detection_boxes");
         const Tensor& scores = output(outputs, "detection_scores");
@@ -253,8 +257,11 @@ private:
         std::vector<Detection> found;
         for (int64_t k = 0; k < count; ++k) {
             const float* b = &boxes.values[(i * m + k) * 4];
-            found.push_back({b[0], b[1], b[2], b[3], scores.values[i * m + k],
-                             static_cast<int>(classes.values[i * m + k])});
+            Detection d{b[0], b[1], b[2], b[3], scores.values[i * m + k],
+                        static_cast<int>(classes.values[i * m + k])};
+            clip(d, clip_h, clip_w);
+            if (d.y2 > d.y1 && d.x2 > d.x1 && d.score > card_.post.score_threshold)
+                found.push_back(d);
         }
         return found;
     }
@@ -269,11 +276,9 @@ private:
             result.mask = crop(mask.data(), pw, 1, result.height, result.width);
             result.classes = card_.classes;
             result.has_detections = true;
-            // Boxes come clipped to the padded input: clip them to the image.
-            for (Detection d : read_end_to_end(outputs, 0)) {
-                clip(d, result.height, result.width);
-                if (d.y2 > d.y1 && d.x2 > d.x1) result.detections.push_back(d);
-            }
+            result.detections = read_end_to_end(outputs, 0, result.height, result.width);
+            const size_t cap = static_cast<size_t>(config_for(result.height, result.width).max_detections);
+            if (result.detections.size() > cap) result.detections.resize(cap);
             return;
         }
         const Tensor& mask = output(outputs, "mask");
@@ -333,7 +338,7 @@ private:
                                     static_cast<uint8_t>(tile_labels.values[t * tile_pixels +
                                                                             static_cast<size_t>(y) * tw + x]);
                         }
-                    per_tile.push_back(read_end_to_end(outputs, static_cast<int64_t>(t)));
+                    per_tile.push_back(read_end_to_end(outputs, static_cast<int64_t>(t), th, tw));
                 }
                 continue;
             }
