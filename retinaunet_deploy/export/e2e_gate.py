@@ -167,7 +167,7 @@ def write_twin(run_dir: Path, plain: str, card: ModelCard, images: list[np.ndarr
         candidate = make_twin(run_dir / plain, card, sha256_file(run_dir / plain), work)
         figures = gate(run_dir / plain, candidate, card, images, threads)
         if not figures["passed"]:
-            reason = f"{name} not written: {refusal(figures)}"
+            reason = f"{run_dir / name} not written: {refusal(figures)}"
             forget_artifact(run_dir, name)
             say(reason)
             return {**figures, "written": False, "reason": reason}
@@ -177,7 +177,7 @@ def write_twin(run_dir: Path, plain: str, card: ModelCard, images: list[np.ndarr
         shutil.rmtree(work, ignore_errors=True)
     record_artifact(run_dir, name, stage, parent=plain, options=postprocess_record(card),
                     figures=figures, tools=tool_versions("onnx", "onnxruntime"))
-    say(summary(name, figures))
+    say(summary(str(run_dir / name), figures))
     return {**figures, "written": True}
 
 
