@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iostream>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -173,7 +174,7 @@ private:
     Card card_;
     int tile_ = DEFAULT_TILE, min_input_ = 16, batch_ = 8;
     double overlap_ = DEFAULT_OVERLAP;
-    bool end_to_end_ = false, heads_ = false;
+    bool end_to_end_ = false, heads_ = false, scale_warned_ = false;
 
     std::string pixel_max() const {
         return std::to_string(static_cast<long>(card_.pixel_max));
@@ -220,6 +221,19 @@ private:
     }
 
     Outputs run(const std::vector<float>& batch, int n, int height, int width) {
+        if (end_to_end_ && !scale_warned_ &&
+            static_cast<long>(height) * width > static_cast<long>(card_.patch_size) * card_.patch_size) {
+            // runtime/e2e.py scale_warning: the graph's caps are the card's, for patch-size
+            // inputs; the plain file's Predictor scales them with the area.
+            scale_warned_ = true;
+            std::cerr << "warning: " << backend_.path << ": its graph keeps at most "
+                      << card_.post.max_detections << " detections of its top "
+                      << card_.post.pre_nms_top_k << " candidates per call, the card's caps for "
+                      << card_.patch_size << "x" << card_.patch_size << " inputs; on " << height
+                      << "x" << width << " inputs it may keep fewer than the plain .onnx file "
+                      << "(which scales them): run it with --tile " << card_.patch_size
+                      << ", or use the plain file\n";
+        }
         Outputs outputs = backend_.run(batch.data(), n, height, width, card_.channels);
         check_outputs(outputs, height, width);
         return outputs;
