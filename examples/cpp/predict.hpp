@@ -138,9 +138,11 @@ public:
                                      std::to_string(card_.channels) + " channel(s)");
         const std::string dtype = card_.pixel_bits == 8 ? "uint8" : "uint16";
         if (image.bits != 32 && image.bits != card_.pixel_bits)
-            throw std::runtime_error(path + ": a " + std::to_string(image.bits) + "-bit image, "
+            throw std::runtime_error(path + (image.bits == 8 ? ": an " : ": a ") +
+                                     std::to_string(image.bits) + "-bit image, "
                                      "the model was trained on " + dtype + " pixels (0.." +
-                                     pixel_max() + "); save it as a " +
+                                     pixel_max() + "); save it as " +
+                                     (card_.pixel_bits == 8 ? "an " : "a ") +
                                      std::to_string(card_.pixel_bits) + "-bit PGM");
         for (size_t i = 0; i < image.pixels.size(); ++i) {
             const float v = image.pixels[i];
