@@ -163,6 +163,19 @@ def test_a_card_that_does_not_match_the_model_is_one_line(cpp_app, tiny_exported
     assert not (tmp_path / "mask.pgm").exists()
 
 
+def test_a_card_that_normalises_outside_the_graph_is_refused(cpp_app, tiny_exported, image,
+                                                             tmp_path):
+    """The app feeds raw pixels: a model whose card normalises outside the graph is
+    refused in one line rather than run on unnormalised input."""
+    run, _ = tiny_exported
+    card = json.loads((run / "model_card.json").read_text())
+    card["normalization"]["in_graph"] = False
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    result = _run(cpp_app, run / "model.onnx", image, tmp_path / "mask.pgm", "--card",
+                  tmp_path / "card.json")
+    _one_line_error(result, "card.json normalises pixels outside the graph", "Python Predictor")
+
+
 def test_model_files_it_cannot_run_are_one_line(cpp_app, image, tmp_path):
     (tmp_path / "model.plan").write_bytes(b"not an engine")
     result = _run(cpp_app, tmp_path / "model.plan", image, tmp_path / "mask.pgm")

@@ -23,6 +23,7 @@ struct Card {
     double pixel_max = 255;     // input.pixel_max
     int classes = 0;            // mask classes K (len(class_names))
     int det_classes = 0;        // detection classes C (len(det_class_names))
+    bool normalized_in_graph = true;  // normalization.in_graph: raw pixels go in
     bool has_anchors = false;   // a model with detection heads
     AnchorConfig anchors;
     DetectionConfig post;
@@ -56,6 +57,10 @@ inline Card parse_card(const std::string& text, const std::string& source) {
     if (card.channels < 1 || card.stride < 1 || card.patch_size < 1)
         throw std::runtime_error(where + ": input channels, stride and patch_size must be "
                                  "positive");
+    if (root.has("normalization") && root.at("normalization", where).has("in_graph")) {
+        const Json& flag = root.at("normalization", where).at("in_graph", where);
+        card.normalized_in_graph = flag.type == Json::Type::Bool && flag.boolean;
+    }
     card.classes = static_cast<int>(root.at("class_names", where).as_array(where).size());
     if (root.has("det_class_names"))
         card.det_classes = static_cast<int>(root.at("det_class_names", where).as_array(where).size());

@@ -76,6 +76,10 @@ public:
                                      " (" + card.source + ")");
         if (!(overlap >= 0 && overlap < 1))
             throw std::runtime_error("--overlap must be in [0, 1), got " + std::to_string(overlap));
+        if (!card.normalized_in_graph)
+            throw std::runtime_error(card.source + " normalises pixels outside the graph "
+                                     "(normalization.in_graph is false); this app feeds raw "
+                                     "pixels: use the Python Predictor for this model");
         min_input_ = std::max(card.stride, backend.min_size);
         batch_ = backend.preferred_batch ? backend.preferred_batch : 8;
         const std::vector<std::string> names = backend.output_names();
