@@ -7,8 +7,12 @@ BIN    := $(VENV)/bin
 CLI    := $(BIN)/retinaunet-deploy
 RUN    ?= export/default
 BENCH  ?= bench/default
+CPP_BUILD ?= build/cpp
+# An unpacked TensorRT tar for the C++ app's TensorRT backend (empty: CMake searches the
+# system paths of NVIDIA's packages; pip's tensorrt wheel has no C++ headers).
+TENSORRT_ROOT ?=
 
-.PHONY: install test demo export bench gpu-check clean
+.PHONY: install test demo export bench cpp gpu-check clean
 
 # The stamp is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -43,14 +47,29 @@ export: install
 bench: install
 	$(CLI) bench $(RUN) --out $(BENCH)
 
+# The C++ app (examples/cpp/README.md) into $(CPP_BUILD): its OpenVINO backend from the
+# venv's openvino wheel (headers, libraries, CMake config; found through its RPATH, no
+# LD_LIBRARY_PATH), its TensorRT backend where TensorRT and CUDA are found.
+cpp: install
+	cmake -S examples/cpp -B $(CPP_BUILD) \
+		-DOpenVINO_DIR="$$($(BIN)/python -c 'import openvino, os; print(os.path.dirname(openvino.__file__) + "/cmake")')" \
+		$(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(TENSORRT_ROOT)) $(CPP_CMAKE_FLAGS)
+	cmake --build $(CPP_BUILD) -j
+
 # On a machine with an NVIDIA GPU: the TensorRT extra, fp16 and int8 engines for the
-# demo run, the GPU tests and the bench's GPU rows. Elsewhere: one line saying so.
+# demo run, the C++ app on both engines against the Python Predictor (make cpp with
+# TensorRT required), the GPU tests and the bench's GPU rows. Elsewhere: one line saying so.
 gpu-check: install
 	@$(BIN)/python -c "import sys; from retinaunet_deploy.runtime.providers import cuda_device_count; sys.exit(0 if cuda_device_count() else 'gpu-check: no NVIDIA GPU answers on this machine (the CUDA driver reports no device); run make gpu-check where one does')"
 	$(BIN)/python -m pip install --quiet -e '.[tensorrt]'
 	@if [ ! -f $(RUN)/model.int8.onnx ]; then $(MAKE) export; fi
 	$(CLI) build-engine $(RUN) --precision fp16
 	$(CLI) build-engine $(RUN) --precision int8
+	$(MAKE) cpp CPP_CMAKE_FLAGS=-DREQUIRE_TENSORRT=ON
+	for precision in fp16 int8; do \
+		$(BIN)/python examples/cpp/compare_with_python.py $(CPP_BUILD)/retinaunet_infer \
+			$(RUN)/model.$$precision.plan $(RUN) $(CPP_BUILD)/gpu-check/$$precision || exit 1; \
+	done
 	$(BIN)/python -m pytest -q tests/gpu
 	$(CLI) bench $(RUN) --out bench/gpu --backends keras,onnxruntime,tensorrt --no-size-sweep
 

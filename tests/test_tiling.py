@@ -115,3 +115,22 @@ def test_the_predictor_runs_the_layout_it_reports():
     assert all(shape[1:3] == layout.tile for shape in seen)
     assert result.mask.shape == (150, 201)
     assert predictor.tile_layout(60, 60).origins == [(0, 0)]   # fits whole: one tile
+
+
+def test_merged_boxes_in_the_padding_beyond_the_image_are_dropped():
+    """A tile owns the padded strip below the image; a box there is empty once clipped to
+    the image and is dropped, as `decode_detections` drops it on a whole image."""
+    from retinaunet_deploy.runtime.tiling import merge_tile_detections
+
+    layout = tile_layout(96, 64, 64, 0.25, 16)          # an image of 90 x 64, padded to 96
+    boxes = np.array([[91, 10, 95, 20], [80, 10, 92, 20]], np.float32)   # tile coordinates
+    per_tile = [Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                           np.zeros(0, np.int32))] * len(layout.origins)
+    last = len(layout.origins) - 1                       # the bottom tile owns rows 90..96
+    top = layout.origins[last][0]
+    per_tile = per_tile[:last] + [Detections(boxes - [top, 0, top, 0], np.array([0.9, 0.8],
+                                                                                 np.float32),
+                                             np.zeros(2, np.int32))]
+    merged = merge_tile_detections(per_tile, layout.origins, layout.cores, (90, 64), 0.5, 10)
+    np.testing.assert_array_equal(merged.boxes, [[80, 10, 90, 20]])
+    assert merged.scores.tolist() == [np.float32(0.8)]

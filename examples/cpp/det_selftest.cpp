@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <iostream>
 
-#include "detections.hpp"
+#include "card.hpp"
 #include "image_io.hpp"
 
 int main(int argc, char** argv) {

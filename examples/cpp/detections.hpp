@@ -1,12 +1,12 @@
 // Detection decoding for C++ apps: anchors, box decoding and per-class NMS, exactly as
-// retinaunet_deploy/postprocess.py and export/README.md define them. No TensorRT or CUDA,
-// so tests/test_cpp_example.py compiles it and checks it against the Python postprocess.
+// retinaunet_deploy/postprocess.py, model/anchors.py and model/boxes.py define them
+// (boxes y1, x1, y2, x2 in input pixels, y2/x2 exclusive). No runtime library, so
+// tests/test_cpp_example.py compiles it and checks it against the Python postprocess.
+// The model card's settings are read by card.hpp.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,66 +33,6 @@ struct Detection {
     float score;           // sigmoid of the logit
     int cls;               // detection class; with default heads mask class cls + 1
 };
-
-// --- A minimal reader for the two entries of model_card.json we need --------------------
-// (The card is JSON written by the toolkit; this reads numbers by key inside one object.)
-
-inline std::string json_object(const std::string& text, const std::string& key) {
-    const size_t at = text.find("\"" + key + "\"");
-    if (at == std::string::npos) throw std::runtime_error("model card has no \"" + key + "\"");
-    const size_t open = text.find('{', at);
-    int depth = 0;
-    for (size_t i = open; i < text.size(); ++i) {
-        if (text[i] == '{') ++depth;
-        if (text[i] == '}' && --depth == 0) return text.substr(open, i - open + 1);
-    }
-    throw std::runtime_error("model card: unterminated \"" + key + "\"");
-}
-
-inline std::vector<double> json_numbers(const std::string& object, const std::string& key) {
-    const size_t at = object.find("\"" + key + "\"");
-    if (at == std::string::npos) throw std::runtime_error("model card has no \"" + key + "\"");
-    size_t start = object.find_first_not_of(" \t\r\n:", at + key.size() + 2);
-    const bool list = object[start] == '[';
-    const size_t end = list ? object.find(']', start) : object.find_first_of(",}\n", start);
-    std::string body = object.substr(start + (list ? 1 : 0), end - start - (list ? 1 : 0));
-    std::replace(body.begin(), body.end(), ',', ' ');
-    std::istringstream in(body);
-    std::vector<double> values;
-    double value;
-    while (in >> value) values.push_back(value);
-    if (values.empty()) throw std::runtime_error("model card: \"" + key + "\" has no numbers");
-    return values;
-}
-
-inline std::string read_text(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error(path + ": cannot open");
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    return buffer.str();
-}
-
-// The network's stride (`input.stride`): images are padded to a multiple of it, by
-// mirroring (`pad_to_stride`), as in training and in the Python Predictor.
-inline int read_stride(const std::string& path) {
-    const std::string card = read_text(path);
-    return static_cast<int>(json_numbers(json_object(card, "input"), "stride")[0]);
-}
-
-inline void read_card(const std::string& path, AnchorConfig& anchors, DetectionConfig& post) {
-    const std::string card = read_text(path);
-    const std::string a = json_object(card, "anchors"), p = json_object(card, "postprocess");
-    anchors.strides.clear();
-    for (double s : json_numbers(a, "strides")) anchors.strides.push_back(static_cast<int>(s));
-    anchors.scales = json_numbers(a, "scales");
-    anchors.ratios = json_numbers(a, "ratios");
-    anchors.size_factor = json_numbers(a, "size_factor")[0];
-    post.score_threshold = static_cast<float>(json_numbers(p, "score_threshold")[0]);
-    post.iou_threshold = static_cast<float>(json_numbers(p, "iou_threshold")[0]);
-    post.max_detections = static_cast<int>(json_numbers(p, "max_detections")[0]);
-    post.pre_nms_top_k = static_cast<int>(json_numbers(p, "pre_nms_top_k")[0]);
-}
 
 // --- Anchors, in the order of the A axis -----------------------------------------------
 // Levels by ascending stride; rows top to bottom; columns left to right; then shape
@@ -135,6 +75,33 @@ inline float iou(const Detection& a, const Detection& b) {
     return uni > 0 ? inter / std::max(uni, 1e-12f) : 0.0f;
 }
 
+// Greedy NMS within each class (model.boxes.batched_nms): a box is dropped when it
+// overlaps a kept, higher-scoring box of its class by IoU > `iou_threshold`. Returns the
+// kept boxes by descending score (ties: lower class, then earlier box, first).
+inline std::vector<Detection> batched_nms(const std::vector<Detection>& boxes,
+                                          float iou_threshold) {
+    int classes = 0;
+    for (const Detection& box : boxes) classes = std::max(classes, box.cls + 1);
+    std::vector<Detection> kept;
+    for (int c = 0; c < classes; ++c) {
+        std::vector<Detection> order;
+        for (const Detection& box : boxes)
+            if (box.cls == c) order.push_back(box);
+        std::stable_sort(order.begin(), order.end(),
+                         [](const Detection& a, const Detection& b) { return a.score > b.score; });
+        std::vector<bool> removed(order.size(), false);
+        for (size_t i = 0; i < order.size(); ++i) {
+            if (removed[i]) continue;
+            kept.push_back(order[i]);
+            for (size_t j = i + 1; j < order.size(); ++j)
+                if (!removed[j] && iou(order[i], order[j]) > iou_threshold) removed[j] = true;
+        }
+    }
+    std::stable_sort(kept.begin(), kept.end(),
+                     [](const Detection& a, const Detection& b) { return a.score > b.score; });
+    return kept;
+}
+
 // One image: logits (A, C) and deltas (A, 4) -> detections by descending score.
 inline std::vector<Detection> decode_detections(const float* logits, const float* deltas,
                                                 const std::vector<float>& anchors, int classes,
@@ -171,25 +138,7 @@ inline std::vector<Detection> decode_detections(const float* logits, const float
                       static_cast<int>(index % classes)};
         if (box.y2 > box.y1 && box.x2 > box.x1) boxes.push_back(box);  // NaN fails too
     }
-    // Greedy NMS within each class, then all kept boxes by descending score.
-    std::vector<Detection> kept;
-    for (int c = 0; c < classes; ++c) {
-        std::vector<Detection> order;
-        for (const Detection& box : boxes)
-            if (box.cls == c) order.push_back(box);
-        std::stable_sort(order.begin(), order.end(),
-                         [](const Detection& a, const Detection& b) { return a.score > b.score; });
-        std::vector<bool> removed(order.size(), false);
-        for (size_t i = 0; i < order.size(); ++i) {
-            if (removed[i]) continue;
-            kept.push_back(order[i]);
-            for (size_t j = i + 1; j < order.size(); ++j)
-                if (!removed[j] && iou(order[i], order[j]) > config.iou_threshold)
-                    removed[j] = true;
-        }
-    }
-    std::stable_sort(kept.begin(), kept.end(),
-                     [](const Detection& a, const Detection& b) { return a.score > b.score; });
+    std::vector<Detection> kept = batched_nms(boxes, config.iou_threshold);
     if (kept.size() > static_cast<size_t>(config.max_detections))
         kept.resize(config.max_detections);
     return kept;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstdint>
 #include <fstream>
 #include <sstream>
@@ -20,6 +21,7 @@ struct Image {
     int width = 0;
     int channels = 0;
     std::vector<float> pixels;  // row-major HWC, raw pixel values (0..maxval)
+    int bits = 32;              // 8 or 16 (an 8/16-bit PGM's pixels), 32 (raw float32)
 };
 
 // Next header token of a PNM file, skipping whitespace and '#' comments.
@@ -56,6 +58,7 @@ inline Image read_pgm(const std::string& path) {
     if (image.width <= 0 || image.height <= 0 || maxval <= 0 || maxval > 65535)
         throw std::runtime_error(path + ": bad PGM size or maxval");
     image.channels = 1;
+    image.bits = maxval > 255 ? 16 : 8;
     const size_t count = static_cast<size_t>(image.width) * image.height;
     const int bytes = maxval > 255 ? 2 : 1;
     std::vector<unsigned char> raw(count * bytes);
@@ -72,7 +75,7 @@ inline Image read_pgm(const std::string& path) {
 inline Image read_raw_f32(const std::string& path, int height, int width, int channels) {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) throw std::runtime_error(path + ": cannot open");
-    Image image{height, width, channels, {}};
+    Image image{height, width, channels, {}, 32};
     const size_t count = static_cast<size_t>(height) * width * channels;
     if (static_cast<size_t>(in.tellg()) != count * sizeof(float)) {
         std::ostringstream message;
@@ -96,14 +99,12 @@ inline int mirror_index(int i, int n) {
     return k < n ? k : period - k;
 }
 
-// Pad at the bottom and right to a multiple of `stride`, and to at least `min_size` a
-// side, by mirroring the image there: exactly what the Python Predictor does before
-// running (and what training patches that reach past an image edge see).
-inline Image pad_to_stride(const Image& image, int stride, int min_size) {
-    auto padded_side = [&](int side) {
-        return std::max(min_size, (side + stride - 1) / stride * stride);
-    };
-    Image out{padded_side(image.height), padded_side(image.width), image.channels, {}};
+// Pad at the bottom and right to (height, width) (each at least the image's) by
+// mirroring the image there (numpy's "reflect": data.patches.pad_to, the one border
+// padding of the toolkit, which the Python Predictor and training use).
+inline Image pad_to(const Image& image, int height, int width) {
+    Image out{std::max(height, image.height), std::max(width, image.width), image.channels, {},
+              image.bits};
     out.pixels.resize(static_cast<size_t>(out.height) * out.width * out.channels);
     const size_t c = static_cast<size_t>(image.channels);
     for (int y = 0; y < out.height; ++y) {
@@ -113,6 +114,15 @@ inline Image pad_to_stride(const Image& image, int stride, int min_size) {
                         out.pixels.begin() + (static_cast<size_t>(y) * out.width + x) * c);
     }
     return out;
+}
+
+// Pad at the bottom and right to a multiple of `stride`, and to at least `min_size` a
+// side, by mirroring (`pad_to`): what the Python Predictor does before running.
+inline Image pad_to_stride(const Image& image, int stride, int min_size) {
+    auto padded_side = [&](int side) {
+        return std::max(min_size, (side + stride - 1) / stride * stride);
+    };
+    return pad_to(image, padded_side(image.height), padded_side(image.width));
 }
 
 // The top-left (height, width) of a row-major (padded_height, padded_width, k) buffer:
@@ -140,14 +150,34 @@ inline std::vector<uint8_t> argmax_mask(const float* probabilities, int height, 
     return mask;
 }
 
+// Write `text` to `path` whole or not at all: a temporary file beside it, renamed over
+// it once complete (a crash leaves the old file or none, never half of one).
+inline void write_atomically(const std::string& path, const std::string& text) {
+    const std::string temporary = path + ".partial";
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        if (!out) throw std::runtime_error(path + ": cannot write (check the folder exists and "
+                                           "is writable)");
+        out.write(text.data(), static_cast<std::streamsize>(text.size()));
+        out.flush();
+        if (!out) {
+            std::remove(temporary.c_str());
+            throw std::runtime_error(path + ": write failed (disk full?)");
+        }
+    }
+    if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+        std::remove(temporary.c_str());
+        throw std::runtime_error(path + ": cannot write (rename failed)");
+    }
+}
+
 // An 8-bit binary PGM; `scale` multiplies values so class indices are visible (0 keeps them).
 inline void write_pgm(const std::string& path, const std::vector<uint8_t>& mask, int height,
                       int width, int scale = 1) {
-    std::ofstream out(path, std::ios::binary);
-    if (!out) throw std::runtime_error(path + ": cannot write");
-    out << "P5\n" << width << " " << height << "\n255\n";
-    for (uint8_t value : mask) out.put(static_cast<char>(std::min(255, value * scale)));
-    if (!out) throw std::runtime_error(path + ": write failed");
+    std::string text = "P5\n" + std::to_string(width) + " " + std::to_string(height) + "\n255\n";
+    text.reserve(text.size() + mask.size());
+    for (uint8_t value : mask) text.push_back(static_cast<char>(std::min(255, value * scale)));
+    write_atomically(path, text);
 }
 
 }  // namespace retinaunet

@@ -1,205 +1,221 @@
-// retinaunet_infer: run one image through a RetinaUNet TensorRT engine and write its mask.
+// retinaunet_infer: one image through a RetinaUNet model file, on the CPU (OpenVINO) or
+// an NVIDIA GPU (TensorRT), with the Python Predictor's pre- and post-processing.
 //
-//   retinaunet_infer ENGINE.plan IMAGE.pgm|IMAGE.f32 MASK.pgm [--scale S] [--shape HxWxC]
+//   retinaunet_infer MODEL IMAGE MASK_OUT [--card model_card.json] [--tile N]
+//                    [--overlap F] [--json DETECTIONS.json] [--threads N]
+//                    [--scale S] [--shape HxWxC]
 //
-// The I/O contract is export/README.md's: input `image` (N, H, W, C) float32 raw
-// pixel values (normalisation is inside the engine) of any H and W that are multiples
-// of the stride, output `mask` (N, H, W, K) float32 softmax; the class mask is the
-// argmax over K. Any image size is taken: it is padded at the bottom and right to the
-// stride (and the engine profile's minimum) by mirroring the image there, run,
-// and the outputs cropped back, as the Python Predictor does. (Images beyond the
-// profile's maximum need the Predictor's tiling, or an engine built with a larger
-// --max-size.) A .f32 input is raw little-endian float32 HWC; give its --shape. When
-// the engine has detection heads (`cls_logits`, `box_deltas`), they are decoded with
-// detections.hpp using the anchors and thresholds of model_card.json beside the engine
-// (anchors of the padded size, boxes clipped to the image), and printed.
-//
-// Written to the TensorRT 10/11 name-based API: deserializeCudaEngine,
-// setInputShape, setTensorAddress, enqueueV3.
-#include <NvInfer.h>
-#include <cuda_runtime_api.h>
-
+// MODEL picks the backend by its suffix: .onnx runs on OpenVINO (model.onnx in fp32 with
+// the f32 precision hint, the Q/DQ model.int8.onnx in int8, an end-to-end *.e2e.onnx with
+// its detections read from the graph), .plan on TensorRT. IMAGE is an 8- or 16-bit binary
+// PGM, or raw little-endian float32 pixels (HWC) with --shape. The image is checked against
+// the card's input contract, padded at the bottom and right to the stride by mirroring,
+// run whole or (beyond --tile, default 1024) as a sliding window with --overlap (default
+// 0.25), and cropped back (predict.hpp). MASK_OUT gets the class mask as an 8-bit PGM
+// (values times --scale, default 1); --json gets
+//   {"height": H, "width": W, "detections": [{"box": [y1, x1, y2, x2], "score": s,
+//     "class": c}, ...]}
+// in image pixels. The card: --card, else the one an .onnx file carries in its metadata,
+// else model_card.json beside MODEL. Every error is one line on stderr and exit code 1
+// (2 for a command line it cannot parse).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <iostream>
-#include <map>
 #include <memory>
-#include <numeric>
+#include <sstream>
 #include <string>
-#include <vector>
 
-#include "detections.hpp"
+#include "card.hpp"
 #include "image_io.hpp"
+#include "json.hpp"
+#include "predict.hpp"
+#ifdef RETINAUNET_WITH_OPENVINO
+#include "openvino_backend.hpp"
+#endif
+#ifdef RETINAUNET_WITH_TENSORRT
+#include "tensorrt_backend.hpp"
+#endif
 
 namespace {
 
-class Logger : public nvinfer1::ILogger {
-    void log(Severity severity, const char* message) noexcept override {
-        if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << message << "\n";
-    }
-};
-
-void check(cudaError_t status, const char* what) {
-    if (status != cudaSuccess)
-        throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-int64_t volume(const nvinfer1::Dims& dims) {
-    int64_t v = 1;
-    for (int i = 0; i < dims.nbDims; ++i) v *= dims.d[i];
-    return v;
-}
-
-std::vector<char> read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) throw std::runtime_error(path + ": cannot open");
-    std::vector<char> data(static_cast<size_t>(in.tellg()));
-    in.seekg(0);
-    in.read(data.data(), static_cast<std::streamsize>(data.size()));
-    return data;
-}
+const char* USAGE =
+    "usage: retinaunet_infer MODEL.onnx|MODEL.plan IMAGE.pgm|IMAGE.f32 MASK_OUT.pgm "
+    "[--card model_card.json] [--tile N] [--overlap F] [--json DETECTIONS.json] "
+    "[--threads N] [--scale S] [--shape HxWxC]\n";
 
 bool ends_with(const std::string& text, const std::string& suffix) {
     return text.size() >= suffix.size() &&
            text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+struct Options {
+    std::string model, image, mask, card, json;
+    int tile = retinaunet::DEFAULT_TILE, threads = 0, scale = 1;
+    double overlap = retinaunet::DEFAULT_OVERLAP;
+    int raw_h = 0, raw_w = 0, raw_c = 0;
+};
+
+int integer(const std::string& flag, const std::string& value) {
+    size_t used = 0;
+    int number = 0;
+    try {
+        number = std::stoi(value, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != value.size()) throw std::invalid_argument(flag + " takes an integer, got " + value);
+    return number;
+}
+
+Options parse(int argc, char** argv) {
+    Options options;
+    std::vector<std::string> positional;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg.rfind("--", 0) != 0) {
+            positional.push_back(arg);
+            continue;
+        }
+        if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+        const std::string value = argv[++i];
+        if (arg == "--card") options.card = value;
+        else if (arg == "--json") options.json = value;
+        else if (arg == "--tile") options.tile = integer(arg, value);
+        else if (arg == "--threads") options.threads = integer(arg, value);
+        else if (arg == "--scale") options.scale = integer(arg, value);
+        else if (arg == "--overlap") {
+            size_t used = 0;
+            try {
+                options.overlap = std::stod(value, &used);
+            } catch (const std::exception&) {
+                used = 0;
+            }
+            if (used != value.size()) throw std::invalid_argument("--overlap takes a number, got " + value);
+        } else if (arg == "--shape") {
+            if (std::sscanf(value.c_str(), "%dx%dx%d", &options.raw_h, &options.raw_w,
+                            &options.raw_c) != 3 || options.raw_h <= 0 || options.raw_w <= 0 ||
+                options.raw_c <= 0)
+                throw std::invalid_argument("--shape takes HxWxC (positive), got " + value);
+        } else {
+            throw std::invalid_argument("unknown option " + arg);
+        }
+    }
+    if (positional.size() != 3)
+        throw std::invalid_argument("expected MODEL IMAGE MASK_OUT, got " +
+                                    std::to_string(positional.size()) + " argument(s)");
+    options.model = positional[0];
+    options.image = positional[1];
+    options.mask = positional[2];
+    if (options.threads < 0) throw std::invalid_argument("--threads must be 0 or more");
+    return options;
+}
+
+std::unique_ptr<retinaunet::Backend> open_backend(const Options& options) {
+    const std::string& model = options.model;
+    if (ends_with(model, ".onnx")) {
+#ifdef RETINAUNET_WITH_OPENVINO
+        return std::make_unique<retinaunet::OpenVINOBackend>(model, options.threads);
+#else
+        throw std::runtime_error(model + ": this build has no OpenVINO backend (CMake did not "
+                                 "find OpenVINO); build with -DOpenVINO_DIR=... as "
+                                 "examples/cpp/README.md says");
+#endif
+    }
+    if (ends_with(model, ".plan")) {
+#ifdef RETINAUNET_WITH_TENSORRT
+        return std::make_unique<retinaunet::TensorRTBackend>(model);
+#else
+        throw std::runtime_error(model + ": this build has no TensorRT backend (CMake did not "
+                                 "find TensorRT and CUDA); build on a machine with them, or "
+                                 "run the .onnx file on OpenVINO");
+#endif
+    }
+    throw std::runtime_error(model + ": unknown model file type; give an .onnx file (OpenVINO, "
+                             "CPU) or a .plan engine (TensorRT, GPU)");
+}
+
+retinaunet::Card card_for(const Options& options, const retinaunet::Backend& backend) {
+    if (!options.card.empty()) return retinaunet::load_card(options.card);
+    if (!backend.embedded_card.empty())
+        return retinaunet::parse_card(backend.embedded_card,
+                                      options.model + " (its embedded model card)");
+    const std::string folder = options.model.substr(0, options.model.find_last_of('/') + 1);
+    const std::string beside = folder + "model_card.json";
+    if (!std::ifstream(beside))
+        throw std::runtime_error(options.model + " has no model card (none in the file, no " +
+                                 beside + "); pass --card RUN_DIR/model_card.json");
+    return retinaunet::load_card(beside);
+}
+
+std::string detections_json(const retinaunet::Result& result) {
+    std::ostringstream out;
+    out << "{\"height\": " << result.height << ", \"width\": " << result.width
+        << ", \"detections\": [";
+    for (size_t i = 0; i < result.detections.size(); ++i) {
+        const retinaunet::Detection& d = result.detections[i];
+        out << (i ? ", " : "") << "{\"box\": [" << retinaunet::json_float(d.y1) << ", "
+            << retinaunet::json_float(d.x1) << ", " << retinaunet::json_float(d.y2) << ", "
+            << retinaunet::json_float(d.x2) << "], \"score\": " << retinaunet::json_float(d.score)
+            << ", \"class\": " << d.cls << "}";
+    }
+    out << "]}\n";
+    return out.str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 4 || argc % 2) {
-        std::cerr << "usage: retinaunet_infer ENGINE.plan IMAGE.pgm|IMAGE.f32 MASK.pgm "
-                     "[--scale S] [--shape HxWxC]\n";
+    Options options;
+    try {
+        options = parse(argc, argv);
+    } catch (const std::exception& error) {
+        std::cerr << "error: " << error.what() << "\n" << USAGE;
         return 2;
     }
-    const std::string engine_path = argv[1], image_path = argv[2], mask_path = argv[3];
-    Logger logger;
     try {
-        int scale = 1, raw_h = 0, raw_w = 0, raw_c = 0;
-        for (int i = 4; i < argc; i += 2) {
-            const std::string flag = argv[i], value = argv[i + 1];
-            if (flag == "--scale") {
-                scale = std::stoi(value);
-            } else if (flag == "--shape") {
-                if (std::sscanf(value.c_str(), "%dx%dx%d", &raw_h, &raw_w, &raw_c) != 3)
-                    throw std::runtime_error("--shape takes HxWxC, got " + value);
-            } else {
-                throw std::runtime_error("unknown option " + flag + " (--scale, --shape)");
-            }
+        retinaunet::Image image;
+        if (ends_with(options.image, ".f32")) {
+            if (options.raw_h <= 0)
+                throw std::runtime_error(options.image + ": a raw .f32 image needs --shape HxWxC");
+            image = retinaunet::read_raw_f32(options.image, options.raw_h, options.raw_w,
+                                             options.raw_c);
+        } else {
+            image = retinaunet::read_pgm(options.image);
         }
-        const std::string folder = engine_path.substr(0, engine_path.find_last_of('/') + 1);
-        const std::string card_path = folder + "model_card.json";
-        const int stride = retinaunet::read_stride(card_path);
+        const auto start = std::chrono::steady_clock::now();
+        std::unique_ptr<retinaunet::Backend> backend = open_backend(options);
+        const auto loaded = std::chrono::steady_clock::now();
+        const retinaunet::Card card = card_for(options, *backend);
+        retinaunet::Predictor predictor(*backend, card, options.tile, options.overlap);
+        predictor.check(image, options.image);
+        const retinaunet::Result result = predictor.predict(image);
+        const auto done = std::chrono::steady_clock::now();
+        auto ms = [](auto a, auto b) {
+            return std::chrono::duration<double, std::milli>(b - a).count();
+        };
 
-        const std::vector<char> blob = read_file(engine_path);
-        std::unique_ptr<nvinfer1::IRuntime> runtime(nvinfer1::createInferRuntime(logger));
-        std::unique_ptr<nvinfer1::ICudaEngine> engine(
-            runtime->deserializeCudaEngine(blob.data(), blob.size()));
-        if (!engine)
-            throw std::runtime_error(engine_path + ": cannot deserialise; was it built with "
-                                     "this TensorRT version for this GPU? Rebuild it with "
-                                     "retinaunet-deploy build-engine");
-        std::unique_ptr<nvinfer1::IExecutionContext> context(engine->createExecutionContext());
-
-        // The optimisation profile bounds the height and width the engine takes.
-        const nvinfer1::Dims low =
-            engine->getProfileShape("image", 0, nvinfer1::OptProfileSelector::kMIN);
-        const nvinfer1::Dims high =
-            engine->getProfileShape("image", 0, nvinfer1::OptProfileSelector::kMAX);
-        const int channels = static_cast<int>(high.d[3]);
-        if (ends_with(image_path, ".f32") && raw_h <= 0)
-            throw std::runtime_error(image_path + ": a raw .f32 image needs --shape HxWxC");
-        const retinaunet::Image image =
-            ends_with(image_path, ".f32")
-                ? retinaunet::read_raw_f32(image_path, raw_h, raw_w, raw_c)
-                : retinaunet::read_pgm(image_path);
-        if (image.channels != channels)
-            throw std::runtime_error(image_path + ": image has " +
-                                     std::to_string(image.channels) + " channel(s), the engine "
-                                     "takes " + std::to_string(channels));
-        const int min_side = static_cast<int>(std::max(low.d[1], low.d[2]));
-        const retinaunet::Image padded =
-            retinaunet::pad_to_stride(image, stride, min_side);
-        if (padded.height > high.d[1] || padded.width > high.d[2])
-            throw std::runtime_error(image_path + ": padded to " + std::to_string(padded.height) +
-                                     "x" + std::to_string(padded.width) + ", beyond the engine's "
-                                     "profile maximum " + std::to_string(high.d[1]) + "x" +
-                                     std::to_string(high.d[2]) + "; tile it (Python Predictor) "
-                                     "or rebuild with build-engine --max-size");
-        const int height = image.height, width = image.width;
-        if (!context->setInputShape("image",
-                                    nvinfer1::Dims4{1, padded.height, padded.width, channels}))
-            throw std::runtime_error("the engine refused the input shape (check its profile)");
-
-        cudaStream_t stream;
-        check(cudaStreamCreate(&stream), "cudaStreamCreate");
-        std::map<std::string, void*> device;
-        std::map<std::string, std::vector<float>> host;
-        for (int i = 0; i < engine->getNbIOTensors(); ++i) {
-            const char* name = engine->getIOTensorName(i);
-            if (engine->getTensorDataType(name) != nvinfer1::DataType::kFLOAT)
-                throw std::runtime_error(std::string("tensor ") + name + " is not float32; "
-                                         "the contract keeps every I/O tensor float32");
-            const int64_t count = volume(context->getTensorShape(name));
-            check(cudaMalloc(&device[name], count * sizeof(float)), "cudaMalloc");
-            host[name].resize(static_cast<size_t>(count));
-            context->setTensorAddress(name, device[name]);
-        }
-        // Every output the decoding reads must exist: an engine without one would leave
-        // an empty buffer to read.
-        if (!host.count("mask")) throw std::runtime_error(engine_path + ": no `mask` output");
-        if (host.count("cls_logits") != host.count("box_deltas"))
-            throw std::runtime_error(engine_path + ": has one of cls_logits/box_deltas only");
-        check(cudaMemcpyAsync(device["image"], padded.pixels.data(),
-                              padded.pixels.size() * sizeof(float), cudaMemcpyHostToDevice,
-                              stream), "copy in");
-        if (!context->enqueueV3(stream)) throw std::runtime_error("enqueueV3 failed");
-        for (auto& [name, values] : host) {
-            if (name == "image") continue;
-            check(cudaMemcpyAsync(values.data(), device[name], values.size() * sizeof(float),
-                                  cudaMemcpyDeviceToHost, stream), "copy out");
-        }
-        check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-
-        const nvinfer1::Dims mask_dims = context->getTensorShape("mask");  // (1, H', W', K)
-        const int classes = static_cast<int>(mask_dims.d[3]);
-        const std::vector<uint8_t> padded_mask = retinaunet::argmax_mask(
-            host["mask"].data(), padded.height, padded.width, classes);
-        const std::vector<uint8_t> mask =
-            retinaunet::crop(padded_mask.data(), padded.width, 1, height, width);
-        retinaunet::write_pgm(mask_path, mask, height, width, scale);
-        std::vector<size_t> counts(classes, 0);
-        for (uint8_t value : mask) ++counts[value];
-        std::cout << "wrote " << mask_path << " (" << height << "x" << width << ", run at "
-                  << padded.height << "x" << padded.width << "); pixels per class:";
-        for (int k = 0; k < classes; ++k) std::cout << " " << k << "=" << counts[k];
-        std::cout << "\n";
-        if (host.count("cls_logits")) {
-            retinaunet::AnchorConfig anchor_config;
-            retinaunet::DetectionConfig post;
-            retinaunet::read_card(card_path, anchor_config, post);
-            const std::vector<float> anchors =
-                retinaunet::generate_anchors(anchor_config, padded.height, padded.width);
-            const nvinfer1::Dims cls_dims = context->getTensorShape("cls_logits");
-            if (static_cast<int64_t>(anchors.size() / 4) != cls_dims.d[1])
-                throw std::runtime_error(card_path + " gives " +
-                                         std::to_string(anchors.size() / 4) + " anchors but the "
-                                         "engine outputs " + std::to_string(cls_dims.d[1]) +
-                                         "; the card does not belong to this engine");
-            const int det_classes = static_cast<int>(cls_dims.d[2]);
-            // Boxes are clipped to the image itself, not the padding.
-            for (const auto& d : retinaunet::decode_detections(
-                     host["cls_logits"].data(), host["box_deltas"].data(), anchors, det_classes,
-                     height, width, post))
-                std::cout << "detection: class " << d.cls << " score " << d.score << " box (y1 "
-                          << d.y1 << ", x1 " << d.x1 << ", y2 " << d.y2 << ", x2 " << d.x2
-                          << ")\n";
-        }
-        for (auto& [name, pointer] : device) cudaFree(pointer);
-        cudaStreamDestroy(stream);
+        retinaunet::write_pgm(options.mask, result.mask, result.height, result.width,
+                              options.scale);
+        if (!options.json.empty())
+            retinaunet::write_atomically(options.json, detections_json(result));
+        std::vector<size_t> counts(static_cast<size_t>(std::max(result.classes, 1)), 0);
+        for (uint8_t value : result.mask)
+            if (value < counts.size()) ++counts[value];
+        std::cout << "wrote " << options.mask << " (" << result.height << "x" << result.width
+                  << ", run at " << result.run_height << "x" << result.run_width << " in "
+                  << result.tiles << " tile(s)" << (predictor.end_to_end() ? ", end-to-end" : "")
+                  << "); pixels per class:";
+        for (size_t k = 0; k < counts.size(); ++k) std::cout << " " << k << "=" << counts[k];
+        std::cout << "\nmodel loaded in " << ms(start, loaded) << " ms, image predicted in "
+                  << ms(loaded, done) << " ms (pre- and post-processing included)\n";
+        for (const retinaunet::Detection& d : result.detections)
+            std::cout << "detection: class " << d.cls << " score " << d.score << " box (y1 " << d.y1
+                      << ", x1 " << d.x1 << ", y2 " << d.y2 << ", x2 " << d.x2 << ")\n";
     } catch (const std::exception& error) {
-        std::cerr << "error: " << error.what() << "\n";
+        std::string message = error.what();
+        std::replace(message.begin(), message.end(), '\n', ' ');
+        std::cerr << "error: " << message << "\n";
         return 1;
     }
     return 0;

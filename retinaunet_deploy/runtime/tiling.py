@@ -188,10 +188,15 @@ def merge_tile_detections(per_tile: list[Detections], origins: list[tuple[int, i
     scores = np.concatenate(scores).astype(np.float32)
     classes = np.concatenate(classes).astype(np.int32)
     boxes = clip_boxes(boxes, image_size)
+    # A box owned by a tile but lying in the padding beyond the image is empty once
+    # clipped: dropped, as `postprocess.decode_detections` drops it on a whole image.
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, classes = boxes[valid], scores[valid], classes[valid]
     kept = batched_nms(boxes, scores, classes, iou_threshold)
     keep = kept[:max_detections]
     # What the caps left out: the merge's own cut, plus each tile's (an upper bound of
     # what the image lost: a box a tile dropped might have been suppressed here).
     return Detections(boxes[keep].astype(np.float32), scores[keep], classes[keep],
                       len(kept) - len(keep) + sum(d.dropped for d in per_tile),
-                      sum(d.candidates_dropped for d in per_tile))
+                      sum(d.candidates_dropped for d in per_tile),
+                      sum(d.graph_capped for d in per_tile))
