@@ -8,7 +8,7 @@ CLI    := $(BIN)/retinaunet-deploy
 RUN    ?= export/default
 BENCH  ?= bench/default
 
-.PHONY: install test demo export bench gpu-check clean
+.PHONY: install serve-env test demo export bench gpu-check clean
 
 # The stamp is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -19,7 +19,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# The served model's own environment (`retinaunet-deploy serve`): Triton's Python-backend
+# stub returns empty tensors under numpy 2, which TensorFlow needs in $(VENV); so the model
+# runs in a venv with numpy 1.26 and the runtimes only (no TensorFlow, no copy of this
+# package: the server links the checkout's). Its Python must be 3.11, the version of the
+# stub Triton is given.
+SERVE_PYTHON ?= python3.11
+SERVE_ENV    := .serve-env
+SERVE_PINS   := numpy==1.26.4 onnx==1.17.0 onnxruntime==1.22.1 openvino==2025.4.1
+
+$(SERVE_ENV)/.installed: Makefile
+	rm -rf $(SERVE_ENV)
+	$(SERVE_PYTHON) -m venv $(SERVE_ENV)
+	$(SERVE_ENV)/bin/python -m pip install --quiet $(SERVE_PINS)
+	touch $@
+
+serve-env: $(SERVE_ENV)/.installed
+
+test: install serve-env
 	$(BIN)/python -m pytest -q
 
 # The main job: a trained, exported, quantised and benchmarked model on the
