@@ -26,7 +26,9 @@ install: $(VENV)/.installed
 # stub Triton is given.
 SERVE_PYTHON ?= python3.11
 SERVE_ENV    := .serve-env
-SERVE_PINS   := numpy==1.26.4 onnx==1.17.0 onnxruntime==1.22.1 openvino==2025.4.1
+# The runtimes pinned to the versions tested in $(VENV), so served and in-process results
+# agree bit for bit (their wheels run under numpy 1.26 too).
+SERVE_PINS   := numpy==1.26.4 onnx==1.23.2 onnxruntime==1.31.1 openvino==2026.4.1
 
 $(SERVE_ENV)/.installed: Makefile
 	rm -rf $(SERVE_ENV)

@@ -1,0 +1,195 @@
+"""`retinaunet-deploy serve`: the bundled tritonserver serving a tiny run's artifact over
+KServe v2 (HTTP and gRPC), against the Predictor on the same file.
+
+The served model runs in the serve environment (`make serve-env`; `make test` builds it):
+numpy 1.26 and the runtimes, no TensorFlow installed, so a model that imported TensorFlow
+would fail to load here.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from retinaunet_deploy.cli import cli
+from retinaunet_deploy.errors import InputError
+from retinaunet_deploy.serve import protocol
+from retinaunet_deploy.serve.load import connect, infer, run_clients
+from retinaunet_deploy.serve.repository import default_env
+
+ROOT = Path(__file__).resolve().parents[1]
+TILE = 64   # the tiny model's patch: the larger request sizes run as a sliding window
+SIZES = [(64, 64), (40, 56), (96, 80), (33, 130), (128, 128)]
+
+needs_env = pytest.mark.skipif(not (default_env() / "pyvenv.cfg").is_file(),
+                               reason="no serve environment: run 'make serve-env'")
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Server:
+    """`retinaunet-deploy serve` in a child process, ready when constructed."""
+
+    def __init__(self, run_dir: Path, *options: str):
+        self.http, self.grpc = _free_ports(2)
+        environment = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "retinaunet_deploy.cli", "serve", str(run_dir), "--artifact",
+             "model.onnx", "--port", str(self.http), "--grpc-port", str(self.grpc),
+             "--tile", str(TILE), "--threads", "2", *options],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 150
+        while not any(line.startswith("serving ") for line in self.lines):
+            assert self.process.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.1)
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_exported):
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    with Predictor.from_artifact(tiny_exported[0] / "model.onnx", tile=TILE, threads=2) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def server(tiny_exported):
+    if not (default_env() / "pyvenv.cfg").is_file():
+        pytest.skip("no serve environment: run 'make serve-env'")
+    served = Server(tiny_exported[0])
+    yield served
+    served.stop()
+
+
+def _images(count, seed=0):
+    """Synthetic-looking uint8 images of the SIZES, cycling (some tile, some pad)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(count):
+        h, w = SIZES[i % len(SIZES)]
+        image = rng.normal(40, 10, (h, w, 1))
+        for _ in range(3):  # a few bright discs, the synthetic data's objects
+            cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(4, 10)
+            yy, xx = np.ogrid[:h, :w]
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] += 150
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    return images
+
+
+def _expected(predictor, image):
+    prediction = predictor.predict(image)
+    return protocol.encode([prediction], protocol.detection_slots(predictor, *image.shape[:2]))
+
+
+def _assert_same(outputs, expected):
+    for name in protocol.OUTPUTS:
+        np.testing.assert_array_equal(outputs[name], expected[name], err_msg=name)
+
+
+def test_answer_refuses_bad_requests_one_by_one(predictor):
+    """The served model's logic without Triton: a bad request gets its reason, the good
+    ones of the same execution their results."""
+    good = _images(2)
+    results = protocol.answer(predictor, [good[0][None], np.zeros((1, 8, 8, 1), np.uint8),
+                                          good[1][None]])
+    assert "smaller than one network stride" in results[1]
+    _assert_same(results[0], _expected(predictor, good[0]))
+    _assert_same(results[2], _expected(predictor, good[1]))
+    with pytest.raises(InputError):
+        predictor.check_input(np.full((1, 32, 32, 1), np.nan, np.float32))
+    assert "NaN" in protocol.answer(predictor, [np.full((1, 32, 32, 1), np.nan, np.float32)])[0]
+
+
+@needs_env
+def test_200_mixed_requests_from_4_clients_match_the_predictor(server, predictor):
+    images = _images(200)
+    # Every fourth request over gRPC, the rest over HTTP; sizes mixed so the dynamic
+    # batcher groups only the equal ones.
+    requests = [(image[None], "grpc" if i % 4 == 3 else "http") for i, image in
+                enumerate(images)]
+    outcomes = run_clients(requests, 4, "127.0.0.1", server.http, server.grpc)
+    assert [o.error for o in outcomes if o.error] == []
+    for image, outcome in zip(images, outcomes):
+        _assert_same(outcome.outputs, _expected(predictor, image))
+    assert {o.kind for o in outcomes} == {"http", "grpc"}
+    assert any(int(o.outputs[protocol.NUM_DETECTIONS][0, 0]) for o in outcomes)
+
+
+@needs_env
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, predictor, kind):
+    client = connect(kind, "127.0.0.1", server.http, server.grpc)
+    bad = {"smaller than one network stride": np.zeros((1, 8, 8, 1), np.uint8),
+           "expects 'UINT8'": np.full((1, 32, 32, 1), np.nan, np.float32),   # NaN: float
+           "Expected [-1,-1,-1,1], got [1,32,32,3]": np.zeros((1, 32, 32, 3), np.uint8),
+           "got [1,32,32]": np.zeros((1, 32, 32), np.uint8)}                 # wrong rank
+    for reason, batch in bad.items():
+        with pytest.raises(Exception, match=None) as refused:
+            infer(client, kind, batch)
+        assert reason in str(refused.value), str(refused.value)
+        image = _images(1)[0]
+        _assert_same(infer(client, kind, image[None]), _expected(predictor, image))
+    client.close()
+
+
+@needs_env
+def test_sigterm_drains_accepted_requests_and_exits_0(tiny_exported, predictor):
+    served = Server(tiny_exported[0])
+    image = _images(5)[4]                        # 128 x 128: 9 tiles, the longest to run
+    requests = [(image[None], "grpc" if i % 2 else "http") for i in range(400)]
+    outcomes = []
+    load = threading.Thread(target=lambda: outcomes.extend(
+        run_clients(requests, 4, "127.0.0.1", served.http, served.grpc)))
+    load.start()
+    time.sleep(3)
+    signalled = time.monotonic()
+    assert served.stop() == 0, "".join(served.lines)
+    load.join()
+    expected = _expected(predictor, image)
+    answered = [o for o in outcomes if o.outputs is not None]
+    for outcome in answered:
+        _assert_same(outcome.outputs, expected)
+    # Requests in flight at the signal were answered after it; the rest were refused,
+    # never lost (no timeout, no empty or wrong answer).
+    assert any(o.finished > signalled and o.started < signalled for o in answered)
+    refusals = ("Server is stopping", "unavailable", "UNAVAILABLE", "Connection refused",
+                "onnection reset", "failed to connect", "Broken pipe")
+    odd = [o.error for o in outcomes if o.error and not any(r in o.error for r in refusals)]
+    assert odd == []
+    assert "drained and stopped" in "".join(served.lines)
+
+
+def test_serve_says_how_to_build_a_missing_environment(tiny_exported, tmp_path):
+    result = CliRunner().invoke(cli, ["serve", str(tiny_exported[0]), "--artifact", "model.onnx",
+                                      "--env", str(tmp_path / "nothing")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "make serve-env" in lines[0], result.output
