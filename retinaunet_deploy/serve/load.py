@@ -38,10 +38,10 @@ class Outcome:
 def connect(kind: str, host: str, http_port: int, grpc_port: int):
     """A tritonclient client of `kind` ("http" or "grpc")."""
     if kind == "grpc":
-        import tritonclient.grpc as grpc
+        from tritonclient import grpc
 
         return grpc.InferenceServerClient(f"{host}:{grpc_port}")
-    import tritonclient.http as http
+    from tritonclient import http
 
     return http.InferenceServerClient(f"{host}:{http_port}", connection_timeout=120,
                                       network_timeout=120)
