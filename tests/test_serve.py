@@ -6,11 +6,6 @@ numpy 1.26 and the runtimes, no TensorFlow installed, so a model that imported T
 would fail to load here.
 """
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +17,7 @@ from click.testing import CliRunner
 from retinaunet_deploy.cli import cli
 from retinaunet_deploy.errors import InputError
 from retinaunet_deploy.serve import protocol
-from retinaunet_deploy.serve.load import connect, infer, run_clients
+from retinaunet_deploy.serve.load import ServerProcess, connect, infer, run_clients
 from retinaunet_deploy.serve.repository import default_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,43 +28,10 @@ needs_env = pytest.mark.skipif(not (default_env() / "pyvenv.cfg").is_file(),
                                reason="no serve environment: run 'make serve-env'")
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-class Server:
-    """`retinaunet-deploy serve` in a child process, ready when constructed."""
-
-    def __init__(self, run_dir: Path, *options: str):
-        self.http, self.grpc = _free_ports(2)
-        environment = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "retinaunet_deploy.cli", "serve", str(run_dir), "--artifact",
-             "model.onnx", "--port", str(self.http), "--grpc-port", str(self.grpc),
-             "--tile", str(TILE), "--threads", "2", *options],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 150
-        while not any(line.startswith("serving ") for line in self.lines):
-            assert self.process.poll() is None, "".join(self.lines)
-            assert time.monotonic() < deadline, "".join(self.lines)
-            time.sleep(0.1)
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+def _serve(run_dir):
+    """`serve` on the tiny run's model.onnx, this checkout's code, tiles of TILE px."""
+    return ServerProcess(run_dir, "--artifact", "model.onnx", "--tile", str(TILE),
+                         "--threads", "2", pythonpath=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +46,7 @@ def predictor(tiny_exported):
 def server(tiny_exported):
     if not (default_env() / "pyvenv.cfg").is_file():
         pytest.skip("no serve environment: run 'make serve-env'")
-    served = Server(tiny_exported[0])
+    served = _serve(tiny_exported[0])
     yield served
     served.stop()
 
@@ -162,7 +124,7 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, predictor,
 
 @needs_env
 def test_sigterm_drains_accepted_requests_and_exits_0(tiny_exported, predictor):
-    served = Server(tiny_exported[0])
+    served = _serve(tiny_exported[0])
     image = _images(5)[4]                        # 128 x 128: 9 tiles, the longest to run
     requests = [(image[None], "grpc" if i % 2 else "http") for i in range(400)]
     outcomes = []

@@ -100,3 +100,66 @@ def run_clients(requests: list[tuple[np.ndarray, str]], clients: int, host: str,
     for thread in threads:
         thread.join()
     return outcomes
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` TCP ports free on `host` now (the OS's choice)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class ServerProcess:
+    """`retinaunet-deploy serve RUN_DIR ARGS...` in a child process on free loopback ports,
+    ready (its "serving ..." line printed) when constructed; `stop()` sends SIGTERM and
+    returns its exit code. `lines` holds what it printed.
+
+    Raises `RuntimeError` with its output when it exits or is not ready in `timeout` s.
+    """
+
+    def __init__(self, run_dir, *args: str, timeout: float = 150.0, pythonpath=None):
+        import os
+        import subprocess
+        import sys
+
+        self.host = "127.0.0.1"
+        self.http, self.grpc = free_ports(2)
+        environment = dict(os.environ)
+        if pythonpath:
+            environment["PYTHONPATH"] = str(pythonpath)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "retinaunet_deploy.cli", "serve", str(run_dir),
+             "--host", self.host, "--port", str(self.http), "--grpc-port", str(self.grpc),
+             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=environment)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith("serving ") for line in self.lines):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("retinaunet-deploy serve did not start: "
+                                   + "".join(self.lines)[-2000:])
+            time.sleep(0.1)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def stop(self) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except Exception:
+            self.process.kill()
+            raise
