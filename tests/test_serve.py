@@ -157,3 +157,56 @@ def test_serve_says_how_to_build_a_missing_environment(tiny_exported, tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "make serve-env" in lines[0], result.output
+
+
+def _end_to_end_twin(run, name="model.e2e.onnx", slots=100):
+    """A stand-in end-to-end file with the contract's inputs and outputs (its tensors are
+    all Triton reads), recorded in the run's manifest as export records files."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from retinaunet_deploy.artifacts import record_artifact
+
+    def value(tensor_name, elem, shape):
+        return helper.make_tensor_value_info(tensor_name, elem, shape)
+
+    outputs = [value("num_detections", TensorProto.INT32, ["N", 1]),
+               value("detection_boxes", TensorProto.FLOAT, ["N", slots, 4]),
+               value("detection_scores", TensorProto.FLOAT, ["N", slots]),
+               value("detection_classes", TensorProto.INT32, ["N", slots]),
+               value("labels", TensorProto.UINT8, ["N", "H", "W"])]
+    graph = helper.make_graph([], "e2e", [value("image", TensorProto.FLOAT, ["N", "H", "W", 1])],
+                              outputs)
+    onnx.save(helper.make_model(graph), run / name)
+    record_artifact(run, name, "export", parent="model.onnx")
+
+
+def test_triton_repository_serves_the_end_to_end_twin(run_copy, tmp_path):
+    """The `triton` command's repository serves model.e2e.onnx when the run has it (final
+    detections for a GPU Triton client), its config.pbtxt typed by Triton's ModelConfig;
+    --raw-outputs serves the plain file."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    _end_to_end_twin(run_copy)
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["triton", str(run_copy), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "serving model.e2e.onnx" in result.output
+    folder = out / "retinaunet"
+    assert (folder / "1" / "model.onnx").read_bytes() == (run_copy / "model.e2e.onnx").read_bytes()
+    config = text_format.Parse((folder / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    dims = {o.name: (model_config_pb2.DataType.Name(o.data_type), list(o.dims))
+            for o in config.output}
+    assert dims == {"num_detections": ("TYPE_INT32", [1]),
+                    "detection_boxes": ("TYPE_FP32", [100, 4]),
+                    "detection_scores": ("TYPE_FP32", [100]),
+                    "detection_classes": ("TYPE_INT32", [100]),
+                    "labels": ("TYPE_UINT8", [-1, -1])}
+    assert [(i.name, list(i.dims)) for i in config.input] == [("image", [-1, -1, 1])]
+
+    result = CliRunner().invoke(cli, ["triton", str(run_copy), "--out", str(out),
+                                      "--raw-outputs"])
+    assert result.exit_code == 0, result.output
+    assert (folder / "1" / "model.onnx").read_bytes() == (run_copy / "model.onnx").read_bytes()
