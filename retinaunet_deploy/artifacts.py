@@ -264,6 +264,9 @@ def headline_figure(record: dict) -> str:
         parity = figures["parity"]
         return (f"max |ONNX - Keras| {_shown(parity['max_abs_error_all'], '.1e')}, argmax "
                 f"{_shown(parity['mask_argmax_agreement'], '.2%')}")
+    if "matched_fraction" in figures:  # an end-to-end file, vs the numpy post-process
+        return (f"boxes matched {_shown(figures['matched_fraction'], '.2%')}, labels "
+                f"{'identical' if figures.get('label_pixels_differing') == 0 else 'differ'}")
     if "agreement" in figures:
         agreement = figures["agreement"]
         return (f"pixels {_shown(agreement['pixel_agreement'], '.4%')}, Dice vs float "

@@ -52,6 +52,9 @@ class Detections:
         candidates_dropped: (anchor, class) candidates over the score threshold left out
             before NMS by `DetectionConfig.pre_nms_top_k` (0: all were considered); when
             not 0, K + dropped is a lower bound of what an uncapped run finds.
+        graph_capped: for an end-to-end file (`runtime.e2e`), the graph calls (the whole
+            image, or tiles) whose output filled all its M rows: it may have found more,
+            so K + dropped is then a lower bound too (0: no call hit M).
     """
 
     boxes: np.ndarray
@@ -59,11 +62,13 @@ class Detections:
     classes: np.ndarray
     dropped: int = 0
     candidates_dropped: int = 0
+    graph_capped: int = 0
 
     @property
     def capped(self) -> bool:
-        """Whether a cap (`max_detections` or `pre_nms_top_k`) left anything out."""
-        return bool(self.dropped or self.candidates_dropped)
+        """Whether a cap (`max_detections` or `pre_nms_top_k`) left anything out, or an
+        end-to-end graph filled its M rows (it may have)."""
+        return bool(self.dropped or self.candidates_dropped or self.graph_capped)
 
     def __len__(self) -> int:
         return len(self.scores)

@@ -20,7 +20,8 @@ from retinaunet_deploy import names
 STAGE_BY_NAME = {names.KERAS: "train", names.CARD: "train", names.ONNX: "export",
                  names.FP16_ONNX: "calibrate", names.INT8_ONNX: "calibrate",
                  names.INT8_CPU_ONNX: "calibrate", names.INT8_TFLITE: "calibrate",
-                 names.CALIBRATION: "calibrate"}
+                 names.CALIBRATION: "calibrate", names.E2E_ONNX: "export",
+                 names.FP16_E2E_ONNX: "calibrate", names.INT8_E2E_ONNX: "calibrate"}
 
 # What writes a file of each kind, for a file whose name no stage writes.
 BY_SUFFIX = {

@@ -206,6 +206,8 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     Raises `ArtifactError` only if the reference (model.keras) cannot run.
     """
     from retinaunet_deploy.artifacts import check_writable, write_json
+    from retinaunet_deploy.bench.e2e import append_section as append_end_to_end
+    from retinaunet_deploy.bench.e2e import measure_end_to_end
     from retinaunet_deploy.bench.recommend import recommend, write_recommendation
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.data.splits import calibration_images, few_images_warning
@@ -238,6 +240,10 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     measure_latency(rows, card, calibration[:8], options,
                     between=probe.measure if probe else None)
     speedups(rows)
+    # In-graph against numpy post-processing, side by side (`bench.e2e`; {} without e2e files).
+    end_to_end = measure_end_to_end(run_dir, card, calibration[:8], options.batch_sizes,
+                                    options.threads, options.rounds, options.min_seconds / 2,
+                                    say)
     summary = RetinaUNet.from_config(card.builder).summary()
     limits = probe.limits() if probe else {}
     row_figures = [row.to_dict() for row in rows]
@@ -260,6 +266,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
         "limits": limits,
         "limit_faults": limit_shares(row_figures, summary.total_gflops, limits),
         "rows": row_figures,
+        "end_to_end_postprocess": end_to_end,
     }
     report["recommendation"] = recommend(report)
     write_recommendation(run_dir, report["recommendation"])
@@ -269,6 +276,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
         report["folder_throughput"] = measure_folder_throughput(run_dir, report, options, say)
     write_json(out_dir / "report.json", report)
     write_markdown(out_dir / "report.md", report)
+    append_end_to_end(out_dir / "report.md", end_to_end)
     if options.folder_artifacts:
         append_section(out_dir / "report.md", report["folder_throughput"])
     write_plots(out_dir, report, [s.image for s in samples[:options.overlay_images]],

@@ -136,7 +136,10 @@ def _bench_files(runtime: Runtime, run_dir: Path, recorded: list[str]) -> list[s
     if runtime.name == REFERENCE_RUNTIME:
         return list(runtime.bench_files)
     if runtime.bench_files is None:
-        files = sorted((f for f in recorded if Path(f).suffix in runtime.suffixes),
+        # End-to-end files return labels, not the probabilities a row is judged on; the
+        # bench times them against the numpy post-process in its own section (`bench.e2e`).
+        files = sorted((f for f in recorded if Path(f).suffix in runtime.suffixes
+                        and not names.is_end_to_end(f)),
                        key=lambda f: (PRECISION_ORDER.index(file_precision(f)), len(f), f))
     else:
         files = list(runtime.bench_files)

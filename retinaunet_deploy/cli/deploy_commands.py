@@ -63,8 +63,14 @@ def calibrate(run_dir, method, percentile, calibration_images, eval_images, no_f
         openvino=not no_openvino, tflite=not no_tflite, threads=threads, **targets)
     report = run_calibration(run_dir, options, fp16=not no_fp16, progress=click.echo)
     for name, figures in report["variants"].items():
-        agreement = figures["agreement"]
         state = "written" if figures.get("written", True) else "not written"
+        if "agreement" not in figures:   # an end-to-end twin, gated on its parent's outputs
+            click.echo(f"{name} ({state}; vs the numpy post-process; {figures['images']} whole "
+                       f"test images): {figures['matched_fraction']:.2%} of boxes matched, "
+                       f"scores within {figures['max_score_difference']:.1g}, "
+                       f"{figures['label_pixels_differing']} label pixels differ")
+            continue
+        agreement = figures["agreement"]
         click.echo(f"{name} ({state}; {figures['evaluated'].split(' (')[0]}; "
                    f"{agreement['images']} whole test images): pixel agreement "
                    f"{agreement['pixel_agreement']:.4%}, Dice vs float "
@@ -97,8 +103,9 @@ def check_trt(artifacts):
     for path in artifacts:
         result = check_tensorrt_import(path)
         if result.ok:
+            nms = f", NMS on {result.nms_boxes} boxes" if result.nms_boxes else ""
             click.echo(f"{path}: OK ({len(result.op_types)} op types, {result.qdq_nodes} Q/DQ "
-                       f"nodes)")
+                       f"nodes{nms})")
             continue
         failed += 1
         click.echo(f"{path}: {len(result.problems)} problem(s) TensorRT would refuse:")

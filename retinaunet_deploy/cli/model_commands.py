@@ -204,11 +204,13 @@ def _print_evaluation(card: ModelCard, out_dir: Path):
               help="Largest accepted max |ONNX - Keras|; worse parity writes no file.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
 def export(run_dir, opset, parity_images, tolerance, no_simplify):
-    """Export RUN_DIR/model.keras to RUN_DIR/model.onnx, with measured parity."""
+    """Export RUN_DIR/model.keras to RUN_DIR/model.onnx, with measured parity, and its
+    end-to-end twin RUN_DIR/model.e2e.onnx (post-process in the graph), gated."""
     from retinaunet_deploy.export.onnx import ExportOptions, export_onnx
 
     parity = export_onnx(run_dir, ExportOptions(opset=opset, parity_images=parity_images,
-                                                tolerance=tolerance, simplify=not no_simplify))
+                                                tolerance=tolerance, simplify=not no_simplify),
+                         progress=click.echo)
     errors = ", ".join(f"{name} {value:.2e}" for name, value in parity["max_abs_error"].items())
     click.echo(f"wrote {run_dir / names.ONNX}: parity on {parity['images']} validation images: "
                f"max |ONNX - Keras| {errors}; mask argmax agreement "

@@ -58,7 +58,7 @@ from retinaunet_deploy.export.options import CalibrationOptions
 from retinaunet_deploy.export.trt_check import check_tensorrt_import
 from retinaunet_deploy.export.variants import VARIANTS
 from retinaunet_deploy.judge.gates import make_eval_set
-from retinaunet_deploy.names import CALIBRATION, ONNX, ONNX_FOR_PRECISION
+from retinaunet_deploy.names import CALIBRATION, ONNX, ONNX_FOR_PRECISION, e2e_name
 from retinaunet_deploy.runtime.calibration_range import intensity_record
 
 __all__ = ["CalibrationOptions", "calibrate", "image_hashes"]
@@ -121,7 +121,8 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     _make_all(context)
     report["tensorrt_import_check"] = {
         name: check_tensorrt_import(run_dir / name).to_dict()
-        for name in ONNX_FOR_PRECISION.values() if (run_dir / name).exists()}
+        for plain in ONNX_FOR_PRECISION.values() for name in (plain, e2e_name(plain))
+        if (run_dir / name).exists()}
     write_json(run_dir / CALIBRATION, report)
     record_artifact(run_dir, CALIBRATION, "calibrate", parent=ONNX)
     return report
@@ -131,7 +132,8 @@ def _make_all(context: Context) -> None:
     """Every enabled variant in table order, in one work folder; the runtime variants are
     judged right after the last variant whose file one of them runs (before the first
     variant when none does), so a later variant can compare itself with them."""
-    variants = [v for v in VARIANTS.values() if v.enabled(context.options)]
+    variants = [v for v in VARIANTS.values()
+                if v.enabled(context.options) and v.applies(context.card)]
     runtimes = judged_runtimes(context.options)
     judged = {file for runtime in runtimes for file in runtime.judged_files}
     after = max((i for i, v in enumerate(variants) if v.file in judged), default=-1)

@@ -153,6 +153,12 @@ class Variant:
         announce: ``announce(context, variant, agreement, figures) -> line`` said once it
             is written (None: nothing said).
         tools: distributions whose versions the manifest records with it.
+        gate: ``gate(context, candidate) -> figures`` (with ``passed``) replaces the judging
+            against the float reference (and `also_judged`, `checks`, `measure`, `keep`):
+            an end-to-end twin is gated against the numpy post-process of its parent
+            (`export.e2e_gate`); its `refusal` then gets those figures for `agreement`.
+        applies: ``applies(card) -> bool``: whether the model can have it at all (an
+            end-to-end twin needs detection heads); checked with `enabled`.
     """
 
     file: str
@@ -170,6 +176,8 @@ class Variant:
     keep: Callable[[Context, object, dict], str | None] | None = None
     announce: Callable[[Context, Variant, object, dict], str] | None = _announce
     tools: tuple[str, ...] = ONNX_TOOLS
+    gate: Callable[[Context, Candidate], dict] | None = None
+    applies: Callable[[ModelCard], bool] = lambda card: True
 
 
 def judge_file(context: Context, path: Path, judged: Judged, precision: str):
@@ -199,6 +207,10 @@ def make_variant(context: Context, variant: Variant, work: Path) -> dict:
     made = variant.make(context, work)
     candidate = made if isinstance(made, Candidate) else Candidate(Path(made))
     context.report.update(candidate.report)
+    if variant.gate is not None:
+        figures = {**variant.gate(context, candidate), **candidate.figures}
+        verdict = None if figures["passed"] else _refusal(context, variant, candidate, figures)
+        return _write_or_refuse(context, variant, candidate, figures, verdict, None, figures)
     agreement = judge_file(context, candidate.path, variant.judged, variant.precision)
     figures = variant_figures(agreement, context.eval_set, variant.judged.evaluated,
                               context.warning, **candidate.figures,
@@ -214,6 +226,12 @@ def make_variant(context: Context, variant: Variant, work: Path) -> dict:
             figures.update(variant.measure(context, candidate))
         if verdict is None and variant.keep is not None:
             verdict = variant.keep(context, agreement, figures)
+    return _write_or_refuse(context, variant, candidate, figures, verdict, problem, agreement)
+
+
+def _write_or_refuse(context: Context, variant: Variant, candidate: Candidate, figures: dict,
+                     verdict: str | None, problem: str | None, agreement) -> dict:
+    """Steps 3 and 4 of the lifecycle for a judged candidate (module docstring)."""
     if context.options.ungated:  # a latency-only run writes every form; the verdict is kept
         figures["verdict_if_gated"], verdict = verdict, None
     reason = problem or verdict

@@ -175,8 +175,13 @@ def padded_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
     return pad_to(image[None].astype(np.float32), h + -h % stride, w + -w % stride, (1, 2))
 
 
-def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
+def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=None) -> dict:
     """Write ``run_dir/model.onnx`` from ``run_dir/model.keras``; returns the parity figures.
+
+    With detection heads, also its end-to-end twin ``model.e2e.onnx`` (`export.e2e_gate`),
+    gated on the test images, its figures in the manifest; `progress` (a callable, if
+    given) gets its one line: what it measured, or why it was refused (model.onnx
+    stays written).
 
     Raises `ArtifactError` (leaving any previous model.onnx untouched) when the
     input is missing or changed since training, or parity exceeds the tolerance.
@@ -225,4 +230,10 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None) -> dict:
                              "identity_crops_removed": crops_removed},
                     tools=tool_versions("tensorflow", "tf2onnx", "onnx", "onnxslim",
                                         "onnxruntime", "onnxruntime-gpu"))
+    if card.has_detection:  # its end-to-end twin, gated on the test images (`export.e2e_gate`)
+        from retinaunet_deploy.data.splits import held_out_set
+        from retinaunet_deploy.export.e2e_gate import write_twin
+
+        tests = [s.image for s in held_out_set(card, options.parity_images, "test")]
+        write_twin(run_dir, ONNX, card, tests, "export", say=progress or (lambda line: None))
     return parity

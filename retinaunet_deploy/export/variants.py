@@ -17,16 +17,30 @@ model.int8.onnx       int8       ONNX Runtime, unfused (TensorRT's      stops
 model.int8.cpu.onnx   int8       ONNX Runtime, fused; kept only if      is recorded
                                  faster than Q/DQ by the margin
 model.int8.tflite     int8       LiteRT (XNNPACK)                       is recorded
+model.fp16.e2e.onnx   fp16       its plain twin + numpy post-process,   is recorded
+model.int8.e2e.onnx   int8       ONNX Runtime (`export.e2e_gate`)       is recorded
 ====================  =========  =====================================  ===========
+
+The end-to-end twins (`E2E_TWINS`) are made from the plain file of their row as it
+was written in this run (their manifest parent, with its hash), only for models with
+detection heads; model.e2e.onnx, the fp32 twin, is written by `export`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from retinaunet_deploy.export import cpu_runtimes, cpu_variant, int8
+from retinaunet_deploy.export import cpu_runtimes, cpu_variant, e2e_gate, int8
 from retinaunet_deploy.export.lifecycle import Candidate, Context, Variant
-from retinaunet_deploy.names import FP16_ONNX, INT8_CPU_ONNX, INT8_ONNX, INT8_TFLITE, KERAS, ONNX
+from retinaunet_deploy.names import (
+    FP16_ONNX,
+    INT8_CPU_ONNX,
+    INT8_ONNX,
+    INT8_TFLITE,
+    KERAS,
+    ONNX,
+    e2e_name,
+)
 
 VARIANTS: dict[str, Variant] = {}
 
@@ -79,3 +93,37 @@ register_variant(Variant(
     INT8_TFLITE, KERAS, "int8", cpu_runtimes.make_tflite_int8, judged=cpu_runtimes.JUDGED,
     label="LiteRT int8", announce=cpu_runtimes.announce_tflite, tools=cpu_runtimes.TOOLS,
     enabled=lambda options: options.extras.tflite))
+
+
+def e2e_twin(parent: str, precision: str, enabled=lambda options: True) -> Variant:
+    """The `Variant` of the end-to-end twin of run file `parent` (`export.e2e`): made from
+    the written parent, gated against the numpy post-process on its outputs
+    (`export.e2e_gate.gate`), refused (recorded, the stage goes on) when it misses."""
+    file = e2e_name(parent)
+
+    def make(context: Context, work: Path) -> Candidate:
+        from retinaunet_deploy.artifacts import verify_artifact
+        from retinaunet_deploy.export.e2e import postprocess_record
+
+        sha = verify_artifact(context.run_dir, parent, f"retinaunet-deploy calibrate "
+                                                       f"{context.run_dir}")
+        context.say(f"{file}: adding the post-process to {parent} and gating it")
+        return Candidate(e2e_gate.make_twin(context.run_dir / parent, context.card, sha, work),
+                         options=postprocess_record(context.card))
+
+    def gate(context: Context, candidate: Candidate) -> dict:
+        return e2e_gate.gate(context.run_dir / parent, candidate.path, context.card,
+                             [s.image for s in context.eval_set.samples], context.options.threads)
+
+    return Variant(file, parent, precision, make, gate=gate, label=file,
+                   refusal=lambda context, candidate, figures: e2e_gate.refusal(figures),
+                   announce=lambda context, variant, agreement, figures: e2e_gate.summary(
+                       file, figures),
+                   applies=lambda card: card.has_detection, enabled=enabled,
+                   tools=("onnx", "onnxruntime"))
+
+
+E2E_TWINS = (
+    register_variant(e2e_twin(FP16_ONNX, "fp16", lambda options: options.extras.fp16)),
+    register_variant(e2e_twin(INT8_ONNX, "int8")),
+)

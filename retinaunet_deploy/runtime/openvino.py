@@ -113,9 +113,16 @@ class OpenVINOBackend(BackendBase):
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self._check_open()
         results = self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
-        # Copies: the request reuses its output buffers on the next call.
-        return {name: np.array(results[output], np.float32)
+        # Copies: the request reuses its output buffers on the next call. Float outputs as
+        # float32; integer ones (an end-to-end file's counts, classes, labels) as they are.
+        return {name: _copied(results[output])
                 for name, output in zip(self.output_names, self.compiled.outputs)}
 
     def _release(self) -> None:
         self.request = self.compiled = None  # the compiled model's memory goes with them
+
+
+def _copied(array) -> np.ndarray:
+    """A copy of an output: float32 for a float one, its own dtype for an integer one."""
+    array = np.asarray(array)
+    return np.array(array, array.dtype if array.dtype.kind in "iub" else np.float32)

@@ -16,7 +16,8 @@ are cropped back; anchors are made
 for the padded size, boxes clipped to the image. An image whose padded height
 or width exceeds `tile` (and, for an engine, its optimisation profile) runs as
 a sliding window (`runtime.tiling`). Masks and boxes are always in the image's
-own pixels.
+own pixels. An end-to-end file (``*.e2e.onnx``: its post-process in the graph) runs
+the same way, its decoding skipped (`runtime.e2e`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from retinaunet_deploy.data.patches import pad_to
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.model.anchors import generate_anchors
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
-from retinaunet_deploy.runtime import tiling
+from retinaunet_deploy.runtime import e2e, tiling
 from retinaunet_deploy.runtime.base import Backend
+from retinaunet_deploy.runtime.messages import channels_form, no_card, tile_capped
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 DEFAULT_TILE = 1024
@@ -92,7 +94,7 @@ class Predictor:
         # `tile_warning` (warned once) says when the two differ.
         self.requested_tile = tile
         tile = min(tile, limits.max_size) if limits.max_size else tile
-        self.tile_warning = None if tile == self.requested_tile else _tile_capped(
+        self.tile_warning = None if tile == self.requested_tile else tile_capped(
             getattr(backend, "path", None), self.requested_tile, tile)
         if self.tile_warning:
             warnings.warn(self.tile_warning, UserWarning, stacklevel=2)
@@ -106,6 +108,10 @@ class Predictor:
         self.patch_size = card.input.patch_size
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
         self.max_detections: int | None = None   # per-image cap; None: the card's, scaled
+        # An end-to-end file decodes in its graph, with the card's postprocess as built.
+        self.end_to_end = e2e.runs_end_to_end(backend)
+        self.graph_config = card.detection_config
+        self._scale_warned = False
 
     @classmethod
     def from_artifact(cls, path, threads: int | None = None, providers: list[str] | None = None,
@@ -144,7 +150,7 @@ class Predictor:
         card = backend.card()
         if card is None:
             backend.close()
-            raise ArtifactError(_no_card(path))
+            raise ArtifactError(no_card(path))
         return cls(backend, card, batch_size=batch_size, tile=tile, overlap=overlap)
 
     def close(self) -> None:
@@ -178,7 +184,7 @@ class Predictor:
                              f"({self.stride} px); use a larger image")
         if channels != self.channels:
             raise InputError(f"image has {channels} channel(s), the model takes "
-                             f"{self.channels}; save it as {_channels_form(self.channels)}")
+                             f"{self.channels}; save it as {channels_form(self.channels)}")
         if dtype.kind in "ui":
             if dtype != self.pixel_dtype:
                 raise InputError(f"integer images must be {self.pixel_dtype} (the model was "
@@ -288,7 +294,17 @@ class Predictor:
     def decode(self, outputs: dict[str, np.ndarray],
                image_size: tuple[int, int] | None = None) -> list[Detections] | None:
         """Per-image detections from raw outputs of one input size (the shared postprocess),
-        boxes clipped to `image_size` (default: the input size); None without heads."""
+        boxes clipped to `image_size` (default: the input size); None without heads.
+        End-to-end outputs are read as `runtime.e2e.detections` reads them."""
+        if self.end_to_end:
+            warning = e2e.scale_warning(getattr(self.backend, "path", None),
+                                        outputs["labels"].shape[1:3], self.patch_size,
+                                        self.graph_config)
+            if warning and not self._scale_warned:
+                self._scale_warned = True
+                warnings.warn(warning, UserWarning, stacklevel=2)
+            size = image_size or outputs["labels"].shape[1:3]
+            return e2e.detections(outputs, size, self.graph_config, self.config_for(*size))
         if self.anchor_config is None or "cls_logits" not in outputs:
             return None
         height, width = outputs["mask"].shape[1:3]
@@ -316,6 +332,9 @@ class Predictor:
         h, w = batch.shape[1:3]
         outputs = self.run(self._padded(batch))
         detections = self.decode(outputs, (h, w))
+        if self.end_to_end:  # labels, not probabilities; the graph's M, the scaled cap
+            cap = self.config_for(h, w).max_detections
+            return outputs["labels"][:, :h, :w], [e2e.capped(d, cap) for d in detections]
         return outputs["mask"][:, :h, :w], detections
 
     def tile_layout(self, height: int, width: int) -> tiling.TileLayout:
@@ -326,7 +345,8 @@ class Predictor:
     def _tiled(self, image: np.ndarray):
         """(probabilities (H, W, K), detections or None) of one (H, W, C) image, by tiles."""
         h, w = image.shape[:2]
-        probabilities, per_tile, layout = tiling.sliding_window(
+        window = e2e.sliding_window_labels if self.end_to_end else tiling.sliding_window
+        probabilities, per_tile, layout = window(
             self._padded(image[None])[0], self.backend.run, self.tile, self.overlap,
             self.stride, self.batch_size, decode=self.decode)
         probabilities = probabilities[:h, :w]
@@ -340,7 +360,8 @@ class Predictor:
     def predict(self, images, probabilities: bool = False):
         """Masks and detections for one image, a batch, or a list of images of any sizes.
 
-        Returns a `Prediction` for a single image, a list of them otherwise.
+        Returns a `Prediction` for a single image, a list of them otherwise. Raises
+        `ConfigError` for `probabilities` with an end-to-end file (it returns labels).
         """
         if isinstance(images, (list, tuple)):
             odd = next((type(i).__name__ for i in images if not isinstance(i, np.ndarray)), None)
@@ -348,6 +369,10 @@ class Predictor:
                 raise InputError(f"images must be a numpy array or a list of them, got a "
                                  f"{type(images).__name__} holding a {odd}")
             return [self.predict(image, probabilities) for image in images]
+        if probabilities and self.end_to_end:
+            raise ConfigError(f"{getattr(self.backend, 'path', 'this model')} is an end-to-end "
+                              f"file: it returns labels, not probabilities; use its plain "
+                              f".onnx twin for probabilities")
         batch, single = self.prepare(images)
         h, w = batch.shape[1:3]
         if self.fits_whole(h, w):
@@ -357,37 +382,7 @@ class Predictor:
             pairs = [self._tiled(image) for image in batch]
             probs = [p for p, _ in pairs]
             detections = [d for _, d in pairs]
-        results = [Prediction(p.argmax(-1).astype(np.uint8), dets,
+        results = [Prediction(p if self.end_to_end else p.argmax(-1).astype(np.uint8), dets,
                               np.asarray(p, np.float32) if probabilities else None)
                    for p, dets in zip(probs, detections)]
         return results[0] if single else results
-
-
-def _channels_form(channels: int) -> str:
-    """How to save an image with `channels` channels, in words."""
-    return {1: "greyscale (1 channel)", 3: "RGB without alpha (3 channels)"}.get(
-        channels, f"an image of {channels} channels")
-
-
-def _no_card(path: Path) -> str:
-    """The one line refusing an artifact without a model card, with what restores it."""
-    from retinaunet_deploy import remake
-    from retinaunet_deploy.names import CARD
-
-    if path.suffix == ".onnx":  # the card travels in the file's metadata (export puts it)
-        return (f"{path} has no model card in its metadata; use the file its run wrote, or "
-                f"{remake.remedy(path)}")
-    return (f"{path} has no model card beside it ({path.parent / CARD} not found); copy the "
-            f"{CARD} of the run that trained it beside it, or re-train "
-            f"('retinaunet-deploy train --out {path.parent}')")
-
-
-def _tile_capped(path: Path | None, requested: int, used: int) -> str:
-    """The warning for a tile capped to the backend's largest input."""
-    from retinaunet_deploy import remake
-
-    what = path or "the backend"
-    command = (remake.command_for(path) if path else None) or "retinaunet-deploy build-engine RUN"
-    return (f"--tile {requested} is larger than {what} takes ({used} px, its optimisation "
-            f"profile): tiles of {used} px are used; for larger tiles rebuild it with "
-            f"'{command} --max-size {requested}'")

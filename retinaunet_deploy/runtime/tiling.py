@@ -194,4 +194,5 @@ def merge_tile_detections(per_tile: list[Detections], origins: list[tuple[int, i
     # what the image lost: a box a tile dropped might have been suppressed here).
     return Detections(boxes[keep].astype(np.float32), scores[keep], classes[keep],
                       len(kept) - len(keep) + sum(d.dropped for d in per_tile),
-                      sum(d.candidates_dropped for d in per_tile))
+                      sum(d.candidates_dropped for d in per_tile),
+                      sum(d.graph_capped for d in per_tile))
