@@ -28,9 +28,9 @@ needs_env = pytest.mark.skipif(not (default_env() / "pyvenv.cfg").is_file(),
                                reason="no serve environment: run 'make serve-env'")
 
 
-def _serve(run_dir):
-    """`serve` on the tiny run's model.onnx, this checkout's code, tiles of TILE px."""
-    return ServerProcess(run_dir, "--artifact", "model.onnx", "--tile", str(TILE),
+def _serve(run_dir, artifact="model.onnx"):
+    """`serve` on a file of the tiny run, this checkout's code, tiles of TILE px."""
+    return ServerProcess(run_dir, "--artifact", artifact, "--tile", str(TILE),
                          "--threads", "2", pythonpath=ROOT)
 
 
@@ -106,6 +106,26 @@ def test_200_mixed_requests_from_4_clients_match_the_predictor(server, predictor
 
 
 @needs_env
+def test_an_end_to_end_file_serves_the_same_answers_as_its_predictor(tiny_exported):
+    """model.e2e.onnx (detections decoded in the graph) behind `serve` answers as the
+    Predictor on the same file does, whole and tiled images alike."""
+    from retinaunet_deploy.runtime.predictor import Predictor
+
+    run = tiny_exported[0]
+    served = _serve(run, "model.e2e.onnx")
+    try:
+        images = _images(20, seed=1)
+        outcomes = run_clients([(image[None], "http") for image in images], 2, "127.0.0.1",
+                               served.http, served.grpc)
+    finally:
+        assert served.stop() == 0
+    with Predictor.from_artifact(run / "model.e2e.onnx", tile=TILE, threads=2) as e2e:
+        for image, outcome in zip(images, outcomes):
+            assert outcome.error is None, outcome.error
+            _assert_same(outcome.outputs, _expected(e2e, image))
+
+
+@needs_env
 @pytest.mark.parametrize("kind", ["http", "grpc"])
 def test_bad_requests_get_errors_and_the_server_keeps_serving(server, predictor, kind):
     client = connect(kind, "127.0.0.1", server.http, server.grpc)
@@ -159,36 +179,14 @@ def test_serve_says_how_to_build_a_missing_environment(tiny_exported, tmp_path):
     assert len(lines) == 1 and "make serve-env" in lines[0], result.output
 
 
-def _end_to_end_twin(run, name="model.e2e.onnx", slots=100):
-    """A stand-in end-to-end file with the contract's inputs and outputs (its tensors are
-    all Triton reads), recorded in the run's manifest as export records files."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from retinaunet_deploy.artifacts import record_artifact
-
-    def value(tensor_name, elem, shape):
-        return helper.make_tensor_value_info(tensor_name, elem, shape)
-
-    outputs = [value("num_detections", TensorProto.INT32, ["N", 1]),
-               value("detection_boxes", TensorProto.FLOAT, ["N", slots, 4]),
-               value("detection_scores", TensorProto.FLOAT, ["N", slots]),
-               value("detection_classes", TensorProto.INT32, ["N", slots]),
-               value("labels", TensorProto.UINT8, ["N", "H", "W"])]
-    graph = helper.make_graph([], "e2e", [value("image", TensorProto.FLOAT, ["N", "H", "W", 1])],
-                              outputs)
-    onnx.save(helper.make_model(graph), run / name)
-    record_artifact(run, name, "export", parent="model.onnx")
-
-
 def test_triton_repository_serves_the_end_to_end_twin(run_copy, tmp_path):
-    """The `triton` command's repository serves model.e2e.onnx when the run has it (final
-    detections for a GPU Triton client), its config.pbtxt typed by Triton's ModelConfig;
-    --raw-outputs serves the plain file."""
+    """The `triton` command's repository serves model.e2e.onnx (export writes it) when the
+    run has it (final detections for a GPU Triton client), its config.pbtxt typed by
+    Triton's ModelConfig; --raw-outputs serves the plain file."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    _end_to_end_twin(run_copy)
+    assert (run_copy / "model.e2e.onnx").is_file()
     out = tmp_path / "repo"
     result = CliRunner().invoke(cli, ["triton", str(run_copy), "--out", str(out)])
     assert result.exit_code == 0, result.output

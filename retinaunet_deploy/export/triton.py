@@ -74,12 +74,9 @@ class TritonOptions:
                               f"1..max_batch_size ({self.max_batch_size})")
 
 
-E2E_SUFFIX = ".e2e.onnx"   # the end-to-end twin's suffix (the e2e contract's file names)
-
-
 def end_to_end_twin(name: str) -> str:
     """The end-to-end twin's file name of a run's .onnx file (itself when it is one)."""
-    return name if name.endswith(E2E_SUFFIX) else name[:-len(".onnx")] + E2E_SUFFIX
+    return name if names.is_end_to_end(name) else names.e2e_name(name)
 
 
 def served_model(run_dir: Path, options: TritonOptions) -> str:
@@ -149,7 +146,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     model = served_model(run_dir, options)
     is_plan = model.endswith(".plan")
     stage = "build-engine" if is_plan else (
-        "export" if model in (names.ONNX, end_to_end_twin(names.ONNX)) else "calibrate")
+        "export" if model in (names.ONNX, names.E2E_ONNX) else "calibrate")
     sha256 = verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
     kind = options.kind
     if is_plan:
