@@ -168,6 +168,8 @@ def serve(run_dir: Path, artifact: str | None = None, runtime: str = "auto",
             process = subprocess.Popen(
                 command(home, repository, backends, host, http_port, grpc_port, drain_seconds),
                 stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C reaches `serve` only, which drains.
+                start_new_session=True,
                 # One libc call between fork and exec; `serve` starts no threads before it.
                 preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + ready_timeout
