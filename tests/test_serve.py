@@ -28,10 +28,10 @@ needs_env = pytest.mark.skipif(not (default_env() / "pyvenv.cfg").is_file(),
                                reason="no serve environment: run 'make serve-env'")
 
 
-def _serve(run_dir, artifact="model.onnx"):
+def _serve(run_dir, artifact="model.onnx", *options):
     """`serve` on a file of the tiny run, this checkout's code, tiles of TILE px."""
     return ServerProcess(run_dir, "--artifact", artifact, "--tile", str(TILE),
-                         "--threads", "2", pythonpath=ROOT)
+                         "--threads", "2", *options, pythonpath=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,25 @@ def test_an_end_to_end_file_serves_the_same_answers_as_its_predictor(tiny_export
         for image, outcome in zip(images, outcomes):
             assert outcome.error is None, outcome.error
             _assert_same(outcome.outputs, _expected(e2e, image))
+
+
+@needs_env
+def test_the_queue_is_bounded(tiny_exported, predictor):
+    """Beyond --max-queue-size waiting requests, Triton refuses at once; the rest answer."""
+    served = _serve(tiny_exported[0], "model.onnx", "--max-queue-size", "1",
+                    "--max-batch-size", "1", "--max-queue-delay-us", "0")
+    try:
+        image = _images(5)[4]                    # 128 x 128: 9 tiles
+        outcomes = run_clients([(image[None], "http")] * 48, 12, "127.0.0.1", served.http,
+                               served.grpc)
+    finally:
+        assert served.stop() == 0
+    refused = [o.error for o in outcomes if o.error]
+    assert refused and all("Exceeds maximum queue size" in e for e in refused), refused[:3]
+    answered = [o.outputs for o in outcomes if o.outputs is not None]
+    assert answered
+    for outputs in answered:
+        _assert_same(outputs, _expected(predictor, image))
 
 
 @needs_env
