@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from retinaunet_deploy.cli import cli
 from retinaunet_deploy.errors import InputError
 from retinaunet_deploy.serve import protocol
-from retinaunet_deploy.serve.load import ServerProcess, connect, infer, run_clients
+from retinaunet_deploy.serve.load import ServerProcess, connect, free_ports, infer, run_clients
 from retinaunet_deploy.serve.repository import default_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,3 +227,19 @@ def test_triton_repository_serves_the_end_to_end_twin(run_copy, tmp_path):
                                       "--raw-outputs"])
     assert result.exit_code == 0, result.output
     assert (folder / "1" / "model.onnx").read_bytes() == (run_copy / "model.onnx").read_bytes()
+
+
+@needs_env
+def test_a_taken_port_is_one_line_naming_it(tiny_exported):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", str(tiny_exported[0]), "--artifact",
+                                          "model.onnx", "--port", str(port), "--grpc-port",
+                                          str(free_ports(1)[0])])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}' already in use" in lines[0], result.output

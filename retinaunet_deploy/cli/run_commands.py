@@ -181,6 +181,7 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
     With --soak, soak one file of RUN_DIR under concurrent callers instead.
+    With --serve-load, measure `serve` under 1, 4 and 16 loopback clients instead.
     """
     from rich.progress import Progress
     from rich.table import Table

@@ -38,6 +38,7 @@ from retinaunet_deploy.serve.repository import (
 HOST, HTTP_PORT, GRPC_PORT = "127.0.0.1", 8000, 8001
 ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] ?(.*)$")
 PR_SET_PDEATHSIG = 1
+BENIGN = ("CudaDriverHelper", "CUDA driver", "cuda driver", "pinned memory")
 
 
 class ServerError(RetinaUNetError):
@@ -91,12 +92,14 @@ def _die_with_parent() -> None:
 
 
 def first_error(log: Path) -> str:
-    """The first error line of a tritonserver log, without its prefix ("" when none)."""
+    """The first error line of a tritonserver log, without its prefix ("" when none);
+    CUDA's complaints on a machine without a GPU are not errors here."""
     if not log.exists():
         return ""
     for line in log.read_text(errors="replace").splitlines():
         match = ERROR_LINE.match(line)
-        if match or line.startswith("error:"):
+        if (match or line.startswith("error:")) and not any(
+                benign in line for benign in BENIGN):
             return (match.group(1) if match else line).strip()[:400]
     return ""
 
