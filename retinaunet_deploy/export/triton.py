@@ -147,7 +147,10 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     is_plan = model.endswith(".plan")
     stage = "build-engine" if is_plan else (
         "export" if model in (names.ONNX, names.E2E_ONNX) else "calibrate")
-    sha256 = verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
+    remedy = f"retinaunet-deploy {stage} {run_dir}"
+    if model != options.model:  # a twin of a file changed since is stale with it
+        verify_lineage(run_dir, options.model, remedy)
+    sha256 = verify_lineage(run_dir, model, remedy)
     kind = options.kind
     if is_plan:
         record = load_manifest(run_dir)["artifacts"][model]
