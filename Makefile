@@ -12,7 +12,7 @@ CPP_BUILD ?= build/cpp
 # system paths of NVIDIA's packages; pip's tensorrt wheel has no C++ headers).
 TENSORRT_ROOT ?=
 
-.PHONY: install test demo export bench cpp gpu-check clean
+.PHONY: install serve-env test demo export bench cpp gpu-check clean
 
 # The stamp is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -23,7 +23,26 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# The served model's own environment (`retinaunet-deploy serve`): Triton's Python-backend
+# stub returns empty tensors under numpy 2, which TensorFlow needs in $(VENV); so the model
+# runs in a venv with numpy 1.26 and the runtimes only (no TensorFlow, no copy of this
+# package: the server links the checkout's). Its Python must be 3.11, the version of the
+# stub Triton is given.
+SERVE_PYTHON ?= python3.11
+SERVE_ENV    := .serve-env
+# The runtimes pinned to the versions tested in $(VENV), so served and in-process results
+# agree bit for bit (their wheels run under numpy 1.26 too).
+SERVE_PINS   := numpy==1.26.4 onnx==1.23.2 onnxruntime==1.31.1 openvino==2026.4.1
+
+$(SERVE_ENV)/.installed: Makefile
+	rm -rf $(SERVE_ENV)
+	$(SERVE_PYTHON) -m venv $(SERVE_ENV)
+	$(SERVE_ENV)/bin/python -m pip install --quiet $(SERVE_PINS)
+	touch $@
+
+serve-env: $(SERVE_ENV)/.installed
+
+test: install serve-env
 	$(BIN)/python -m pytest -q
 
 # The main job: a trained, exported, quantised and benchmarked model on the

@@ -220,7 +220,8 @@ def test_triton_repository_matches_the_onnx_model(tiny_calibrated, tmp_path):
 
     run, _ = tiny_calibrated
     out = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["triton", str(run), "--out", str(out)])
+    # The raw outputs' repository (the end-to-end twin's: tests/test_serve.py).
+    result = CliRunner().invoke(cli, ["triton", str(run), "--out", str(out), "--raw-outputs"])
     assert result.exit_code == 0, result.output
     folder = out / "retinaunet"
     assert (folder / "1" / "model.onnx").read_bytes() == (run / "model.onnx").read_bytes()

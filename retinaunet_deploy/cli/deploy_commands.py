@@ -170,15 +170,29 @@ def build_engine(run_dir, precision, min_batch, opt_batch, max_batch, min_size, 
 @click.option("--instances", type=int, default=TRITON.instances, show_default=True)
 @click.option("--kind", type=click.Choice(INSTANCE_KINDS), default=TRITON.kind,
               show_default=True, help="Where instances run (a .plan is always gpu).")
+@click.option("--raw-outputs", is_flag=True,
+              help="Serve the .onnx file itself, not its end-to-end twin (final detections).")
 def triton(run_dir, out_dir, model, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
-           instances, kind):
-    """Write a Triton model repository OUT/retinaunet/ serving one of RUN_DIR's artifacts."""
-    from retinaunet_deploy.export.triton import write_triton_repository
+           instances, kind, raw_outputs):
+    """Write a Triton model repository OUT/retinaunet/ serving one of RUN_DIR's artifacts
+    (an .onnx file's end-to-end twin when the run has one)."""
+    from retinaunet_deploy.export.triton import (
+        end_to_end_twin,
+        served_model,
+        write_triton_repository,
+    )
 
     options = TritonOptions(model=model, max_batch_size=max_batch_size,
                             preferred_batch_sizes=preferred_batch_sizes,
                             max_queue_delay_us=max_queue_delay_us, instances=instances,
-                            kind=kind)
+                            kind=kind, end_to_end=not raw_outputs)
     folder = write_triton_repository(run_dir, out_dir, options)
+    served = served_model(run_dir, options)
+    if model.endswith(".onnx") and not raw_outputs and served == model:
+        click.echo(f"{run_dir} has no {end_to_end_twin(model)}: serving {model}'s raw outputs "
+                   f"(decode them as its model card says); 'retinaunet-deploy export {run_dir}' "
+                   f"and 'calibrate' write the end-to-end twins")
+    else:
+        click.echo(f"serving {served}")
     click.echo(f"wrote {folder}/config.pbtxt and {folder}/1/; serve it with: tritonserver "
                f"--model-repository={out_dir.resolve()}")

@@ -164,14 +164,24 @@ def _ray_executor(address: str | None) -> dict:
               help="With --soak: concurrent callers, one call in flight each.")
 @click.option("--soak-artifact", default=names.ONNX, show_default=True,
               help="With --soak: the file of RUN_DIR to soak.")
+@click.option("--serve-load", is_flag=True,
+              help="Measure `serve` under 1, 4 and 16 loopback clients against the same "
+                   "artifact's in-process batch-8 throughput instead (OUT/serve_load.md).")
+@click.option("--serve-artifact", default=None,
+              help="With --serve-load: FILE[:RUNTIME] of RUN_DIR [default: the recommendation].")
+@click.option("--serve-images", type=click.IntRange(min=8), default=192, show_default=True,
+              help="With --serve-load: requests per client level and round.")
+@click.option("--serve-options", default="",
+              help="With --serve-load: extra `serve` options, e.g. '--instances 2'.")
 def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, threads, rounds,
           min_seconds, backends, no_limits, sweep_sizes, sweep_tile, no_size_sweep, soak,
           soak_minutes, callers, soak_artifact, folder_throughput, folder_artifacts,
-          folder_images):
+          folder_images, serve_load, serve_artifact, serve_images, serve_options):
     """Benchmark every artifact of RUN_DIR against the Keras float reference.
 
     With --latency-only --preset P, time P on random weights at --sizes instead.
     With --soak, soak one file of RUN_DIR under concurrent callers instead.
+    With --serve-load, measure `serve` under 1, 4 and 16 loopback clients instead.
     """
     from rich.progress import Progress
     from rich.table import Table
@@ -188,6 +198,12 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
             raise click.UsageError("--soak takes RUN_DIR, not --latency-only")
         _soak(run_dir, out_dir or Path("bench/soak"), soak_artifact, soak_minutes, threads,
               callers)
+        return
+    if serve_load:
+        if latency_only:
+            raise click.UsageError("--serve-load takes RUN_DIR, not --latency-only")
+        _serve_load(run_dir, out_dir or Path("bench/serve"), serve_artifact, serve_images,
+                    serve_options, threads)
         return
     batch_sizes = batch_sizes or ((1,) if latency_only else BENCH.batch_sizes)
     options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
@@ -265,6 +281,20 @@ def _soak(run_dir, out_dir, artifact, minutes, threads, callers):
     click.echo(f"wrote {out_dir}/result.json and rss.png")
     if not result["passed"]:
         raise click.ClickException("the soak failed: " + "; ".join(failures(result)))
+
+
+def _serve_load(run_dir, out_dir, artifact, count, server_options, threads):
+    import shlex
+
+    from retinaunet_deploy.bench import serve_load
+
+    file, runtime = (artifact.partition(":")[::2] if artifact else (None, ""))
+    figures = serve_load.serve_load(run_dir, file, runtime or "auto", threads, count,
+                                    server_args=tuple(shlex.split(server_options)),
+                                    progress=lambda message: click.echo(message, err=True))
+    serve_load.write(out_dir, figures)
+    click.echo("\n".join(serve_load.markdown(figures)))
+    click.echo(f"wrote {out_dir}/serve_load.json and serve_load.md")
 
 
 def _size_sweep(out, run_dir, out_dir, sweep_sizes, sweep_tile, threads):

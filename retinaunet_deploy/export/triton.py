@@ -5,6 +5,13 @@
     OUT/retinaunet/1/model.onnx         (platform onnxruntime_onnx), or
     OUT/retinaunet/1/model.plan         (platform tensorrt_plan)
 
+An .onnx file is served as its end-to-end twin when the run has one (model.onnx ->
+model.e2e.onnx, model.int8.onnx -> model.int8.e2e.onnx: detections decoded and
+suppressed in the graph, `export/README.md`), so a Triton client gets final detections
+(num_detections, detection_boxes, detection_scores, detection_classes, labels); the
+caller pads the float32 input to stride multiples. `end_to_end=False` serves the raw
+outputs. A .plan serves what it was built from (an engine of an e2e file is end to end).
+
 The config's tensors come from the ONNX graph itself (for an engine: the ONNX
 it was built from), so names, dtypes and dims cannot drift from the model.
 Triton's dims leave out the batch axis; `max_batch_size` covers it. The
@@ -44,6 +51,7 @@ class TritonOptions:
         max_queue_delay_us: how long a request may wait for others to batch with.
         instances: model instances (each runs one batch at a time).
         kind: auto (GPU if Triton has one, else CPU), gpu or cpu; a .plan is always gpu.
+        end_to_end: serve an .onnx file's end-to-end twin when the run has it.
     """
 
     model: str = names.ONNX
@@ -52,6 +60,7 @@ class TritonOptions:
     max_queue_delay_us: int = 2000
     instances: int = 1
     kind: str = "auto"
+    end_to_end: bool = True
 
     def __post_init__(self):
         if not self.model.endswith((".onnx", ".plan")):
@@ -63,6 +72,22 @@ class TritonOptions:
         if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
             raise ConfigError(f"preferred batch sizes {self.preferred_batch_sizes} must lie in "
                               f"1..max_batch_size ({self.max_batch_size})")
+
+
+def end_to_end_twin(name: str) -> str:
+    """The end-to-end twin's file name of a run's .onnx file (itself when it is one)."""
+    return name if names.is_end_to_end(name) else names.e2e_name(name)
+
+
+def served_model(run_dir: Path, options: TritonOptions) -> str:
+    """The run's file the repository serves: `options.model`, or its end-to-end twin when
+    `options.end_to_end` and the run has it."""
+    model = options.model
+    if options.end_to_end and model.endswith(".onnx"):
+        twin = end_to_end_twin(model)
+        if (Path(run_dir) / twin).is_file():
+            return twin
+    return model
 
 
 def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
@@ -115,13 +140,17 @@ def config_pbtxt(platform: str, inputs: list[dict], outputs: list[dict],
 
 def write_triton_repository(run_dir: Path, out_dir: Path,
                             options: TritonOptions | None = None) -> Path:
-    """Write OUT/retinaunet/ for RUN_DIR's `options.model`; returns the model folder."""
+    """Write OUT/retinaunet/ for RUN_DIR's `served_model`; returns the model folder."""
     options = options or TritonOptions()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model = options.model
+    model = served_model(run_dir, options)
     is_plan = model.endswith(".plan")
-    stage = "build-engine" if is_plan else ("export" if model == names.ONNX else "calibrate")
-    sha256 = verify_lineage(run_dir, model, f"retinaunet-deploy {stage} {run_dir}")
+    stage = "build-engine" if is_plan else (
+        "export" if model in (names.ONNX, names.E2E_ONNX) else "calibrate")
+    remedy = f"retinaunet-deploy {stage} {run_dir}"
+    if model != options.model:  # a twin of a file changed since is stale with it
+        verify_lineage(run_dir, options.model, remedy)
+    sha256 = verify_lineage(run_dir, model, remedy)
     kind = options.kind
     if is_plan:
         record = load_manifest(run_dir)["artifacts"][model]
@@ -139,7 +168,7 @@ def write_triton_repository(run_dir: Path, out_dir: Path,
     else:
         onnx_source = model
         platform = "onnxruntime_onnx"
-        if model == names.INT8_CPU_ONNX and kind == "auto":
+        if model in (names.INT8_CPU_ONNX, end_to_end_twin(names.INT8_CPU_ONNX)) and kind == "auto":
             kind = "cpu"  # the QOperator CPU form is tuned for ONNX Runtime's CPU kernels
     inputs, outputs = onnx_io(run_dir / onnx_source)
 
