@@ -155,8 +155,11 @@ def predict_volume(predictor, volume, axis: int) -> VolumePrediction:
             capped += int(dets is not None and dets.capped)
     found = None
     if predictor.det_class_names:
-        cols = list(zip(*parts)) if parts else [np.zeros((0, 4))] + [np.zeros(0)] * 3
-        found = SliceBoxes(*(np.concatenate(c) for c in cols))
+        if parts:
+            found = SliceBoxes(*(np.concatenate(column) for column in zip(*parts)))
+        else:
+            found = SliceBoxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                               np.zeros(0, np.int32), np.zeros(0, np.int64))
     labels = np.ascontiguousarray(stack_slices(masks, axis))
     return VolumePrediction(labels, found, capped, not whole)
 
