@@ -221,6 +221,10 @@ def test_bad_volumes_are_named_before_anything_is_written(model, tmp_path):
     assert "fmri.nii.gz is a 4D NIfTI" in text and "holds 2 DICOM series" in text
     assert "ct.nii.gz: its slices along voxel axis 2 (20x20) cannot be predicted" in text
     assert not out.exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("no slices here")
+    with pytest.raises(InputError, match="notes is a folder without DICOM files; give"):
+        predict_files(model, [tmp_path / "notes"], out, threads=2)
     small = write_nifti(tmp_path / "thin.nii.gz", np.zeros((20, 8, 3), np.uint8))
     with pytest.raises(InputError, match="thin.nii.gz: its slices .* \\(20x8\\).*smaller than"):
         predict_files(model, [small], out, threads=2)

@@ -155,6 +155,9 @@ def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
             if volume_readable(path):   # a volume: `predict.volumes` plans and runs it
                 items.append(plan_volume(path, name, predictor))
                 continue
+            if path.is_dir():
+                raise InputError(f"{path} is a folder without DICOM files; give image or "
+                                 f"volume files, or a folder holding one DICOM series")
             height, width, channels, dtype = _header(path)
             _check_header(predictor, height, width, channels, dtype)
         except (DataError, InputError) as error:
