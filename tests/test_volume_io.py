@@ -114,6 +114,29 @@ def test_dicom_series_sorted_by_position_rescaled_with_lps_to_ras(tmp_path):
     assert volumes.volume_readable(folder) and volumes.volume_stem(folder) == "series"
 
 
+def test_enhanced_multiframe_ct_reads_as_its_series(tmp_path):
+    """One enhanced CT file (per-frame positions, shared orientation, spacing and rescale;
+    made from a series by highdicom's legacy conversion) gives the series' volume."""
+    import warnings
+
+    import pydicom
+    from highdicom import UID
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    array = np.random.default_rng(4).integers(-1000, 1000, (9, 8, 5)).astype(np.int16)
+    folder = write_series(tmp_path / "series", array, intercept=-1024.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enhanced = LegacyConvertedEnhancedCTImage(
+            [pydicom.dcmread(p) for p in sorted(folder.iterdir())], series_instance_uid=UID(),
+            series_number=2, sop_instance_uid=UID(), instance_number=1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    assert int(enhanced.NumberOfFrames) == 5 and "PerFrameFunctionalGroupsSequence" in enhanced
+    volume = volumes.read_volume(tmp_path / "enhanced.dcm")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, volumes.read_volume(folder).affine)
+
+
 def _pydicom_files():
     from pydicom.data import get_testdata_file
 

@@ -108,13 +108,14 @@ def _floats(value, count: int, what: str, path: Path) -> np.ndarray:
     return array
 
 
-def _first(sequence, name: str):
+def _first(sequence):
+    """The first item of a DICOM sequence, or None for a missing or empty one."""
     return sequence[0] if sequence is not None and len(sequence) else None
 
 
 def _rescale(item) -> tuple[float, float]:
     slope, inter = item.get("RescaleSlope"), item.get("RescaleIntercept")
-    transform = _first(item.get("PixelValueTransformationSequence"), "")
+    transform = _first(item.get("PixelValueTransformationSequence"))
     if slope is None and transform is not None:
         slope, inter = transform.get("RescaleSlope"), transform.get("RescaleIntercept")
     return (1.0 if slope is None else float(slope)), (0.0 if inter is None else float(inter))
@@ -123,12 +124,11 @@ def _rescale(item) -> tuple[float, float]:
 def _frames_of(ds, path: Path) -> tuple[list[_Frame], np.ndarray, np.ndarray, float | None]:
     """The frames of one file: (frames, orientation (6,), pixel spacing (2,), thickness)."""
     count = int(ds.get("NumberOfFrames", 1) or 1)
-    shared = _first(ds.get("SharedFunctionalGroupsSequence"), "")
+    shared = _first(ds.get("SharedFunctionalGroupsSequence"))
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None and shared is not None:   # enhanced multi-frame
         def group(item, name):
-            found = _first(item.get(name), name) if item is not None else None
-            return found
+            return _first(item.get(name)) if item is not None else None
 
         orient_item = group(shared, "PlaneOrientationSequence") or group(
             per_frame[0], "PlaneOrientationSequence")
