@@ -43,20 +43,23 @@ def _geometry(header) -> dict:
             "dim_info": header.get_dim_info()}
 
 
-@pytest.mark.parametrize("variant", ["model.onnx", "model.keras"])
+@pytest.mark.parametrize("variant,tile", [("model.onnx", None), ("model.keras", None),
+                                          ("model.onnx", 32)])   # 32: slices run tiled
 def test_oblique_nifti_gives_labels_with_equal_affine_shape_and_header(tiny_exported, tmp_path,
-                                                                       variant):
+                                                                       variant, tile):
     import nibabel as nib
 
     from retinaunet_deploy.runtime import Predictor
+    from retinaunet_deploy.runtime.predictor import DEFAULT_TILE
 
     array = _discs((40, 36, 4))
     path = write_nifti(tmp_path / "scan.nii.gz", array, OBLIQUE, sform=2, qform=1)
     artifact = tiny_exported[0] / variant
-    results = predict_files(artifact, [path], tmp_path / "out", threads=2)
+    results = predict_files(artifact, [path], tmp_path / "out", threads=2, tile=tile)
     entry = results[str(path)]
     out = tmp_path / "out" / "masks" / "scan.nii.gz"
     assert entry["files"]["masks/scan.nii.gz"] and entry["size"] == [40, 36, 4]
+    assert entry["tiled"] == (tile is not None)
     source, labels = nib.load(path), nib.load(out)
     assert labels.shape == source.shape and labels.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(labels.affine, source.affine)
@@ -66,7 +69,7 @@ def test_oblique_nifti_gives_labels_with_equal_affine_shape_and_header(tiny_expo
         np.testing.assert_array_equal(got[key], want[key])
     assert got["units"] == want["units"] and got["dim_info"] == want["dim_info"]
     # Slice k of the label volume is the model's mask of slice k (axis 2), unmoved.
-    with Predictor.from_artifact(artifact, threads=2) as predictor:
+    with Predictor.from_artifact(artifact, threads=2, tile=tile or DEFAULT_TILE) as predictor:
         for k in (0, 3):
             mask = predictor.predict(array[:, :, k, None]).mask
             np.testing.assert_array_equal(np.asarray(labels.dataobj)[:, :, k], mask)
