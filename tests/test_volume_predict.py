@@ -4,6 +4,7 @@ detections, resume, and bad volumes refused before anything is written."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ class ExactDetector:
     class_names, det_class_names = ("background", "sphere"), ("sphere",)
 
     def check_header(self, height, width, channels, dtype):
-        assert (channels, np.dtype(dtype)) == (1, np.uint8)
+        assert channels == 1
 
     def fits_whole(self, height, width):
         return True
@@ -232,3 +233,19 @@ def test_bad_volumes_are_named_before_anything_is_written(model, tmp_path):
     with pytest.raises(InputError, match="thin.nii.gz: its slices .* \\(20x8\\).*smaller than"):
         predict_files(model, [small], out, threads=2)
     assert not out.exists()
+
+
+def test_a_dicom_source_highdicom_cannot_reference_gets_its_nifti_and_a_warning(tmp_path):
+    """pydicom's multi-frame RT dose grid: labels written as NIfTI, the SEG warned about."""
+    from pydicom.data import get_testdata_file
+
+    path = Path(get_testdata_file("rtdose_rle.dcm"))
+    predictor, warned = ExactDetector(), []
+    item = plan_volume(path, "dose", predictor)
+    with ResultWriter(tmp_path / "out", header={"artifact": "x"}, resume=False) as writer:
+        run_volumes(predictor, [item], writer, warned.append)
+        entry = writer.finish([item])[str(path)]
+    assert sorted(entry["files"]) == ["detections/dose.json", "masks/dose.nii.gz"]
+    assert len(warned) == 1 and "cannot write a DICOM SEG for" in warned[0]
+    assert warned[0].endswith("its labels are in masks/dose.nii.gz only")
+    assert not (tmp_path / "out" / "seg" / "dose.dcm").exists()

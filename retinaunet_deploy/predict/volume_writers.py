@@ -71,7 +71,8 @@ def dicom_seg(labels: np.ndarray, volume, class_names: tuple[str, ...],
         software: the toolkit's name and version, recorded in the SEG.
     Raises:
         DataError: highdicom refuses the source (e.g. an RT dose grid is not an image
-            it can reference), naming the series and what is still written.
+            it can reference), naming the series (`predict.volumes` then warns and
+            writes the label NIfTI alone).
     """
     import highdicom as hd
     import pydicom
@@ -112,8 +113,8 @@ def dicom_seg(labels: np.ndarray, volume, class_names: tuple[str, ...],
             omit_empty_frames=bool(found))
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         text = (str(error).splitlines() or [type(error).__name__])[0][:200]
-        raise DataError(f"cannot write a DICOM SEG for {volume.source}: {text}; predict the "
-                        f"series converted to NIfTI for a label volume without SEG") from error
+        raise DataError(f"cannot write a DICOM SEG for {volume.source} ({text}): highdicom "
+                        f"cannot reference it as a source image") from error
     buffer = io.BytesIO()
     seg.save_as(buffer)
     return buffer.getvalue()

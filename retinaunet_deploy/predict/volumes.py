@@ -23,7 +23,9 @@ Outputs of volume NAME:
 
     OUT/masks/NAME.nii.gz      uint8 class indices on the input's exact grid
                                (`volume_writers.label_nifti`)
-    OUT/seg/NAME.dcm           DICOM input only: a DICOM SEG referencing the series
+    OUT/seg/NAME.dcm           DICOM input only: a DICOM SEG referencing the series (a
+                               source highdicom cannot reference, e.g. an RT dose grid,
+                               is warned about and gets the NIfTI alone)
     OUT/detections/NAME.json   with detection heads: per-slice detections and 3D boxes
 
 Coordinates in detections/NAME.json and the results entry: ``box`` (y1, x1, y2, x2)
@@ -197,17 +199,21 @@ def render_volume(item: VolumeItem, volume, result: VolumePrediction, predictor,
     from retinaunet_deploy.data.volumes import spacing_of
     from retinaunet_deploy.predict import volume_writers
 
-    files = {f"masks/{item.name}.nii.gz": volume_writers.label_nifti(result.labels, volume)}
+    mask = f"masks/{item.name}.nii.gz"
+    files = {mask: volume_writers.label_nifti(result.labels, volume)}
+    warnings = list(volume.notes)
     if volume.format == "DICOM":
-        files[f"{SEG_DIR}/{item.name}.dcm"] = volume_writers.dicom_seg(
-            result.labels, volume, tuple(predictor.class_names),
-            f"retinaunet-deploy {__version__}")
+        try:
+            files[f"{SEG_DIR}/{item.name}.dcm"] = volume_writers.dicom_seg(
+                result.labels, volume, tuple(predictor.class_names),
+                f"retinaunet-deploy {__version__}")
+        except DataError as error:   # e.g. an RT dose grid: the labels are still written
+            warnings.append(f"{error}; its labels are in {mask} only")
     counts = np.bincount(result.labels.ravel(), minlength=len(predictor.class_names))
     entry = {"kind": "volume", "format": volume.format, "size": list(volume.shape[:3]),
              "axis": item.axis, "slices": int(volume.shape[item.axis]), "tiled": result.tiled,
              "spacing_mm": [round(float(v), 6) for v in spacing_of(volume.affine)],
              "class_voxels": {c: int(n) for c, n in zip(predictor.class_names, counts)}}
-    warnings = list(volume.notes)
     if result.found is not None:
         per_slice, boxes = _detections(result.found, volume, item.axis,
                                        predictor.det_class_names)
