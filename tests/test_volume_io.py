@@ -195,6 +195,11 @@ def test_tiff_stacks_multipage_and_ome(tmp_path):
     assert plain.notes and "1 mm voxels assumed" in plain.notes[0]
     tifffile.imwrite(tmp_path / "flat.tif", stack[0])
     assert not volumes.volume_readable(tmp_path / "flat.tif")   # a 2D image
+    tifffile.imwrite(tmp_path / "movie.tif", np.zeros((2, 3, 8, 8), np.uint8), imagej=True,
+                     metadata={"axes": "TZYX"})
+    with pytest.raises(DataError, match="movie.tif has axes TZYX of shape \\(2, 3, 8, 8\\), "
+                                        "not one stack axis \\(Z\\); save one 3D stack per"):
+        volumes.read_volume(tmp_path / "movie.tif")
 
 
 # === Bad input: one line each, naming the file and a remedy ===

@@ -159,7 +159,10 @@ def _touching_spheres():
     return array, a, b
 
 
-def test_touching_spheres_give_two_3d_boxes_at_their_true_extent(tmp_path):
+@pytest.mark.parametrize("axis", [2, 0])   # 0: a model trained on slices along i (card)
+def test_touching_spheres_give_two_3d_boxes_at_their_true_extent(tmp_path, axis):
+    from types import SimpleNamespace
+
     from scipy import ndimage
 
     array, a, b = _touching_spheres()
@@ -167,7 +170,9 @@ def test_touching_spheres_give_two_3d_boxes_at_their_true_extent(tmp_path):
     affine = np.array([[-0.7, 0, 0, 50.0], [0, 0.8, 0, -20.0], [0, 0, 2.0, 10.0], [0, 0, 0, 1]])
     path = write_nifti(tmp_path / "spheres.nii.gz", array, affine)
     predictor = ExactDetector()
+    predictor.card = SimpleNamespace(data={"kind": "volumes", "axis": axis})
     item = plan_volume(path, "spheres", predictor)
+    assert item.axis == axis
     with ResultWriter(tmp_path / "out", header={"artifact": "stand-in"}, resume=False) as writer:
         run_volumes(predictor, [item], writer, warn=pytest.fail)
         entry = writer.finish([item])[str(path)]
@@ -179,13 +184,14 @@ def test_touching_spheres_give_two_3d_boxes_at_their_true_extent(tmp_path):
         index = np.argwhere(sphere)
         low, high = index.min(axis=0), index.max(axis=0) + 1
         assert box["voxel_box"] == [*map(float, low), *map(float, high)]
-        assert box["slices"] == [int(low[2]), int(high[2]) - 1]
+        assert box["slices"] == [int(low[axis]), int(high[axis]) - 1]
         ends = origin + np.stack([low - 0.5, high - 0.5]) * spacing      # voxel edges in mm
         np.testing.assert_allclose(box["world_box_mm"], [*ends.min(0), *ends.max(0)], atol=1e-3)
     document = json.loads((tmp_path / "out" / "detections" / "spheres.json").read_text())
     assert document["boxes_3d"] == boxes
+    others = tuple(n for n in (0, 1, 2) if n != axis)
     assert len(document["slice_detections"]) == entry["slice_detections"] == \
-        int(a.any(axis=(0, 1)).sum() + b.any(axis=(0, 1)).sum())
+        int(a.any(axis=others).sum() + b.any(axis=others).sum())
 
 
 def test_resume_keeps_finished_volumes_and_redoes_damaged_ones(tmp_path):

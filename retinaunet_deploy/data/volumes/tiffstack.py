@@ -37,7 +37,9 @@ def _stack_axis(series) -> int | None:
 
 
 def claims(path: Path) -> bool:
-    """A ``.tif``/``.tiff`` whose first series is a stack of more than one page (tags only)."""
+    """A ``.tif``/``.tiff`` whose first series has a stack axis (Z, I, Q) of more than one
+    page (tags only); one with a time or channel axis besides is claimed too, and refused
+    by `read_stack` with what to do."""
     import tifffile
 
     path = Path(path)
@@ -47,7 +49,8 @@ def claims(path: Path) -> bool:
         with tifffile.TiffFile(path) as tiff:
             if len(tiff.pages) < 2 or not tiff.series:
                 return False
-            return _stack_axis(tiff.series[0]) is not None
+            series = tiff.series[0]
+            return any(a in STACK_AXES and n > 1 for a, n in zip(series.axes, series.shape))
     except Exception:  # noqa: BLE001 - not a readable stack: the 2D reader names the problem
         return False
 
