@@ -122,10 +122,24 @@ def _check_header(predictor, height: int, width: int, channels: int, dtype: np.d
     predictor.check_header(height, width, channels, dtype)
 
 
-def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
+def _slide_item(path: Path, name: str, predictor, level: int | None, mpp: float | None):
+    """The `predict.slides.SlideItem` of a whole-slide image (`data.slides.slide_kind`),
+    or None for any other file."""
+    from retinaunet_deploy.data.slides import slide_kind
+
+    if slide_kind(path) is None:
+        return None
+    from retinaunet_deploy.predict.slides import plan_slide
+
+    return plan_slide(path, name, predictor, level, mpp)
+
+
+def plan_inputs(paths: list[Path], predictor, level: int | None = None,
+                mpp: float | None = None) -> list[InputItem]:
     """Check every input by its header against `predictor`'s contract; name its outputs.
 
-    No pixels are kept and nothing is written.
+    No pixels are kept and nothing is written. A whole-slide image is planned as a
+    `predict.slides.SlideItem` at the level `level` or `mpp` chooses (default 0).
 
     Raises:
         InputError: one or more inputs cannot be predicted (unreadable, wrong size,
@@ -138,6 +152,10 @@ def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
     items, problems = [], []
     for path, name in zip(paths, names):
         try:
+            slide = _slide_item(path, name, predictor, level, mpp)
+            if slide is not None:
+                items.append(slide)
+                continue
             height, width, channels, dtype = _header(path)
             _check_header(predictor, height, width, channels, dtype)
         except (DataError, InputError) as error:

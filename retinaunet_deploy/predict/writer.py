@@ -179,7 +179,7 @@ class ResultWriter:
         line = self.done.get(str(item.path))
         if line is None or line.get("name") != item.name:
             return False
-        for kind in ("mask", "overlay"):
+        for kind in line.get("outputs", ("mask", "overlay")):   # a slide's: mask, geojson
             path = self.out_dir / line[kind]
             if not path.is_file() or sha256_file(path) != line[f"{kind}_sha256"]:
                 return False
@@ -285,6 +285,20 @@ class ResultWriter:
         entry = {"name": name, "size": [height, width], "mask": mask_path,
                  "mask_sha256": mask_sha, "overlay": overlay_path, "overlay_sha256": overlay_sha,
                  **rendered.entry}
+        self._append({"path": str(item.path), **entry})
+        self.entries[str(item.path)] = entry
+        return entry
+
+    def commit_outputs(self, item, entry: dict) -> dict:
+        """Append the line of an input whose files its own path wrote atomically (a slide,
+        `predict.slides`); `entry` lists them under ``outputs`` (keys whose values are
+        paths relative to OUT, each with its ``<key>_sha256``), so `is_done` checks them.
+        Returns the entry (with ``name``).
+
+        Raises:
+            OutputError: results.jsonl cannot be written.
+        """
+        entry = {"name": item.name, **entry}
         self._append({"path": str(item.path), **entry})
         self.entries[str(item.path)] = entry
         return entry

@@ -2,7 +2,8 @@
 (`data.synthetic`), written as a tiled pyramidal TIFF tile by tile (memory: one tile
 and the regions, whatever the slide's size).
 
-Level 0 is uniform glass (grey `GLASS`) except `regions` squares, each one synthetic
+Level 0 is uniform dark glass (grey `GLASS`, as in fluorescence: the synthetic objects
+are bright on a darker background) except `regions` squares, each one synthetic
 image (disks and rings on a noisy background, `synthetic_sample` at a side of
 `region` px) placed at random, apart. Each further level halves the previous
 (nearest-neighbour: level k pixel (r, c) is level-0 pixel (r 2^k, c 2^k)) until the
@@ -21,7 +22,7 @@ import numpy as np
 
 from retinaunet_deploy.errors import ConfigError
 
-GLASS = 235
+GLASS = 15
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ so a region read decodes only the tiles it touches.
 from __future__ import annotations
 
 import math
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class TiffSlide(Slide):
         self.path = Path(path)
         try:
             self._tiff = tifffile.TiffFile(self.path)
-        except Exception as error:  # noqa: BLE001 - tifffile raises many types
+        except Exception as error:
             text = (str(error).splitlines() or [type(error).__name__])[0][:200]
             raise DataError(f"cannot read {self.path}: {text}; replace it with a valid "
                             f"TIFF") from error
