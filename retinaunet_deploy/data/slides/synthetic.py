@@ -81,12 +81,14 @@ def _tile(regions: list[Region], factor: int, top: int, left: int, height: int,
 def write_synthetic_slide(path: Path, height: int = 20000, width: int = 20000, *,
                           regions: int = 3, region: int = 512, seed: int = 0,
                           tile: int = 512, pyramid: str = "subifds",
-                          mpp: float | None = 0.5) -> list[Region]:
+                          mpp: float | None = 0.5, patch: int = 64) -> list[Region]:
     """Write the synthetic slide (module docstring) to `path`; returns its regions.
 
     Args:
         height, width: level 0, pixels. regions, region: how many regions, their side.
         tile: the TIFF tile side (a multiple of 16). pyramid: "subifds" or "pages".
+        patch: the synthetic training patch the objects are drawn for (radii 6-14% of
+            it: 4-9 px at 64, as the test models see them at level 0).
         mpp: micrometres per level-0 pixel, written as resolution tags in centimetres
             (and as OME PhysicalSizeX/Y for a ``.ome.tif`` path with SubIFDs); None: none
             written.
@@ -95,7 +97,7 @@ def write_synthetic_slide(path: Path, height: int = 20000, width: int = 20000, *
 
     if pyramid not in ("subifds", "pages"):
         raise ConfigError(f"pyramid must be 'subifds' or 'pages', got {pyramid!r}")
-    placed = make_regions(height, width, regions, region, seed)
+    placed = make_regions(height, width, regions, region, seed, patch)
     shapes = [(height, width)]
     while max(shapes[-1]) > tile:
         h, w = shapes[-1]
