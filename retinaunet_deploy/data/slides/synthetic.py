@@ -45,17 +45,22 @@ def make_regions(height: int, width: int, regions: int, region: int, seed: int,
     side = region / patch
     config = SyntheticConfig(size=patch, side_range=(side, side))
     rng = np.random.default_rng(seed)
-    placed: list[Region] = []
-    for index in range(regions):
-        for _ in range(1000):
+    for _ in range(1000):      # whole layouts drawn until one has its regions apart
+        corners: list[tuple[int, int]] = []
+        for _ in range(regions):
             top = int(rng.integers(0, height - region + 1))
             left = int(rng.integers(0, width - region + 1))
-            if all(abs(top - r.top) >= 2 * region or abs(left - r.left) >= 2 * region
-                   for r in placed):
+            if not all(abs(top - t) >= 2 * region or abs(left - le) >= 2 * region
+                       for t, le in corners):
                 break
-        else:
-            raise ConfigError(f"{regions} regions of {region} px do not fit apart on a "
-                              f"{height}x{width} slide")
+            corners.append((top, left))
+        if len(corners) == regions:
+            break
+    else:
+        raise ConfigError(f"{regions} regions of {region} px do not fit apart on a "
+                          f"{height}x{width} slide")
+    placed = []
+    for index, (top, left) in enumerate(corners):
         sample = synthetic_sample(config, seed, "test", index)
         placed.append(Region(top, left, sample.image[:region, :region, 0],
                              sample.instances[:region, :region]))
