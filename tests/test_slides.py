@@ -263,3 +263,34 @@ def test_bad_slides_are_one_line_and_nothing_is_written(slides, model, tmp_path,
                 "compression": f"Error: {path} is a TIFF compressed with 64999"}[case]
     assert lines[0].startswith(expected), lines[0]
     assert not out.exists()
+
+
+def test_a_slide_that_fails_midway_leaves_nothing_half_written(slides, model, tmp_path,
+                                                               monkeypatch):
+    """A tile that cannot be read stops the slide: one line naming it, no label file, no
+    GeoJSON, no temporary file or folder, no results line; the image before it is kept."""
+    from retinaunet_deploy.data.slides import Slide
+
+    image = tmp_path / "img.png"
+    Image.fromarray(np.full((80, 96), 60, np.uint8)).save(image)
+    real = Slide.read
+    calls = []
+
+    def failing(self, level, top, left, height, width):
+        calls.append(top)
+        if len(calls) > 3 and height > 100:    # past the thumbnail, into the tiles
+            raise DataError(f"cannot read {self.path} (level {level} at row {top}, column "
+                            f"{left}): broken tile; replace it with a valid slide")
+        return real(self, level, top, left, height, width)
+
+    monkeypatch.setattr(Slide, "read", failing)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["predict", str(model), str(image), str(slides[0]),
+                                      "--out", str(out), "--tile", "128"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"Error: cannot read {slides[0]} (level 0 at row")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "masks", "masks/img.png", "overlays", "overlays/img.png", "results.jsonl"]
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["name"] == "img"
