@@ -9,6 +9,9 @@ finished image and `--resume` can tell finished from unfinished.
                               in the run's order
     OUT/detections.json       the summary written at the end: artifact, runtime, and
                               per image path its entry
+    A whole-slide image (`predict.slides`) has masks/<name>.ome.tif and
+    detections/<name>.geojson instead of the PNGs, written by its own path and recorded
+    by `commit_outputs` (its entry lists them under ``outputs``).
 
 An image's entry: size [H, W]; mask and overlay (paths relative to OUT) and their
 sha256; tiled; class_pixels {class: count}; with detection heads, detections (box
