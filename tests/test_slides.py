@@ -294,3 +294,18 @@ def test_a_slide_that_fails_midway_leaves_nothing_half_written(slides, model, tm
         "masks", "masks/img.png", "overlays", "overlays/img.png", "results.jsonl"]
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["name"] == "img"
+
+
+def test_an_rgb_slide_for_a_grey_model_is_one_line(model, tmp_path):
+    rgb = np.zeros((300, 260, 3), np.uint8)
+    path = tmp_path / "rgb.tif"
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(rgb, tile=(64, 64), photometric="rgb")
+        writer.write(rgb[::2, ::2], tile=(64, 64), photometric="rgb", subfiletype=1)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["predict", str(model), str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        (f"Error: {path} (slide level 0): image has 3 channel(s), the model takes 1; save it "
+         f"as greyscale (1 channel)")]
+    assert not out.exists()
