@@ -67,8 +67,14 @@ class RegisteredRuntimes(click.Choice):
 @click.option("--resume", is_flag=True,
               help="Keep the images an earlier run into --out finished (same artifact and "
                    "options, outputs unchanged since) and do the rest.")
+@click.option("--level", type=click.IntRange(min=0), default=None,
+              help="Whole-slide images: the pyramid level to predict (0 = full resolution) "
+                   "[default: 0].")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Whole-slide images: predict the level of this resolution, micrometres "
+                   "per pixel (within 10%; from the file's metadata).")
 def predict(artifact, images, out_dir, threads, score_threshold, provider, runtime, tile,
-            overlap, max_detections, resume, ray_address):
+            overlap, max_detections, resume, ray_address, level, mpp):
     """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
     write masks, overlays, results.jsonl (one line per image, as each finishes) and
     detections.json (the summary, at the end).
@@ -76,6 +82,9 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
     IMAGES may also be volumes (.nii, .nii.gz, a DICOM series folder or .dcm file, a
     multi-page TIFF stack): predicted slice by slice into masks/NAME.nii.gz on the
     input's grid (and seg/NAME.dcm for DICOM, detections/NAME.json with 3D boxes).
+    Whole-slide images (tiled pyramidal TIFF/OME-TIFF, or formats OpenSlide reads: .svs,
+    .ndpi, .mrxs...) are predicted at --level or --mpp tile by tile, background skipped,
+    into masks/NAME.ome.tif (a label pyramid) and detections/NAME.geojson (QuPath).
 
     ARTIFACT may be a run folder: then the variant its bench recommended runs (the
     fastest that passed its gate on this machine, with its runtime).
@@ -83,6 +92,8 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
     from retinaunet_deploy.predict import predict_files
     from retinaunet_deploy.runtime import providers as ort_providers
 
+    if level is not None and mpp is not None:
+        raise click.UsageError("give --level or --mpp, not both")
     if provider != "auto" and (runtime != "auto" or artifact.is_dir()):
         raise click.UsageError("--provider applies to an .onnx file in ONNX Runtime only")
     chosen = {"auto": None, "cpu": [ort_providers.CPU],
@@ -94,15 +105,21 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
     results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
                             tile, overlap, runtime, resume=resume,
                             max_detections=max_detections, echo=click.echo,
-                            **_ray_executor(ray_address))
+                            level=level, mpp=mpp, **_ray_executor(ray_address))
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])
         size = "x".join(map(str, entry["size"])) + (", tiled" if entry["tiled"] else "")
-        click.echo(f"{path} ({size}): {len(found)} detection(s)"
-                   f"{': ' + summary if found else ''}")
-    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/, {out_dir}/results.jsonl and "
-               f"{out_dir}/detections.json")
+        if entry.get("kind") == "slide":
+            tiles = entry["tiles"]
+            size += (f", level {entry['level']}, {tiles['predicted']} of {tiles['total']} "
+                     f"tiles run, {tiles['skipped_background']} background")
+        click.echo(f"{path} ({size}): {entry.get('detection_count', len(found))} "
+                   f"detection(s){': ' + summary if found else ''}")
+    slides = any(entry.get("kind") == "slide" for entry in results.values())
+    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/, "
+               + (f"{out_dir}/detections/, " if slides else "")
+               + f"{out_dir}/results.jsonl and {out_dir}/detections.json")
 
 
 def _ray_executor(address: str | None) -> dict:

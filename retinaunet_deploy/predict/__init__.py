@@ -91,7 +91,8 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                   overlap: float | None = None, runtime: str = "auto", *,
                   resume: bool = False, max_detections: int | None = None,
                   executor: str = "pipelined", ray_address: str | None = None,
-                  echo: Callable[[str], None] | None = None) -> dict:
+                  echo: Callable[[str], None] | None = None, level: int | None = None,
+                  mpp: float | None = None) -> dict:
     """Run `artifact` on image files and write the outputs (`writer`); returns the
     per-image entries by path, in the order of `image_paths`.
 
@@ -115,6 +116,10 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             "sequential" (`stream.run_sequential`) or "ray" (`ray_runner.run_ray`: on
             the actors of the Ray cluster at `ray_address`, None: a local one).
         echo: prints a console line (None: stderr); warnings start with "warning: ".
+        level, mpp: the level of whole-slide inputs to predict, by index or by micrometres
+            per pixel (`data.slides.choose_level`; default level 0); slides are
+            predicted after the images, one at a time, on this process
+            (`predict.slides`); other inputs ignore them.
     Raises:
         InputError, DataError: bad inputs (all of them named, before anything is written).
         OutputError: the output folder or a file in it cannot be written.
@@ -142,29 +147,37 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
     with open_predictor(artifact, **options) as predictor:
         if predictor.tile_warning:
             echo(f"warning: {predictor.tile_warning}")
-        items = plan_inputs(list(image_paths), predictor)
+        items = plan_inputs(list(image_paths), predictor, level=level, mpp=mpp)
         header = {"artifact": str(artifact), "artifact_sha256": sha256_file(Path(artifact)),
                   "runtime": resolve(Path(artifact), runtime).name,
                   "options": {"score_threshold": predictor.detection_config.score_threshold,
                               "max_detections": max_detections, "tile": predictor.tile,
                               "overlap": predictor.overlap,
-                              "providers": None if providers is None else repr(providers)}}
+                              "providers": None if providers is None else repr(providers),
+                              **({"level": level} if level is not None else {}),
+                              **({"mpp": mpp} if mpp is not None else {})}}
         with ResultWriter(Path(out_dir), header=header, resume=resume,
                           calibration_range=_calibration_range(artifact)) as writer:
             todo = [item for item in items if not writer.is_done(item)]
             if resume and len(todo) < len(items):
                 echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already "
                      f"done in {out_dir}")
-            volumes = [item for item in todo if getattr(item, "kind", "") == "volume"]
-            images = [item for item in todo if getattr(item, "kind", "") != "volume"]
+            volumes = [item for item in todo if getattr(item, "kind", "image") == "volume"]
+            slides = [item for item in todo if getattr(item, "kind", "image") == "slide"]
+            images = [item for item in todo
+                      if getattr(item, "kind", "image") not in ("volume", "slide")]
             warn = lambda line: echo(f"warning: {line}")
-            if images:
+            if images or not (volumes or slides):
                 _executor(executor, artifact, options, ray_address)(
                     predictor, images, writer, warn)
             if volumes:   # slice by slice on this predictor (`predict.volumes`)
                 from retinaunet_deploy.predict.volumes import run_volumes
 
                 run_volumes(predictor, volumes, writer, warn)
+            if slides:    # tile by tile, background skipped (`predict.slides`)
+                from retinaunet_deploy.predict.slides import run_slides
+
+                run_slides(predictor, slides, writer, Path(out_dir), warn)
             return writer.finish(items)
 
 

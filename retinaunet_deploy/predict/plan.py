@@ -133,10 +133,24 @@ def _check_header(predictor, height: int, width: int, channels: int, dtype: np.d
     predictor.check_header(height, width, channels, dtype)
 
 
-def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
+def _slide_item(path: Path, name: str, predictor, level: int | None, mpp: float | None):
+    """The `predict.slides.SlideItem` of a whole-slide image (`data.slides.slide_kind`),
+    or None for any other file."""
+    from retinaunet_deploy.data.slides import slide_kind
+
+    if slide_kind(path) is None:
+        return None
+    from retinaunet_deploy.predict.slides import plan_slide
+
+    return plan_slide(path, name, predictor, level, mpp)
+
+
+def plan_inputs(paths: list[Path], predictor, level: int | None = None,
+                mpp: float | None = None) -> list[InputItem]:
     """Check every input by its header against `predictor`'s contract; name its outputs.
 
-    No pixels are kept and nothing is written.
+    No pixels are kept and nothing is written. A whole-slide image is planned as a
+    `predict.slides.SlideItem` at the level `level` or `mpp` chooses (default 0).
 
     Raises:
         InputError: one or more inputs cannot be predicted (unreadable, wrong size,
@@ -152,6 +166,10 @@ def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
 
     for path, name in zip(paths, names):
         try:
+            slide = _slide_item(path, name, predictor, level, mpp)
+            if slide is not None:     # a pyramid: `predict.slides` plans and runs it
+                items.append(slide)
+                continue
             if volume_readable(path):   # a volume: `predict.volumes` plans and runs it
                 items.append(plan_volume(path, name, predictor))
                 continue

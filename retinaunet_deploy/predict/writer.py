@@ -9,6 +9,9 @@ finished image and `--resume` can tell finished from unfinished.
                               in the run's order
     OUT/detections.json       the summary written at the end: artifact, runtime, and
                               per image path its entry
+    A whole-slide image (`predict.slides`) has masks/<name>.ome.tif and
+    detections/<name>.geojson instead of the PNGs, written by its own path and recorded
+    by `commit_outputs` (its entry lists them under ``outputs``).
 
 An image's entry: size [H, W]; mask and overlay (paths relative to OUT) and their
 sha256; tiled; class_pixels {class: count}; with detection heads, detections (box
@@ -181,7 +184,9 @@ class ResultWriter:
         line = self.done.get(str(item.path))
         if line is None or line.get("name") != item.name:
             return False
-        recorded = line.get("files") or {line[k]: line[f"{k}_sha256"] for k in ("mask", "overlay")}
+        recorded = line.get("files") or {   # a volume's; else keys naming files
+            line[kind]: line[f"{kind}_sha256"]
+            for kind in line.get("outputs", ("mask", "overlay"))}   # a slide's: mask, geojson
         for relative, sha in recorded.items():
             path = self.out_dir / relative
             if not path.is_file() or sha256_file(path) != sha:
@@ -299,7 +304,19 @@ class ResultWriter:
         not a mask and overlay PNG (volumes, slides). Raises `OutputError` as `write`."""
         saved = {relative: self._save(self.out_dir / relative, data)
                  for relative, data in files.items()}
-        entry = {"name": item.name, **entry, "files": saved}
+        return self.commit_outputs(item, {**entry, "files": saved})
+
+    def commit_outputs(self, item, entry: dict) -> dict:
+        """Append the line of an input whose files are already written atomically (a slide's,
+        by `predict.slides`; a volume's, by `commit_files`); `entry` lists them under
+        ``files`` {path: sha256} or ``outputs`` (keys whose values are paths relative to
+        OUT, each with its ``<key>_sha256``), so `is_done` checks them.
+        Returns the entry (with ``name``).
+
+        Raises:
+            OutputError: results.jsonl cannot be written.
+        """
+        entry = {"name": item.name, **entry}
         self._append({"path": str(item.path), **entry})
         self.entries[str(item.path)] = entry
         return entry
