@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from retinaunet_deploy.cli import cli
@@ -69,3 +70,26 @@ def test_public_api_at_the_top_without_importing_tensorflow():
             "try:\n    retinaunet_deploy.Nope\nexcept AttributeError:\n    pass\n"
             "else:\n    raise SystemExit('no AttributeError')\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--soak", "--images", "8"], "--images would be ignored with --soak"),
+    (["--serve-load", "--soak-minutes", "1"], "--soak-minutes would be ignored with --serve-load"),
+    (["--folder-images", "16", "--callers", "3"], "--callers would be ignored without"),
+    (["--soak", "--serve-load"], "--soak and --serve-load are separate bench modes"),
+])
+def test_bench_refuses_an_option_its_mode_would_ignore(tmp_path, args, named):
+    """Each bench mode reads only some options; one it would drop is a usage error,
+    before any work (no report folder is made)."""
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--out",
+                                      str(tmp_path / "report"), *args])
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+    assert not (tmp_path / "report").exists()
+
+
+def test_bench_latency_only_refuses_run_options():
+    result = CliRunner().invoke(cli, ["bench", "--latency-only", "--preset", "tiny",
+                                      "--sweep-sizes", "128"])
+    assert result.exit_code == 2
+    assert "--sweep-sizes would be ignored with --latency-only" in result.output

@@ -214,15 +214,12 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
 
     if latency_only != (preset is not None) or latency_only == (run_dir is not None):
         raise click.UsageError("give either RUN_DIR, or --latency-only with --preset")
+    _refuse_unused_options(click.get_current_context())
     if soak:
-        if latency_only:
-            raise click.UsageError("--soak takes RUN_DIR, not --latency-only")
         _soak(run_dir, out_dir or Path("bench/soak"), soak_artifact, soak_minutes, threads,
               callers)
         return
     if serve_load:
-        if latency_only:
-            raise click.UsageError("--serve-load takes RUN_DIR, not --latency-only")
         _serve_load(run_dir, out_dir or Path("bench/serve"), serve_artifact, serve_images,
                     serve_options, threads)
         return
@@ -280,6 +277,38 @@ def _folder_options(on: bool, artifacts: str, images: int, latency_only: bool) -
     if latency_only:
         raise click.UsageError("--folder-throughput takes RUN_DIR, not --latency-only")
     return {"folder_artifacts": folder_artifacts(artifacts), "folder_images": images}
+
+
+# What each bench mode reads, so that an option it would ignore is refused, not dropped.
+_COMMON = {"run_dir", "out_dir", "threads"}
+_TIMING = {"batch_sizes", "rounds", "min_seconds", "backends", "no_limits"}
+_BENCH_MODES = {
+    "soak": _COMMON | {"soak_minutes", "callers", "soak_artifact"},
+    "serve_load": _COMMON | {"serve_artifact", "serve_images", "serve_options"},
+    "latency_only": _COMMON | _TIMING | {"preset", "sizes"},
+    None: _COMMON | _TIMING | {"images", "sweep_sizes", "sweep_tile", "no_size_sweep",
+                               "folder_throughput", "folder_artifacts", "folder_images"},
+}
+
+
+def _refuse_unused_options(ctx: click.Context) -> None:
+    """A UsageError naming the options the chosen bench mode (--soak, --serve-load,
+    --latency-only, or the full bench) would ignore, or two modes given at once."""
+    from click.core import ParameterSource
+
+    modes = [mode for mode in _BENCH_MODES if mode and ctx.params[mode]]
+    flag = {param.name: param.opts[0] for param in ctx.command.params}
+    if len(modes) > 1:
+        raise click.UsageError(f"{' and '.join(flag[m] for m in modes)} are separate bench "
+                               f"modes; run them one at a time")
+    mode = modes[0] if modes else None
+    ignored = [flag[name] for name in ctx.params
+               if name not in _BENCH_MODES[mode] and name != mode
+               and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if ignored:
+        what = f"with {flag[mode]}" if mode else "without --soak, --serve-load or --latency-only"
+        raise click.UsageError(f"{', '.join(ignored)} would be ignored {what}; leave "
+                               f"{'it' if len(ignored) == 1 else 'them'} out")
 
 
 def _soak(run_dir, out_dir, artifact, minutes, threads, callers):
