@@ -267,12 +267,14 @@ def test_calibrate_writes_a_gated_twin_of_every_variant(tiny_calibrated):
 
 
 def test_bench_times_the_graph_against_numpy_and_leaves_e2e_files_out_of_the_rows(
-        tiny_calibrated):
+        tiny_calibrated, tmp_path):
     from retinaunet_deploy.bench.e2e import markdown_section, measure_end_to_end
     from retinaunet_deploy.bench.rows import _bench_files
     from retinaunet_deploy.runtime.registry import runtime_named
 
-    run, _ = tiny_calibrated
+    run = tmp_path / "run"
+    shutil.copytree(tiny_calibrated[0], run)
+    (run / names.FP16_ONNX).write_bytes(b"\x08\x07not an onnx model")
     card = load_card(run)
     recorded = list(load_manifest(run)["artifacts"])
     assert not any(names.is_end_to_end(f)
@@ -282,10 +284,13 @@ def test_bench_times_the_graph_against_numpy_and_leaves_e2e_files_out_of_the_row
     figures = measure_end_to_end(run, card, images, (1,), threads=2, rounds=2, min_seconds=0)
     assert {p["e2e"] for p in figures["pairs"]} == {names.E2E_ONNX, names.FP16_E2E_ONNX,
                                                     names.INT8_E2E_ONNX}
-    timed = figures["pairs"][0]["latency"]["1"]
+    pairs = {p["e2e"]: p for p in figures["pairs"]}
+    assert "model.fp16.onnx changed since" in pairs[names.FP16_E2E_ONNX]["failed"]
+    timed = pairs[names.INT8_E2E_ONNX]["latency"]["1"]
     assert timed["network + graph"]["runs"] >= 2 and "graph_ms" in timed
     lines = markdown_section(figures)
     assert lines[1] == "## Post-processing in the graph vs numpy" and len(lines) == 10
+    assert any("failed: " in line for line in lines)
 
 
 def test_detections_of_an_e2e_file_keep_the_capped_contract():
