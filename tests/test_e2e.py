@@ -100,6 +100,24 @@ def test_graph_detections_are_the_numpy_postprocess(exported, size):
         np.testing.assert_array_equal(e2e["labels"][i], plain["mask"][i].argmax(-1))
 
 
+def test_openvino_runs_the_file_like_onnx_runtime_with_its_dtypes(exported):
+    from retinaunet_deploy.runtime.openvino import OpenVINOBackend
+
+    run, card = exported
+    image = _test_images(card, 1)[0][:64, :80].astype(np.float32)[None]
+    expected = _run(_session(run / names.E2E_ONNX), image)
+    with OpenVINOBackend(run / names.E2E_ONNX, threads=2) as backend:
+        outputs = backend.run(image)
+    assert {k: v.dtype for k, v in outputs.items()} == {k: v.dtype for k, v in expected.items()}
+    n = int(expected["num_detections"][0, 0])
+    assert n > 0 and int(outputs["num_detections"][0, 0]) == n
+    np.testing.assert_array_equal(outputs["detection_classes"], expected["detection_classes"])
+    np.testing.assert_allclose(outputs["detection_boxes"], expected["detection_boxes"], atol=1e-3)
+    np.testing.assert_allclose(outputs["detection_scores"], expected["detection_scores"],
+                               atol=1e-5)
+    assert (outputs["labels"] == expected["labels"]).mean() > 0.999
+
+
 def test_a_twin_that_misses_its_gate_is_refused_and_its_stale_file_forgotten(
         run_copy, monkeypatch):
     """A graph made with another IoU threshold than the card's is refused in one line;
