@@ -315,3 +315,19 @@ def test_detections_of_an_e2e_file_keep_the_capped_contract():
     dets = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                       np.zeros(0, np.int32), graph_capped=2)
     assert dets.capped and len(dets) == 0
+
+
+def test_calibrate_prints_a_line_for_each_twin(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from retinaunet_deploy.cli import cli
+    from retinaunet_deploy.export import calibration
+
+    figures = {"images": 16, "matched_fraction": 0.999, "max_score_difference": 1e-7,
+               "label_pixels_differing": 0, "passed": True, "written": True}
+    report = {"variants": {names.INT8_E2E_ONNX: figures}, "evaluation": {"warning": None}}
+    monkeypatch.setattr(calibration, "calibrate", lambda *args, **kwargs: report)
+    result = CliRunner().invoke(cli, ["calibrate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (f"{names.INT8_E2E_ONNX} (written; vs the numpy post-process; 16 whole test "
+            f"images): 99.90% of boxes matched") in result.output
