@@ -100,6 +100,24 @@ def test_graph_detections_are_the_numpy_postprocess(exported, size):
         np.testing.assert_array_equal(e2e["labels"][i], plain["mask"][i].argmax(-1))
 
 
+def test_openvino_runs_the_file_like_onnx_runtime_with_its_dtypes(exported):
+    from retinaunet_deploy.runtime.openvino import OpenVINOBackend
+
+    run, card = exported
+    image = _test_images(card, 1)[0][:64, :80].astype(np.float32)[None]
+    expected = _run(_session(run / names.E2E_ONNX), image)
+    with OpenVINOBackend(run / names.E2E_ONNX, threads=2) as backend:
+        outputs = backend.run(image)
+    assert {k: v.dtype for k, v in outputs.items()} == {k: v.dtype for k, v in expected.items()}
+    n = int(expected["num_detections"][0, 0])
+    assert n > 0 and int(outputs["num_detections"][0, 0]) == n
+    np.testing.assert_array_equal(outputs["detection_classes"], expected["detection_classes"])
+    np.testing.assert_allclose(outputs["detection_boxes"], expected["detection_boxes"], atol=1e-3)
+    np.testing.assert_allclose(outputs["detection_scores"], expected["detection_scores"],
+                               atol=1e-5)
+    assert (outputs["labels"] == expected["labels"]).mean() > 0.999
+
+
 def test_a_twin_that_misses_its_gate_is_refused_and_its_stale_file_forgotten(
         run_copy, monkeypatch):
     """A graph made with another IoU threshold than the card's is refused in one line;
@@ -267,12 +285,14 @@ def test_calibrate_writes_a_gated_twin_of_every_variant(tiny_calibrated):
 
 
 def test_bench_times_the_graph_against_numpy_and_leaves_e2e_files_out_of_the_rows(
-        tiny_calibrated):
+        tiny_calibrated, tmp_path):
     from retinaunet_deploy.bench.e2e import markdown_section, measure_end_to_end
     from retinaunet_deploy.bench.rows import _bench_files
     from retinaunet_deploy.runtime.registry import runtime_named
 
-    run, _ = tiny_calibrated
+    run = tmp_path / "run"
+    shutil.copytree(tiny_calibrated[0], run)
+    (run / names.FP16_ONNX).write_bytes(b"\x08\x07not an onnx model")
     card = load_card(run)
     recorded = list(load_manifest(run)["artifacts"])
     assert not any(names.is_end_to_end(f)
@@ -282,13 +302,32 @@ def test_bench_times_the_graph_against_numpy_and_leaves_e2e_files_out_of_the_row
     figures = measure_end_to_end(run, card, images, (1,), threads=2, rounds=2, min_seconds=0)
     assert {p["e2e"] for p in figures["pairs"]} == {names.E2E_ONNX, names.FP16_E2E_ONNX,
                                                     names.INT8_E2E_ONNX}
-    timed = figures["pairs"][0]["latency"]["1"]
+    pairs = {p["e2e"]: p for p in figures["pairs"]}
+    assert "model.fp16.onnx changed since" in pairs[names.FP16_E2E_ONNX]["failed"]
+    timed = pairs[names.INT8_E2E_ONNX]["latency"]["1"]
     assert timed["network + graph"]["runs"] >= 2 and "graph_ms" in timed
     lines = markdown_section(figures)
     assert lines[1] == "## Post-processing in the graph vs numpy" and len(lines) == 10
+    assert any("failed: " in line for line in lines)
 
 
 def test_detections_of_an_e2e_file_keep_the_capped_contract():
     dets = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                       np.zeros(0, np.int32), graph_capped=2)
     assert dets.capped and len(dets) == 0
+
+
+def test_calibrate_prints_a_line_for_each_twin(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from retinaunet_deploy.cli import cli
+    from retinaunet_deploy.export import calibration
+
+    figures = {"images": 16, "matched_fraction": 0.999, "max_score_difference": 1e-7,
+               "label_pixels_differing": 0, "passed": True, "written": True}
+    report = {"variants": {names.INT8_E2E_ONNX: figures}, "evaluation": {"warning": None}}
+    monkeypatch.setattr(calibration, "calibrate", lambda *args, **kwargs: report)
+    result = CliRunner().invoke(cli, ["calibrate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (f"{names.INT8_E2E_ONNX} (written; vs the numpy post-process; 16 whole test "
+            f"images): 99.90% of boxes matched") in result.output

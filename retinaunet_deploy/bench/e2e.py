@@ -18,6 +18,7 @@ The post-process costs are the differences from ``network`` (``numpy_ms``,
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,14 @@ def end_to_end_pairs(run_dir: Path, recorded: list[str]) -> list[tuple[str, str]
 
 def measure_end_to_end(run_dir: Path, card: ModelCard, images: np.ndarray, batch_sizes,
                        threads: int, rounds: int, min_seconds: float, say=None) -> dict:
-    """The section's figures: {"runtime", "input", "pairs": [{plain, e2e, batch -> mode ->
-    `timing.summarize` figures, plus ``numpy_ms`` and ``graph_ms``}]}; {} without
-    end-to-end files. `images` are (n, H, W, C) float32 pixels of one size."""
-    from retinaunet_deploy.artifacts import load_manifest
+    """The section's figures: {"runtime", "input", "pairs": [{plain, e2e, latency: batch ->
+    mode -> `timing.summarize` figures, plus ``numpy_ms`` and ``graph_ms``}]}; {} without
+    end-to-end files. A pair whose e2e file or parent is missing, changed since recorded
+    or unreadable has ``failed`` (the one-line reason) instead of figures. `images` are
+    (n, H, W, C) float32 pixels of one size."""
+    from retinaunet_deploy import remake
+    from retinaunet_deploy.artifacts import load_manifest, verify_lineage
+    from retinaunet_deploy.errors import ArtifactError
     from retinaunet_deploy.model.anchors import generate_anchors
     from retinaunet_deploy.postprocess import decode_detections
     from retinaunet_deploy.runtime.backends import OnnxRuntimeBackend
@@ -63,16 +68,24 @@ def measure_end_to_end(run_dir: Path, card: ModelCard, images: np.ndarray, batch
     results = []
     for plain, e2e in pairs:
         say(f"post-processing in the graph ({e2e}) against numpy ({plain})")
-        with OnnxRuntimeBackend(run_dir / plain, threads, providers=[CPU]) as base, \
-                OnnxRuntimeBackend(run_dir / e2e, threads, providers=[CPU]) as twin:
-            figures = {"plain": plain, "e2e": e2e, "latency": {}}
+        figures = {"plain": plain, "e2e": e2e, "latency": {}}
+        with contextlib.ExitStack() as stack:
+            try:  # a changed or broken file is a failed pair (its reason), not a failed bench
+                for file in (plain, e2e):
+                    verify_lineage(run_dir, file, remake.command_for(run_dir / file) or "")
+                base, twin = (stack.enter_context(OnnxRuntimeBackend(run_dir / file, threads,
+                                                                     providers=[CPU]))
+                              for file in (plain, e2e))
+            except ArtifactError as error:
+                results.append({**figures, "failed": str(error)})
+                continue
             for batch_size in batch_sizes:
                 batch = np.ascontiguousarray(
                     np.resize(images, (batch_size, *images.shape[1:])), np.float32)
                 timed = interleaved_latency({
-                    MODES[0]: lambda b=batch: base.run(b),
-                    MODES[1]: lambda b=batch: numpy_after(base, b),
-                    MODES[2]: lambda b=batch: twin.run(b)},
+                    MODES[0]: lambda b=batch, n=base: n.run(b),
+                    MODES[1]: lambda b=batch, n=base: numpy_after(n, b),
+                    MODES[2]: lambda b=batch, n=twin: n.run(b)},
                     rounds=rounds, warmup=2, min_seconds=min_seconds, batch_size=batch_size)
                 network = timed[MODES[0]]["p50_ms"]
                 timed["numpy_ms"] = timed[MODES[1]]["p50_ms"] - network
@@ -93,6 +106,9 @@ def markdown_section(figures: dict) -> list[str]:
     lines = ["", "## Post-processing in the graph vs numpy", "", intro, "", header,
              "|---|---|---|---|---|---|---|"]
     for pair in figures["pairs"]:
+        if "failed" in pair:
+            lines.append(f"| {pair['e2e']} vs {pair['plain']} | failed: {pair['failed']} "
+                         f"||||||")
         for batch, timed in pair["latency"].items():
             lines.append(f"| {pair['e2e']} vs {pair['plain']} | {batch} | "
                          + " | ".join(f"{timed[m]['p50_ms']:.2f}" for m in MODES)

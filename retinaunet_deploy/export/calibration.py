@@ -13,6 +13,10 @@ Outputs in the run folder (each recorded in the manifest with its figures):
   and is faster on this CPU than the Q/DQ model.
 * ``model.int8.tflite``: full-int8 LiteRT from ``model.keras`` (`export.cpu_runtimes`),
   judged as LiteRT runs it; refused with its figures when it misses.
+* ``model.fp16.e2e.onnx``, ``model.int8.e2e.onnx``: the end-to-end twins of the two
+  above (post-process in the graph, `export.e2e`), gated against the numpy
+  post-process on their parent's outputs (`export.e2e_gate`); a twin that misses
+  is recorded with its reason and not written.
 * runtime variants (no file): every registered runtime with ``judged_files``
   (OpenVINO int8 on model.int8.onnx, bf16 on model.onnx), in the manifest's
   ``runtime_variants``.

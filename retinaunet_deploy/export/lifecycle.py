@@ -8,7 +8,8 @@ one place a variant goes through its life:
    file into the work folder (never under the artifact's name);
 2. **judge**: the candidate runs in ``variant.judged.runtime`` on the whole
    held-out test images, through the `Predictor` as apps run it, against the
-   stored float reference and the targets of its precision;
+   stored float reference and the targets of its precision (an entry with its own
+   ``gate``, an end-to-end twin, is judged by that instead);
 3. **write or refuse**: a candidate that passes (and the structural checks and
    keep-verdict of its entry) is copied atomically under its name; a refused one
    is not, and a stale file of that name from an earlier run is forgotten. A

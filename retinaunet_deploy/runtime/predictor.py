@@ -334,7 +334,8 @@ class Predictor:
         detections = self.decode(outputs, (h, w))
         if self.end_to_end:  # labels, not probabilities; the graph's M, the scaled cap
             cap = self.config_for(h, w).max_detections
-            return outputs["labels"][:, :h, :w], [e2e.capped(d, cap) for d in detections]
+            labels = np.asarray(outputs["labels"][:, :h, :w], np.uint8)  # (TensorRT: float)
+            return labels, [e2e.capped(d, cap) for d in detections]
         return outputs["mask"][:, :h, :w], detections
 
     def tile_layout(self, height: int, width: int) -> tiling.TileLayout:
