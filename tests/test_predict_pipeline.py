@@ -177,3 +177,31 @@ def test_memory_is_bounded_by_the_queues_not_the_number_of_inputs(monkeypatch):
     bound = ((pipeline.DEPTH + 2) * predictor.batch_size + pipeline.DEPTH
              + pipeline.RENDERERS + 1)
     assert max(writer.ahead) <= bound < len(items)
+
+
+def test_an_end_to_end_graph_that_filled_its_rows_is_recorded_as_capped(tmp_path):
+    """An e2e graph call that returned all M rows may have found more: the image's line
+    says so (detections_capped, graph_calls_capped) with a warning, as for the numpy cap."""
+    from types import SimpleNamespace
+
+    from retinaunet_deploy.postprocess import Detections
+    from retinaunet_deploy.predict.writer import ResultWriter
+    from retinaunet_deploy.runtime.predictor import Prediction
+
+    predictor = SimpleNamespace(class_names=["background", "disk"], det_class_names=["disk"],
+                                pixel_max=255, fits_whole=lambda h, w: True)
+    item = _items(1)[0]
+    image = np.zeros((16, 16, 1), np.uint8)
+    writer = ResultWriter(tmp_path / "out", header={}, resume=False)
+    try:
+        for graph_capped in (0, 2):
+            boxes = np.array([[1, 1, 5, 5]], np.float32)
+            detections = Detections(boxes, np.array([0.9], np.float32),
+                                    np.array([0], np.int32), graph_capped=graph_capped)
+            prediction = Prediction(np.zeros((16, 16), np.uint8), detections)
+            entry = writer.render(item, image, prediction, predictor).entry
+            assert entry["detections_capped"] is bool(graph_capped)
+            assert entry.get("graph_calls_capped", 0) == graph_capped
+            assert any("end-to-end" in w for w in entry["warnings"]) is bool(graph_capped)
+    finally:
+        writer.close()

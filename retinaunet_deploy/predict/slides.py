@@ -246,7 +246,7 @@ def predict_slide(predictor, item: SlideItem, out_dir: Path, *,
         entry["detection_count"] = count
         entry["detections_by_class"] = {n: int(np.sum(detections.classes == i))
                                         for i, n in enumerate(det_names)}
-        entry["detections_capped"] = bool(detections.dropped)
+        entry["detections_capped"] = bool(detections.dropped or detections.graph_capped)
         entry["detections_before_cap"] = count + int(detections.dropped)
         if detections.dropped:
             warnings.append(f"{item.path}: {count} detections kept of "

@@ -261,8 +261,13 @@ class ResultWriter:
                 {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4),
                  "class": names[cls] if cls < len(names) else int(cls)}
                 for box, score, cls in zip(dets.boxes, dets.scores, dets.classes)]
-            entry["detections_capped"] = bool(dets.dropped)
+            entry["detections_capped"] = bool(dets.dropped or dets.graph_capped)
             entry["detections_before_cap"] = len(dets) + int(dets.dropped)
+            if dets.graph_capped:
+                entry["graph_calls_capped"] = int(dets.graph_capped)
+                warnings.append(f"{item.path}: {dets.graph_capped} end-to-end graph call(s) "
+                                f"filled all their detection rows, so more may have been "
+                                f"found; run the plain file, or --tile at the patch size")
             if dets.dropped:
                 warnings.append(f"{item.path}: {len(dets)} detections kept of "
                                 f"{len(dets) + dets.dropped} found (the per-image cap); "
