@@ -31,6 +31,7 @@ from retinaunet_deploy.data.sources import Splits, source_for
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.label_rules import Labels
 from retinaunet_deploy.names import CARD, KERAS
+from retinaunet_deploy.normalization import CHOICES
 
 
 @dataclass
@@ -71,6 +72,8 @@ class TrainOptions:
     border_fraction: float = 0.0   # patches reaching past the image edge (`data.patches`)
     patience: int = 4
     seed: int = 0
+    normalization: str = "auto"    # `normalization.CHOICES`: auto, global, zscore, ct
+    axis: int | None = None        # volume datasets: the slicing axis (None: 2)
 
     def __post_init__(self):
         for name in ("epochs", "steps_per_epoch", "batch_size", "train_images", "val_images",
@@ -86,6 +89,12 @@ class TrainOptions:
         if not 0 <= self.foreground_fraction <= 1:
             raise ConfigError(f"foreground fraction must be in [0, 1], got "
                               f"{self.foreground_fraction}")
+        if self.normalization not in CHOICES:
+            raise ConfigError(f"--normalization must be one of {list(CHOICES)}, got "
+                              f"{self.normalization!r}")
+        if self.axis is not None and self.axis not in (0, 1, 2):
+            raise ConfigError(f"--axis must be 0, 1 or 2 (the volume's array axis the 2D "
+                              f"slices are taken along), got {self.axis}")
         self.labels  # noqa: B018 (checks the label rules)
 
     @property
@@ -236,9 +245,11 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     from retinaunet_deploy.artifacts import atomic_path
     from retinaunet_deploy.data.labels import foreground_pixels
     from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
+    from retinaunet_deploy.data.splits import normalized_samples
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.model.anchors import generate_anchors
     from retinaunet_deploy.model.losses import FocalLoss, MaskLoss, SmoothL1Loss
+    from retinaunet_deploy.normalization import choose_scheme, fit_normalization, pixel_max_for
     from retinaunet_deploy.postprocess import DetectionConfig
     from retinaunet_deploy.runtime.backends import KerasBackend
     from retinaunet_deploy.runtime.predictor import Predictor
@@ -252,13 +263,17 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     channels, pixel_dtype = first.shape[2], first.dtype
     num_classes = len(splits.class_names)
 
-    # Normalisation from the training pixels, applied in-graph: x * scale + offset.
-    pixels = np.concatenate([s.image.reshape(-1).astype(np.float64) for s in splits.train])
-    mean, std = float(pixels.mean()), float(pixels.std()) or 1.0
-    del pixels
+    # The normalisation scheme (`normalization`): for 8/16-bit images the training pixels'
+    # mean and std, applied in-graph (x * scale + offset); otherwise applied before the
+    # graph by `normalization.normalize`, so the training patches are cut from whole
+    # images normalised by it, as every runtime and the calibration normalise them.
+    norm = fit_normalization(choose_scheme(options.normalization, pixel_dtype),
+                             [s.image for s in splits.train], [s.mask for s in splits.train],
+                             options.labels.void, options.seed)
     builder = RetinaUNet.from_preset(options.preset, (options.size, options.size, channels),
                                      num_classes, detection=options.detection,
-                                     input_scale=1.0 / std, input_offset=-mean / std)
+                                     input_scale=norm.scale if norm.in_graph else None,
+                                     input_offset=norm.offset if norm.in_graph else None)
     anchor_config = builder.anchor_config
     card_json = {
         "card_version": CARD_VERSION,
@@ -269,9 +284,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
         "input": {"name": "image", "layout": "NHWC", "height": None, "width": None,
                   "channels": channels, "dtype": "float32", "stride": builder.stride,
                   "patch_size": options.size, "pixel_dtype": str(pixel_dtype),
-                  "pixel_max": int(np.iinfo(pixel_dtype).max)},
-        "normalization": {"in_graph": True, "mean": mean, "std": std,
-                          "scale": builder.input_scale, "offset": builder.input_offset},
+                  "pixel_max": pixel_max_for(pixel_dtype, [s.image for s in splits.train])},
+        "normalization": norm.to_dict(),
         "anchors": anchor_config.to_dict() if anchor_config else None,
         "postprocess": DetectionConfig().to_dict() if anchor_config else None,
         "data": splits.description,
@@ -298,9 +312,10 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
                                  options.border_fraction, builder.stride)
     anchors = (generate_anchors(anchor_config, (options.size, options.size))
                if anchor_config else None)
-    batches = PatchBatches(splits.train, patch_options, options.batch_size, anchors,
-                           builder.num_det_classes, mean, std, np.iinfo(pixel_dtype).max,
-                           seed=options.seed)
+    batches = PatchBatches(normalized_samples(splits.train, norm), patch_options,
+                           options.batch_size, anchors, builder.num_det_classes,
+                           *((norm.mean, norm.std, card.input.pixel_max) if norm.in_graph
+                             else (0.0, 1.0, None)), seed=options.seed)
     # A validation split without foreground cannot choose an epoch (its Dice is n/a or 0
     # whatever the model): then no selection and no early stop; the card says why.
     figures, callbacks = None, []

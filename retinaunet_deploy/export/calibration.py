@@ -104,7 +104,8 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
     calib = calibration_images(card, options.quantisation.calibration_images)
     # What the INT8 files were calibrated on, for the out-of-calibration guard at predict
     # time (`runtime.calibration_range`); also inside each INT8 ONNX file.
-    intensity = intensity_record(calib, card.input.pixel_max)
+    intensity = intensity_record(calib, card.input.pixel_max,
+                                 normalization=card.normalization)
     report = {"parent": {"file": ONNX, "sha256": onnx_sha},
               "options": options.record(), "targets": options.targets_for("int8").to_dict(),
               "targets_by_precision": options.targets_by_precision(),
