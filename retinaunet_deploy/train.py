@@ -118,6 +118,9 @@ def load_splits(options: TrainOptions) -> Splits:
         raise ConfigError(f"--label-map and --ignore-index apply to masks read from files; "
                           f"--data {options.data} makes its masks as classes 0..K-1: leave "
                           f"them out")
+    if options.axis is not None and not source.takes_axis:
+        raise ConfigError(f"--axis applies to volume datasets; --data {options.data} holds 2D "
+                          f"images: leave it out")
     splits = source.split(options)
     check_training_split(splits.train, options.labels,
                          splits.description.get("path") or options.data)
@@ -213,6 +216,13 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
         warnings.append(f"--ignore-index {options.labels.ignore_index}: no mask holds that "
                         f"value, so no pixel is void; check the value")
     warnings += label_map_warnings(splits.description, options.labels)
+    if splits.description.get("split_by") == "slab":
+        slab = splits.description["slab"]
+        warnings.append(f"one or two volumes: split in slabs of {slab['slices']} slices along "
+                        f"axis {splits.description['axis']} ({slab['gap']} slices left out next "
+                        f"to a slab of another split): the held-out slices come from the same "
+                        f"subject as the training slices, so the figures measure generalisation "
+                        f"across slices, not across subjects")
     consequence = {"validation": "no epoch was chosen by validation figures (the last "
                                  "epoch's weights are kept)",
                    "test": "the test figures have no object to measure (Dice n/a, or 0 for "
@@ -246,6 +256,7 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     from retinaunet_deploy.data.labels import foreground_pixels
     from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
     from retinaunet_deploy.data.splits import normalized_samples
+    from retinaunet_deploy.data.volume_source import split_counts
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.model.anchors import generate_anchors
     from retinaunet_deploy.model.losses import FocalLoss, MaskLoss, SmoothL1Loss
@@ -351,6 +362,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
             "options": asdict(options),
             "patches": asdict(patch_options),
             "images": {name: len(getattr(splits, name)) for name in ("train", "val", "test")},
+            **({"volumes_and_slices": splits.description["counts"]}
+               if "counts" in splits.description and "axis" in splits.description else {}),
             "epochs_run": len(history.history["loss"]),
             "best_epoch": figures.best_epoch + 1 if chosen else None,
             "best_val_score": round(float(figures.best_score), 4) if chosen else None,
@@ -359,7 +372,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
             **history_block,
             "tensorflow": tf.__version__, "keras": keras.__version__,
         },
-        "evaluation": {"split": "test", "whole_images": True, **evaluation},
+        "evaluation": {"split": "test", "whole_images": True,
+                       **split_counts(splits.description, splits.test), **evaluation},
         "warnings": warnings,
     })
     record_artifact(out_dir, KERAS, "train", options=asdict(options),
