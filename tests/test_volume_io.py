@@ -35,7 +35,8 @@ def write_series(folder: Path, array: np.ndarray, *, spacing=(0.75, 0.6), step=2
     """A DICOM series folder of `array` (I columns, J rows, K slices), one file per slice,
     axial (row direction +x, column direction +y in LPS), files in shuffled order.
 
-    Stored values are ``(array - intercept) / slope`` (uint16, or int16 for negatives).
+    Stored values are ``(array - intercept) / slope`` (uint8 for a uint8 array, else uint16,
+    or int16 for negatives).
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -46,7 +47,8 @@ def write_series(folder: Path, array: np.ndarray, *, spacing=(0.75, 0.6), step=2
     frame_uid = generate_uid()
     stored = np.round((array.astype(np.float64) - intercept) / slope)
     signed = stored.min() < 0
-    dtype = np.int16 if signed else np.uint16
+    dtype = np.uint8 if array.dtype == np.uint8 else np.int16 if signed else np.uint16
+    bits = np.dtype(dtype).itemsize * 8
     count = array.shape[2]
     positions = positions if positions is not None else [origin[2] + k * step
                                                          for k in range(count)]
@@ -71,7 +73,7 @@ def write_series(folder: Path, array: np.ndarray, *, spacing=(0.75, 0.6), step=2
         ds.SliceThickness = step
         ds.Rows, ds.Columns = array.shape[1], array.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
         ds.PixelRepresentation = int(signed)
         if (slope, intercept) != (1.0, 0.0):
             ds.RescaleSlope, ds.RescaleIntercept = slope, intercept

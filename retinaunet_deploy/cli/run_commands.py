@@ -35,7 +35,7 @@ class RegisteredRuntimes(click.Choice):
 @cli.command()
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+                type=click.Path(exists=True, path_type=Path))
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               metavar="[ADDRESS]",
               help="Predict on a Ray cluster's actors (one Predictor each; outputs as a local "
@@ -72,6 +72,10 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
     """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
     write masks, overlays, results.jsonl (one line per image, as each finishes) and
     detections.json (the summary, at the end).
+
+    IMAGES may also be volumes (.nii, .nii.gz, a DICOM series folder or .dcm file, a
+    multi-page TIFF stack): predicted slice by slice into masks/NAME.nii.gz on the
+    input's grid (and seg/NAME.dcm for DICOM, detections/NAME.json with 3D boxes).
 
     ARTIFACT may be a run folder: then the variant its bench recommended runs (the
     fastest that passed its gate on this machine, with its runtime).

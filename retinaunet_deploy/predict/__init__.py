@@ -99,7 +99,9 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
         artifact: a file, or a run folder: then the file and runtime its bench
             recommended (``recommendation.json``: the fastest that passed its gate here),
             said through `echo`.
-        image_paths: PNG/TIFF (any registered format) files of any size.
+        image_paths: PNG/TIFF (any registered format) files of any size, and volumes
+            (NIfTI, DICOM series folders or files, TIFF stacks: `predict.volumes`, run
+            slice by slice on this process's predictor whatever the executor).
         providers: ONNX Runtime providers for an .onnx artifact (None: what loads here).
         tile, overlap: the sliding window (None: the Predictor's defaults).
         runtime: "auto" (by suffix) or a registered runtime's name
@@ -153,8 +155,16 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             if resume and len(todo) < len(items):
                 echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already "
                      f"done in {out_dir}")
-            _executor(executor, artifact, options, ray_address)(
-                predictor, todo, writer, lambda line: echo(f"warning: {line}"))
+            volumes = [item for item in todo if getattr(item, "kind", "") == "volume"]
+            images = [item for item in todo if getattr(item, "kind", "") != "volume"]
+            warn = lambda line: echo(f"warning: {line}")
+            if images:
+                _executor(executor, artifact, options, ray_address)(
+                    predictor, images, writer, warn)
+            if volumes:   # slice by slice on this predictor (`predict.volumes`)
+                from retinaunet_deploy.predict.volumes import run_volumes
+
+                run_volumes(predictor, volumes, writer, warn)
             return writer.finish(items)
 
 

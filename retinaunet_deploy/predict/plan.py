@@ -1,7 +1,10 @@
 """Planning a predict run: every input checked by its header, and its output name decided,
 before anything is read whole or written.
 
-Output names. An image's outputs are ``masks/<name>.png`` and ``overlays/<name>.png``.
+Output names. An image's outputs are ``masks/<name>.png`` and ``overlays/<name>.png``
+(a volume's ``masks/<name>.nii.gz`` and more: `predict.volumes`, which plans the paths
+`data.volumes.volume_readable` claims: the stem of ``ct.nii.gz`` is ``ct``, a DICOM
+folder's its name).
 `output_names` gives every input a name no other input of the run has, compared
 as a case-insensitive file system compares them (Unicode NFC, case-folded):
 
@@ -52,12 +55,21 @@ def _key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def _forms(path: Path, twins: list[Path], position: int) -> list[str]:
-    """The names `path` may take, plainest first (duplicates of an earlier one removed)."""
+def _stem_suffix(path: Path) -> tuple[str, str]:
+    """(stem, suffix) of an input: a volume's (`data.volumes.volume_stem`), else an image's."""
     from retinaunet_deploy.data.readers import stem_of, suffix_of
+    from retinaunet_deploy.data.volumes import volume_readable, volume_stem, volume_suffix
 
-    stem = stem_of(path)
-    ext = suffix_of(path).lstrip(".").replace(".", "_")
+    if volume_readable(path):
+        return volume_stem(path), volume_suffix(path)
+    return stem_of(path), suffix_of(path)
+
+
+def _forms(path: Path, twins: list[Path], position: int, stem_suffix: tuple[str, str]
+           ) -> list[str]:
+    """The names `path` may take, plainest first (duplicates of an earlier one removed)."""
+    stem, suffix = stem_suffix
+    ext = suffix.lstrip(".").replace(".", "_")
     parents = [p.parent.parts for p in twins] if len(twins) > 1 else [path.parent.parts]
     shared = 0
     while all(len(p) > shared for p in parents) and len({p[shared] for p in parents}) == 1:
@@ -83,13 +95,12 @@ def output_names(paths: list[Path]) -> list[str]:
             raise InputError(f"{given} is given twice (also as {seen[path]}); give each "
                              f"image once")
         seen[path] = Path(given)
-    from retinaunet_deploy.data.readers import stem_of
-
+    stems = {p: _stem_suffix(p) for p in resolved}
     by_stem: dict[str, list[Path]] = {}
     for path in resolved:
-        by_stem.setdefault(_key(stem_of(path)), []).append(path)
+        by_stem.setdefault(_key(stems[path][0]), []).append(path)
     order = {path: i for i, path in enumerate(sorted(resolved, key=str))}
-    forms = [_forms(p, by_stem[_key(stem_of(p))], order[p]) for p in resolved]
+    forms = [_forms(p, by_stem[_key(stems[p][0])], order[p], stems[p]) for p in resolved]
     level = [0] * len(resolved)
     while True:
         names = [f[min(lv, len(f) - 1)] for f, lv in zip(forms, level)]
@@ -136,8 +147,14 @@ def plan_inputs(paths: list[Path], predictor) -> list[InputItem]:
     paths = [Path(p) for p in paths]
     names = output_names(paths)
     items, problems = [], []
+    from retinaunet_deploy.data.volumes import volume_readable
+    from retinaunet_deploy.predict.volumes import plan_volume
+
     for path, name in zip(paths, names):
         try:
+            if volume_readable(path):   # a volume: `predict.volumes` plans and runs it
+                items.append(plan_volume(path, name, predictor))
+                continue
             height, width, channels, dtype = _header(path)
             _check_header(predictor, height, width, channels, dtype)
         except (DataError, InputError) as error:

@@ -21,7 +21,9 @@ overlay PNG bytes, its entry): no file is touched, so several images may render 
 in other threads. `ResultWriter.commit` then writes it, one image at a time in the run's
 order: mask, then overlay (each to a temporary file renamed over its name), then its
 results.jsonl line. An image is finished when its line is there and both files still
-have the sha256 it records.
+have the sha256 it records. Inputs with other outputs (volumes: `predict.volumes`) are
+written by `ResultWriter.commit_files`; their line lists every file and its sha256
+under ``files``, and they are finished when all of them still match.
 
 Durability. Each line is handed to the kernel (one `os.write`) as its image finishes,
 so a killed or crashed process keeps every finished image's line: the kernel writes it
@@ -179,9 +181,10 @@ class ResultWriter:
         line = self.done.get(str(item.path))
         if line is None or line.get("name") != item.name:
             return False
-        for kind in ("mask", "overlay"):
-            path = self.out_dir / line[kind]
-            if not path.is_file() or sha256_file(path) != line[f"{kind}_sha256"]:
+        recorded = line.get("files") or {line[k]: line[f"{k}_sha256"] for k in ("mask", "overlay")}
+        for relative, sha in recorded.items():
+            path = self.out_dir / relative
+            if not path.is_file() or sha256_file(path) != sha:
                 return False
         self.entries[str(item.path)] = {k: v for k, v in line.items() if k != "path"}
         return True
@@ -285,6 +288,18 @@ class ResultWriter:
         entry = {"name": name, "size": [height, width], "mask": mask_path,
                  "mask_sha256": mask_sha, "overlay": overlay_path, "overlay_sha256": overlay_sha,
                  **rendered.entry}
+        self._append({"path": str(item.path), **entry})
+        self.entries[str(item.path)] = entry
+        return entry
+
+    def commit_files(self, item, files: dict[str, bytes], entry: dict) -> dict:
+        """Write an input's output files (path relative to the output folder -> bytes),
+        each atomically and in order, then append its line; returns its entry (`entry`
+        with ``name`` and ``files`` {path: sha256} added). For inputs whose outputs are
+        not a mask and overlay PNG (volumes, slides). Raises `OutputError` as `write`."""
+        saved = {relative: self._save(self.out_dir / relative, data)
+                 for relative, data in files.items()}
+        entry = {"name": item.name, **entry, "files": saved}
         self._append({"path": str(item.path), **entry})
         self.entries[str(item.path)] = entry
         return entry
