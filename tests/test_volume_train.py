@@ -229,3 +229,17 @@ def test_calibrate_and_bench_take_a_volume_run(ct_run, tmp_path):
         backends=("keras", "onnxruntime"), overlay_images=1))
     assert (bench["volumes"], bench["slices"]) == (1, 4)
     assert "4 slices of 1 volume(s)" in (tmp_path / "bench" / "report.md").read_text()
+
+
+def test_train_options_on_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from retinaunet_deploy.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "--normalization", "minmax", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "'minmax' is not one of" in result.output
+    result = runner.invoke(cli, ["train", "--axis", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--axis" in result.output
+    help_text = runner.invoke(cli, ["train", "--help"]).output
+    assert "--axis" in help_text and "zscore" in help_text
