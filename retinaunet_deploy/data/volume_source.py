@@ -259,7 +259,7 @@ def split_volumes(options):
                     ranges[split][name] = part
     shas = {name: volume_sha256(paths) for name, paths in files.items()}
     parts = {split: [sample for name, spans in ranges[split].items()
-                     for sample in volume_slices(name, pairs[name][0].astype(dtype),
+                     for sample in volume_slices(name, pairs[name][0].astype(dtype, copy=False),
                                                  pairs[name][1], axis, spans, shas[name],
                                                  source=files[name][0], void=labels.void)]
              for split in SPLIT_NAMES}
@@ -303,7 +303,7 @@ def verify_volumes(data: dict) -> dict[str, tuple[Path, Path]]:
 
 
 def load_volumes(data: dict, split: str, count: int | None, min_size: int,
-          labels: Labels = AS_STORED) -> list:
+                 labels: Labels = AS_STORED) -> list:
     """`Source.load`: the recorded slices of `split` (the first `count`), read back."""
     files = verify_volumes(data)
     axis, out = int(data["axis"]), []
@@ -311,7 +311,8 @@ def load_volumes(data: dict, split: str, count: int | None, min_size: int,
         if count is not None and len(out) >= count:
             break
         image, mask = read_pair(name, files[name], labels)
-        out += volume_slices(name, image.astype(data.get("dtype", image.dtype)), mask, axis, spans, sha, min_size, files[name][0],
+        image = image.astype(data.get("dtype", image.dtype), copy=False)
+        out += volume_slices(name, image, mask, axis, spans, sha, min_size, files[name][0],
                              labels.void)
     return out[:count] if count is not None else out
 
