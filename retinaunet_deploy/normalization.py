@@ -13,7 +13,15 @@ A scheme is chosen at training (``train --normalization``) and recorded in the c
   is constant and becomes 0), as nnU-Net's ZScoreNormalization does per case. For a
   2D model on a volume the "image" is one slice. Not in the graph: per-image
   statistics depend on the whole image, so a graph that sees a tile or a padded
-  input could not compute them.
+  input could not compute them. With ``nonzero_mask`` (decided at training: set
+  when under `NONZERO_FRACTION` of the training pixels are nonzero, as in
+  skull-stripped MRI whose background is exactly 0) the statistics are taken over
+  the image's nonzero pixels only (any channel nonzero) and zero pixels stay 0, as
+  nnU-Net's ``use_mask_for_norm`` does (nnU-Net decides it by how much cropping to
+  the nonzero region shrinks the images). Without it, a slice holding a little
+  brain in a sea of zeros z-scores that brain to 30 standard deviations or more,
+  and an INT8 input range sized for those slices leaves a dozen levels for the
+  others (the MNI152 run's INT8 missed its gate so).
 * ``ct`` (Hounsfield units): clip to [clip_low, clip_high], the 0.5 and 99.5
   percentiles of the FOREGROUND intensities (mask > 0, void excluded) of the
   training split, then (x - mean) / std with the mean and standard deviation of
@@ -29,6 +37,8 @@ function. An app that feeds an exported file itself (the C++ example, a Triton
 client) computes, per image, in float32:
 
     zscore: y = (x - mean(x)) / (std(x) if std(x) >= 1e-8 else 1)   per channel
+            with nonzero_mask: mean and std over the pixels m where any channel is
+            nonzero, and y = 0 outside m
     ct:     y = (min(max(x, clip_low), clip_high) - mean) / std
     global: y = x (the graph normalises)
 
@@ -48,6 +58,7 @@ SCHEMES = ("global", "zscore", "ct")
 CHOICES = ("auto", *SCHEMES)          # train --normalization
 CT_PERCENTILES = (0.5, 99.5)
 EPSILON = 1e-8                        # a smaller std is taken as a constant image
+NONZERO_FRACTION = 0.75               # zscore: fewer nonzero training pixels -> nonzero_mask
 FOREGROUND_SAMPLE = 1_000_000         # foreground values the CT statistics are taken on
 
 
@@ -65,6 +76,7 @@ class Normalization:
         scale, offset: the graph's ``preprocess`` layer (x * scale + offset) when
             `in_graph`; 1 and 0 otherwise (the graph has no such layer).
         clip_low, clip_high: ``ct`` only: the clipping range (raw units); None otherwise.
+        nonzero_mask: ``zscore`` only: statistics over the nonzero pixels, zeros kept.
     """
 
     mean: float = 0.0
@@ -75,6 +87,7 @@ class Normalization:
     scheme: str = "global"
     clip_low: float | None = None
     clip_high: float | None = None
+    nonzero_mask: bool = False
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -87,6 +100,8 @@ class Normalization:
         if (self.scheme == "ct") != (self.clip_low is not None and self.clip_high is not None):
             raise ValueError("clip_low and clip_high are given for the 'ct' scheme only, "
                              "and both")
+        if self.nonzero_mask and self.scheme != "zscore":
+            raise ValueError("nonzero_mask is for the 'zscore' scheme only")
         if self.scheme == "ct" and not (self.clip_low <= self.clip_high and self.std > 0):
             raise ValueError(f"ct needs clip_low <= clip_high and std > 0, got "
                              f"{self.clip_low}, {self.clip_high}, {self.std}")
@@ -96,8 +111,9 @@ class Normalization:
         first; the clip range for ``ct`` only)."""
         clip = {"clip_low": self.clip_low, "clip_high": self.clip_high} if (
             self.scheme == "ct") else {}
+        masked = {"nonzero_mask": True} if self.nonzero_mask else {}
         return {"scheme": self.scheme, "in_graph": self.in_graph, "mean": self.mean,
-                "std": self.std, "scale": self.scale, "offset": self.offset, **clip}
+                "std": self.std, "scale": self.scale, "offset": self.offset, **clip, **masked}
 
     @classmethod
     def from_dict(cls, norm: dict | None) -> Normalization:
@@ -109,7 +125,7 @@ class Normalization:
             raise TypeError(f"unknown entries {unknown}")
         typed = {}
         for key, value in (norm or {}).items():
-            if key == "in_graph":
+            if key in ("in_graph", "nonzero_mask"):
                 typed[key] = bool(value)
             elif key == "scheme":
                 if not isinstance(value, str):
@@ -132,7 +148,8 @@ def normalize(images: np.ndarray, normalization: Normalization) -> np.ndarray:
         normalization: the card's section.
     Returns:
         (N, H, W, C) float32: the raw values for ``global`` (the graph normalises);
-        ``zscore``: per image and channel (x - mean) / std (std < 1e-8 -> 1);
+        ``zscore``: per image and channel (x - mean) / std (std < 1e-8 -> 1; with
+        ``nonzero_mask`` the statistics of the nonzero pixels, zeros kept at 0);
         ``ct``: (clip(x, clip_low, clip_high) - mean) / std. Statistics in float64.
     Raises:
         ValueError: `images` is not 4-D.
@@ -145,6 +162,16 @@ def normalize(images: np.ndarray, normalization: Normalization) -> np.ndarray:
     if normalization.scheme == "ct":
         values = np.clip(values, normalization.clip_low, normalization.clip_high)
         out = (values - normalization.mean) / normalization.std
+    elif normalization.nonzero_mask:
+        out = np.zeros(values.shape, np.float32)
+        for index, image in enumerate(values):
+            inside = np.any(image != 0, axis=-1)
+            if inside.any():
+                pixels = image[inside]                      # (M, C)
+                std = pixels.std(axis=0)
+                out[index][inside] = ((pixels - pixels.mean(axis=0))
+                                      / np.where(std < EPSILON, 1.0, std))
+        return out
     else:
         mean = values.mean(axis=(1, 2), keepdims=True)
         std = values.std(axis=(1, 2), keepdims=True)
@@ -234,7 +261,11 @@ def fit_normalization(scheme: str, images, masks=None, void: int | None = None,
         mean, std = float(pixels.mean()), float(pixels.std()) or 1.0
         return Normalization(mean=mean, std=std, scale=1.0 / std, offset=-mean / std)
     if scheme == "zscore":
-        return Normalization(in_graph=False, scheme="zscore")
+        nonzero = sum(int(np.count_nonzero(np.any(np.asarray(i) != 0, axis=-1)))
+                      for i in images)
+        total = sum(int(np.prod(np.shape(i)[:2])) for i in images)
+        return Normalization(in_graph=False, scheme="zscore",
+                             nonzero_mask=bool(total) and nonzero < NONZERO_FRACTION * total)
     if scheme != "ct":
         raise ConfigError(f"unknown normalisation scheme {scheme!r}")
     parts = []

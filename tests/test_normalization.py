@@ -155,3 +155,26 @@ def test_the_calibration_range_measures_what_the_graph_takes():
     assert CalibrationRange.from_record(z, "test").check(calib_raw[0] * 3) is None
     # Today's in-graph records keep raw values and no normalisation entry.
     assert "normalization" not in intensity_record(calib_raw, 255)
+
+
+def test_zscore_over_the_nonzero_region_keeps_zeros_and_bounds_sparse_slices():
+    """Skull-stripped data (background exactly 0): a slice with a little tissue would
+    z-score it to tens of standard deviations over the whole slice; over its nonzero
+    pixels (nnU-Net's use_mask_for_norm) it stays a z-score and the zeros stay 0."""
+    rng = np.random.default_rng(4)
+    sparse = np.zeros((1, 64, 64, 1))
+    sparse[0, 30:33, 30:33, 0] = rng.normal(0.7, 0.1, (3, 3))
+    whole = normalize(sparse, ZSCORE)
+    assert whole.max() > 15                                    # the problem
+    masked = Normalization(in_graph=False, scheme="zscore", nonzero_mask=True)
+    out = normalize(sparse, masked)
+    inside = sparse[0, ..., 0] != 0
+    assert np.all(out[0, ..., 0][~inside] == 0) and abs(out[0, ..., 0][inside].mean()) < 1e-5
+    assert out.max() < 3 and np.allclose(out[0, ..., 0][inside].std(), 1, atol=1e-4)
+    assert not normalize(np.zeros((1, 8, 8, 1)), masked).any()   # an empty slice stays 0
+    # Decided at training by the share of nonzero pixels, recorded in the card.
+    assert fit_normalization("zscore", list(sparse)) == masked
+    assert not fit_normalization("zscore", [rng.normal(0, 1, (8, 8, 1))]).nonzero_mask
+    assert Normalization.from_dict(masked.to_dict()) == masked
+    with pytest.raises(ValueError, match="nonzero_mask is for the 'zscore' scheme only"):
+        Normalization(in_graph=True, nonzero_mask=True)
