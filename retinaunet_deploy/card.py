@@ -7,10 +7,14 @@ ONNX file's metadata). Its sections:
 * ``builder``: `RetinaUNet.get_config()`, which rebuilds the architecture;
 * ``preset``, ``class_names``, ``det_class_names``;
 * ``input`` (`InputSpec`): layout NHWC, height, width (null: any), channels,
-  dtype float32, stride, patch_size and ``pixel_max`` (255 or 65535): apps feed
-  raw pixel values as float32;
-* ``normalization`` (`Normalization`): mean and std of the training pixels;
-  applied in-graph by the ``preprocess`` Rescaling layer (x * scale + offset);
+  dtype float32, stride, patch_size, ``pixel_dtype`` (uint8, uint16, or since
+  issue 21 signed and float: int16, float32...) and ``pixel_max``;
+* ``normalization`` (`normalization.Normalization`): the scheme chosen at
+  training (``global``: mean and std of the training pixels, applied in-graph by
+  the ``preprocess`` Rescaling layer, x * scale + offset, so apps feed raw pixel
+  values as float32; ``zscore`` per image, or ``ct`` clip and z-score, applied
+  before the graph by `normalization.normalize`, the one function every runtime
+  calls);
 * ``anchors`` (`AnchorConfig`), ``postprocess`` (`DetectionConfig`);
 * ``labels`` (`label_rules.Labels`, optional): the mask values' label map and ignore index;
 * ``data``, ``training``, ``evaluation`` and ``warnings``: where the model came
@@ -37,6 +41,7 @@ from retinaunet_deploy.errors import ArtifactError, ConfigError
 from retinaunet_deploy.label_rules import VOID_LABEL, Labels  # noqa: F401 (the card's section)
 from retinaunet_deploy.model.anchors import AnchorConfig
 from retinaunet_deploy.names import CARD
+from retinaunet_deploy.normalization import Normalization
 from retinaunet_deploy.postprocess import DetectionConfig
 
 CARD_VERSION = 1
@@ -45,6 +50,9 @@ REQUIRED_KEYS = ("card_version", "builder", "class_names", "input", "normalizati
 # (card_version included). A card of an earlier version is read through these, or
 # refused when one is missing. Version 1 is the first: none yet.
 UPGRADES: dict[int, Callable[[dict], dict]] = {}
+# The training pixel dtypes a card may record (unsigned: ``global`` normalisation; the
+# others: ``zscore`` or ``ct``, `normalization`).
+PIXEL_DTYPES = ("uint8", "uint16", "int8", "int16", "int32", "float16", "float32", "float64")
 DEFAULT_REMEDY = ("re-train with this version ('retinaunet-deploy train'), then re-export "
                   "('retinaunet-deploy export RUN_DIR')")
 
@@ -58,8 +66,13 @@ class InputSpec:
         stride: the network's total stride (2**depth), px; H and W are padded to it.
         patch_size: the training patch side, px (the per-image detection counts of
             `DetectionConfig` are set for an input of this size).
-        pixel_dtype: the integer dtype of the training pixels ("uint8" or "uint16").
-        pixel_max: its largest value (255 or 65535); apps feed raw values as float32.
+        pixel_dtype: the dtype of the training pixels: "uint8" or "uint16" (the
+            ``global`` normalisation), or signed / float ("int16" CT in HU, "float32"
+            MRI...; the ``zscore`` and ``ct`` normalisations) (`PIXEL_DTYPES`).
+        pixel_max: uint8/uint16: the dtype's largest value (255 or 65535): raw inputs
+            lie in [0, pixel_max]. Signed and float pixels: the training pixels'
+            largest value rounded up (at least 1), for display only: no range is
+            enforced on them (the card's normalisation decides what the graph sees).
         height, width: the graph's fixed input size, px; None: any (symbolic).
     """
 
@@ -79,6 +92,9 @@ class InputSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"input {name} must be a positive integer, got {value!r}")
+        if self.pixel_dtype not in PIXEL_DTYPES:
+            raise ConfigError(f"input pixel_dtype must be one of {list(PIXEL_DTYPES)}, got "
+                              f"{self.pixel_dtype!r}")
 
     def to_dict(self) -> dict:
         """The card's ``input`` JSON, in the order training writes it."""
@@ -97,36 +113,6 @@ class InputSpec:
                    **{f.name: spec[f.name] for f in fields(cls)
                       if f.name not in ("channels", "stride", "patch_size")
                       and spec.get(f.name) is not None})
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """The training pixels' statistics (the card's ``normalization``).
-
-    The graph applies x * scale + offset itself (`in_graph`), so apps never
-    normalise. `mean` is also the padding value: the in-graph normalisation maps
-    it to 0, as in training.
-    """
-
-    mean: float = 0.0
-    std: float = 1.0
-    scale: float = 1.0
-    offset: float = 0.0
-    in_graph: bool = True
-
-    def to_dict(self) -> dict:
-        """The card's ``normalization`` JSON, in the order training writes it."""
-        return {"in_graph": self.in_graph, "mean": self.mean, "std": self.std,
-                "scale": self.scale, "offset": self.offset}
-
-    @classmethod
-    def from_dict(cls, norm: dict | None) -> Normalization:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(norm or {}) - known)
-        if unknown:
-            raise TypeError(f"unknown entries {unknown}")
-        return cls(**{k: float(v) if k != "in_graph" else bool(v)
-                      for k, v in (norm or {}).items()})
 
 
 @dataclass(frozen=True)

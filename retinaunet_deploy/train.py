@@ -31,6 +31,7 @@ from retinaunet_deploy.data.sources import Splits, source_for
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.label_rules import Labels
 from retinaunet_deploy.names import CARD, KERAS
+from retinaunet_deploy.normalization import CHOICES
 
 
 @dataclass
@@ -71,6 +72,8 @@ class TrainOptions:
     border_fraction: float = 0.0   # patches reaching past the image edge (`data.patches`)
     patience: int = 4
     seed: int = 0
+    normalization: str = "auto"    # `normalization.CHOICES`: auto, global, zscore, ct
+    axis: int | None = None        # volume datasets: the slicing axis (None: 2)
 
     def __post_init__(self):
         for name in ("epochs", "steps_per_epoch", "batch_size", "train_images", "val_images",
@@ -86,6 +89,12 @@ class TrainOptions:
         if not 0 <= self.foreground_fraction <= 1:
             raise ConfigError(f"foreground fraction must be in [0, 1], got "
                               f"{self.foreground_fraction}")
+        if self.normalization not in CHOICES:
+            raise ConfigError(f"--normalization must be one of {list(CHOICES)}, got "
+                              f"{self.normalization!r}")
+        if self.axis is not None and self.axis not in (0, 1, 2):
+            raise ConfigError(f"--axis must be 0, 1 or 2 (the volume's array axis the 2D "
+                              f"slices are taken along), got {self.axis}")
         self.labels  # noqa: B018 (checks the label rules)
 
     @property
@@ -109,6 +118,9 @@ def load_splits(options: TrainOptions) -> Splits:
         raise ConfigError(f"--label-map and --ignore-index apply to masks read from files; "
                           f"--data {options.data} makes its masks as classes 0..K-1: leave "
                           f"them out")
+    if options.axis is not None and not source.takes_axis:
+        raise ConfigError(f"--axis applies to volume datasets; --data {options.data} holds 2D "
+                          f"images: leave it out")
     splits = source.split(options)
     check_training_split(splits.train, options.labels,
                          splits.description.get("path") or options.data)
@@ -204,6 +216,13 @@ def data_warnings(splits: Splits, options: TrainOptions, evaluation: dict) -> li
         warnings.append(f"--ignore-index {options.labels.ignore_index}: no mask holds that "
                         f"value, so no pixel is void; check the value")
     warnings += label_map_warnings(splits.description, options.labels)
+    if splits.description.get("split_by") == "slab":
+        slab = splits.description["slab"]
+        warnings.append(f"one or two volumes: split in slabs of {slab['slices']} slices along "
+                        f"axis {splits.description['axis']} ({slab['gap']} slices left out next "
+                        f"to a slab of another split): the held-out slices come from the same "
+                        f"subject as the training slices, so the figures measure generalisation "
+                        f"across slices, not across subjects")
     consequence = {"validation": "no epoch was chosen by validation figures (the last "
                                  "epoch's weights are kept)",
                    "test": "the test figures have no object to measure (Dice n/a, or 0 for "
@@ -236,9 +255,12 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     from retinaunet_deploy.artifacts import atomic_path
     from retinaunet_deploy.data.labels import foreground_pixels
     from retinaunet_deploy.data.patches import PatchBatches, PatchOptions
+    from retinaunet_deploy.data.splits import normalized_samples
+    from retinaunet_deploy.data.volume_source import split_counts
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.model.anchors import generate_anchors
     from retinaunet_deploy.model.losses import FocalLoss, MaskLoss, SmoothL1Loss
+    from retinaunet_deploy.normalization import choose_scheme, fit_normalization, pixel_max_for
     from retinaunet_deploy.postprocess import DetectionConfig
     from retinaunet_deploy.runtime.backends import KerasBackend
     from retinaunet_deploy.runtime.predictor import Predictor
@@ -252,13 +274,17 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
     channels, pixel_dtype = first.shape[2], first.dtype
     num_classes = len(splits.class_names)
 
-    # Normalisation from the training pixels, applied in-graph: x * scale + offset.
-    pixels = np.concatenate([s.image.reshape(-1).astype(np.float64) for s in splits.train])
-    mean, std = float(pixels.mean()), float(pixels.std()) or 1.0
-    del pixels
+    # The normalisation scheme (`normalization`): for 8/16-bit images the training pixels'
+    # mean and std, applied in-graph (x * scale + offset); otherwise applied before the
+    # graph by `normalization.normalize`, so the training patches are cut from whole
+    # images normalised by it, as every runtime and the calibration normalise them.
+    norm = fit_normalization(choose_scheme(options.normalization, pixel_dtype),
+                             [s.image for s in splits.train], [s.mask for s in splits.train],
+                             options.labels.void, options.seed)
     builder = RetinaUNet.from_preset(options.preset, (options.size, options.size, channels),
                                      num_classes, detection=options.detection,
-                                     input_scale=1.0 / std, input_offset=-mean / std)
+                                     input_scale=norm.scale if norm.in_graph else None,
+                                     input_offset=norm.offset if norm.in_graph else None)
     anchor_config = builder.anchor_config
     card_json = {
         "card_version": CARD_VERSION,
@@ -269,9 +295,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
         "input": {"name": "image", "layout": "NHWC", "height": None, "width": None,
                   "channels": channels, "dtype": "float32", "stride": builder.stride,
                   "patch_size": options.size, "pixel_dtype": str(pixel_dtype),
-                  "pixel_max": int(np.iinfo(pixel_dtype).max)},
-        "normalization": {"in_graph": True, "mean": mean, "std": std,
-                          "scale": builder.input_scale, "offset": builder.input_offset},
+                  "pixel_max": pixel_max_for(pixel_dtype, [s.image for s in splits.train])},
+        "normalization": norm.to_dict(),
         "anchors": anchor_config.to_dict() if anchor_config else None,
         "postprocess": DetectionConfig().to_dict() if anchor_config else None,
         "data": splits.description,
@@ -298,9 +323,10 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
                                  options.border_fraction, builder.stride)
     anchors = (generate_anchors(anchor_config, (options.size, options.size))
                if anchor_config else None)
-    batches = PatchBatches(splits.train, patch_options, options.batch_size, anchors,
-                           builder.num_det_classes, mean, std, np.iinfo(pixel_dtype).max,
-                           seed=options.seed)
+    batches = PatchBatches(normalized_samples(splits.train, norm), patch_options,
+                           options.batch_size, anchors, builder.num_det_classes,
+                           *((norm.mean, norm.std, card.input.pixel_max) if norm.in_graph
+                             else (0.0, 1.0, None)), seed=options.seed)
     # A validation split without foreground cannot choose an epoch (its Dice is n/a or 0
     # whatever the model): then no selection and no early stop; the card says why.
     figures, callbacks = None, []
@@ -336,6 +362,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
             "options": asdict(options),
             "patches": asdict(patch_options),
             "images": {name: len(getattr(splits, name)) for name in ("train", "val", "test")},
+            **({"volumes_and_slices": splits.description["counts"]}
+               if "counts" in splits.description and "axis" in splits.description else {}),
             "epochs_run": len(history.history["loss"]),
             "best_epoch": figures.best_epoch + 1 if chosen else None,
             "best_val_score": round(float(figures.best_score), 4) if chosen else None,
@@ -344,7 +372,8 @@ def train(options: TrainOptions, out_dir: Path, verbose: int | None = None) -> M
             **history_block,
             "tensorflow": tf.__version__, "keras": keras.__version__,
         },
-        "evaluation": {"split": "test", "whole_images": True, **evaluation},
+        "evaluation": {"split": "test", "whole_images": True,
+                       **split_counts(splits.description, splits.test), **evaluation},
         "warnings": warnings,
     })
     record_artifact(out_dir, KERAS, "train", options=asdict(options),

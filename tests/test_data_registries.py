@@ -203,9 +203,9 @@ def test_a_registered_source_trains_and_reads_back(monkeypatch):
 
 
 def test_unknown_kinds_and_values_are_refused(monkeypatch):
-    with pytest.raises(DataError, match=r"the run's data is of kind 'volumes', which this "
+    with pytest.raises(DataError, match=r"the run's data is of kind 'holograms', which this "
                                         r"toolkit cannot read back"):
-        load_split(_card({"kind": "volumes"}), "test")
+        load_split(_card({"kind": "holograms"}), "test")
     with pytest.raises(DataError, match="unknown split 'dev'"):
         load_split(_card({"kind": "synthetic"}), "dev")
     monkeypatch.setattr(sources, "SOURCES", {})
@@ -218,7 +218,7 @@ def test_import_data_choices_come_from_the_registry():
 
     from retinaunet_deploy.cli import cli
 
-    assert sources.importable() == ("stardist-nuclei",)
+    assert sources.importable() == ("stardist-nuclei", "mni152-tissue")
     result = CliRunner().invoke(cli, ["import-data", "--help"])
     assert result.exit_code == 0 and "stardist-nuclei" in result.output
     result = CliRunner().invoke(cli, ["import-data", "nothing", "out"])

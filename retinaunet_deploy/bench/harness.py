@@ -211,6 +211,7 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     from retinaunet_deploy.bench.recommend import recommend, write_recommendation
     from retinaunet_deploy.bench.report import write_markdown, write_plots
     from retinaunet_deploy.data.splits import calibration_images, few_images_warning
+    from retinaunet_deploy.data.volume_source import counts_phrase, split_counts
     from retinaunet_deploy.judge.gates import make_eval_set
     from retinaunet_deploy.model import RetinaUNet
     from retinaunet_deploy.runtime.backends import configure_tensorflow
@@ -233,7 +234,8 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     eval_set = make_eval_set(run_dir, card, options.images, progress=say)
     samples = eval_set.samples
     targets = row_targets(run_dir)
-    say(f"fidelity on {len(samples)} whole held-out images")
+    say(f"fidelity on {len(samples)} whole held-out images"
+        f"{counts_phrase(split_counts(card.data, samples))}")
     masks_by_row = measure_fidelity(rows, card, eval_set, targets)
     say(f"latency, batch sizes {list(options.batch_sizes)}, rows interleaved")
     probe = limit_probe(options, say)
@@ -249,7 +251,8 @@ def run_bench(run_dir: Path, out_dir: Path, options: BenchOptions | None = None,
     row_figures = [row.to_dict() for row in rows]
     report = {
         "run": str(run_dir), "machine": machine_info(options.threads),
-        "options": asdict(options), "images": len(samples), "split": "test",
+        "options": asdict(options), "images": len(samples),
+        **split_counts(card.data, samples), "split": "test",
         "whole_images": True,
         "image_sizes": (f"{min(s.image.shape[0] for s in samples)}-"
                         f"{max(s.image.shape[0] for s in samples)} x "

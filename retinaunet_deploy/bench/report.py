@@ -104,7 +104,9 @@ def write_markdown(path: Path, report: dict) -> None:
         f"# Benchmark: {report['run']}",
         "",
         (f"Every figure is measured on {report['images']} whole held-out images "
-         f"({report['split']} split, {report.get('image_sizes', 'various sizes')}) through the "
+         + (f"({report['slices']} slices of {report['volumes']} volume(s)) "
+            if "volumes" in report else "")
+         + f"({report['split']} split, {report.get('image_sizes', 'various sizes')}) through the "
          f"Predictor that apps use (padding, tiling, decoding); {machine['cpu']} "
          f"({', '.join(machine.get('cpu_flags', [])) or 'flags unknown'}), "
          f"{machine['cores']} cores, {machine['threads']} threads (every CPU row's intra-op "

@@ -13,6 +13,7 @@ from retinaunet_deploy.data.sources import SOURCES, importable
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.export.onnx import ExportOptions
 from retinaunet_deploy.model import PRESETS
+from retinaunet_deploy.normalization import CHOICES as NORMALIZATIONS
 from retinaunet_deploy.train import TrainOptions
 
 PRESET_NAMES = tuple(PRESETS)
@@ -131,11 +132,20 @@ def _show_lineage(run_dir: Path):
 @click.option("--seed", type=int, default=TRAIN.seed, show_default=True)
 @click.option("--no-detection", is_flag=True, help="Train the plain U-Net, without heads.")
 @click.option("--no-flips", is_flag=True, help="No random flips or 90-degree rotations.")
+@click.option("--axis", type=click.IntRange(0, 2), default=None,
+              help="Volume datasets: the voxel axis the 2D slices are taken along [default: "
+                   "2, axial for a RAS NIfTI].")
+@click.option("--normalization", type=click.Choice(NORMALIZATIONS), default=TRAIN.normalization,
+              show_default=True,
+              help="Intensity normalisation: auto (8/16-bit unsigned: global, in the graph; "
+                   "signed or float: zscore per image), global, zscore, or ct (clip to the "
+                   "0.5-99.5 percentiles of the training foreground, z-score with its mean "
+                   "and std).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("export/default"), show_default=True, help="Run folder to write.")
 def train(data, preset, size, epochs, steps_per_epoch, batch_size, train_images, val_images,
           test_images, splits_file, label_map, ignore_index, learning_rate, seed, no_detection,
-          no_flips, out_dir):
+          no_flips, axis, normalization, out_dir):
     """Train a RetinaUNet; write OUT/model.keras and OUT/model_card.json."""
     from retinaunet_deploy.label_rules import parse_label_map
     from retinaunet_deploy.train import train as run_training
@@ -146,7 +156,8 @@ def train(data, preset, size, epochs, steps_per_epoch, batch_size, train_images,
                            test_images=test_images, splits=splits_file,
                            label_map=parse_label_map(label_map), ignore_index=ignore_index,
                            learning_rate=learning_rate, seed=seed, detection=not no_detection,
-                           flips=not no_flips, rotations=not no_flips)
+                           flips=not no_flips, rotations=not no_flips, axis=axis,
+                           normalization=normalization)
     card = run_training(options, out_dir)
     _print_evaluation(card, out_dir)
 
@@ -160,11 +171,17 @@ def import_data(source, out_dir):
     stardist-nuclei: the DSB 2018 fluorescence nuclei image (512x512, 16-bit
     instance labels) shipped in StarDist's wheel (pip install -e '.[realdata]'),
     cut into crops of mixed sizes.
+
+    mni152-tissue: nilearn's MNI152 2009 T1 template (197x233x189, 1 mm) with
+    background / grey matter / white matter labels from its tissue maps, as a
+    volume dataset (one NIfTI volume; see DIR/TERMS.txt for the data's terms).
     """
     written = SOURCES[source].write_folder(out_dir)
-    click.echo(f"wrote {len(written)} image(s) with masks and instance labels to {out_dir}/ "
-               f"(sizes {', '.join(sorted({f'{h}x{w}' for h, w in written.values()}))}); "
-               f"train with: retinaunet-deploy train --data {out_dir}")
+    volumes = any(len(shape) == 3 for shape in written.values())
+    what = "volume(s) with label volumes" if volumes else "image(s) with masks and instance labels"
+    sizes = ", ".join(sorted({"x".join(map(str, shape)) for shape in written.values()}))
+    click.echo(f"wrote {len(written)} {what} to {out_dir}/ (sizes {sizes}); train with: "
+               f"retinaunet-deploy train --data {out_dir}")
 
 
 def _print_evaluation(card: ModelCard, out_dir: Path):
@@ -172,8 +189,10 @@ def _print_evaluation(card: ModelCard, out_dir: Path):
     from rich.table import Table
 
     evaluation = card.evaluation
-    table = Table(title=f"held-out {evaluation['split']} split, {evaluation['images']} whole "
-                        f"images, {evaluation.get('objects', 0)} objects")
+    units = (f"{evaluation['slices']} slices of {evaluation['volumes']} volume(s)"
+             if "volumes" in evaluation else f"{evaluation['images']} whole images")
+    table = Table(title=f"held-out {evaluation['split']} split, {units}, "
+                        f"{evaluation.get('objects', 0)} objects")
     columns = ["dice", "iou"] + [k for k in evaluation if k.startswith("ap@")]
     table.add_column("class")
     for column in columns:

@@ -155,12 +155,14 @@ class PatchBatches:
         samples: the training split.
         anchors: (A, 4) anchors of the patch size, or None for a model without heads.
         num_det_classes: detection classes (for the targets).
-        pixel_mean, pixel_std, pixel_max: of the training pixels (intensity jitter).
+        pixel_mean, pixel_std, pixel_max: of the training pixels (intensity jitter;
+            jittered values are clipped to [0, pixel_max]). Images normalised before
+            the graph (`normalization`, ``zscore``/``ct``): 0, 1 and None (no clip).
     """
 
     def __init__(self, samples: list[Sample], options: PatchOptions, batch_size: int,
                  anchors: np.ndarray | None, num_det_classes: int, pixel_mean: float,
-                 pixel_std: float, pixel_max: float, seed: int = 0):
+                 pixel_std: float, pixel_max: float | None, seed: int = 0):
         self.samples, self.options, self.batch_size = samples, options, batch_size
         self.anchors, self.num_det_classes = anchors, num_det_classes
         self.pixel_mean, self.pixel_std, self.pixel_max = pixel_mean, pixel_std, pixel_max
@@ -182,8 +184,9 @@ class PatchBatches:
             if jitter:
                 gain = rng.uniform(1 - jitter, 1 + jitter)
                 offset = rng.uniform(-jitter, jitter) * self.pixel_std
-                image = np.clip((image - self.pixel_mean) * gain + self.pixel_mean + offset,
-                                0, self.pixel_max)
+                image = (image - self.pixel_mean) * gain + self.pixel_mean + offset
+                if self.pixel_max is not None:
+                    image = np.clip(image, 0, self.pixel_max)
             images.append(image)
             masks.append(mask.astype(np.int32))
             boxes.append(instance_boxes(instances, mask))

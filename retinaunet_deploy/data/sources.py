@@ -21,7 +21,12 @@ Built in:
   masks are read through the run's label rules (`data.labels`): classes
   0..K-1, K = the largest class + 1, anything else refused;
 * ``stardist-nuclei``: StarDist's DSB 2018 image, written as a folder by
-  `import-data` (then trained as that folder).
+  `import-data` (then trained as that folder);
+* ``volumes`` (a folder whose ``images/`` holds NIfTI / DICOM / TIFF-stack volumes):
+  a 2D model on slices along ``train --axis``, split per volume (or in slabs for one
+  or two volumes) (`data.volume_source`);
+* ``mni152-tissue``: nilearn's MNI152 2009 template and its tissue maps, written as a
+  volume dataset by `import-data` (`data.mni152`).
 
 Adding a source is one `register_source(Source(...))`.
 """
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.data import folder, synthetic
+from retinaunet_deploy.data import folder, synthetic, volume_source
 from retinaunet_deploy.data.labels import dataset_classes
 from retinaunet_deploy.data.sample import SPLIT_NAMES
 from retinaunet_deploy.errors import ConfigError, DataError
@@ -79,6 +84,7 @@ class Source:
             recorded split).
         write_folder: ``write_folder(out_dir) -> {file name: (height, width)}``:
             write the data as a folder dataset (None: not importable).
+        takes_axis: whether ``train --axis`` applies (volume datasets).
     """
 
     kind: str
@@ -88,6 +94,7 @@ class Source:
     make: Callable[[dict, str, int], list] | None = None
     write_folder: Callable[[Path], dict] | None = None
     takes_labels: bool = False
+    takes_axis: bool = False
 
 
 SOURCES: dict[str, Source] = {}
@@ -264,3 +271,15 @@ register_source(Source("folder", claims=lambda value: True, split=_folder_split,
 register_source(Source("synthetic", claims=lambda value: value == "synthetic",
                        split=_synthetic_split, load=_synthetic_load, make=_synthetic_make))
 register_source(Source("stardist-nuclei", write_folder=_write_stardist_nuclei))
+register_source(Source("volumes", claims=volume_source.is_volume_dataset,
+                       split=volume_source.split_volumes, load=volume_source.load_volumes,
+                       takes_labels=True, takes_axis=True))
+
+
+def _write_mni152_tissue(out_dir: Path) -> dict:
+    from retinaunet_deploy.data.mni152 import import_mni152_tissue
+
+    return import_mni152_tissue(out_dir)
+
+
+register_source(Source("mni152-tissue", write_folder=_write_mni152_tissue))

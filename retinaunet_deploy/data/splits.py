@@ -15,12 +15,15 @@ as training read them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.data.sample import SPLIT_NAMES
 from retinaunet_deploy.data.sources import source_of
 from retinaunet_deploy.errors import DataError
+from retinaunet_deploy.normalization import Normalization, normalize_image
 
 FEW_IMAGES = 16   # a figure measured on fewer images than this is flagged
 
@@ -44,7 +47,11 @@ def load_split(card: ModelCard, split: str, count: int | None = None, min_size: 
 
 
 def calibration_images(card: ModelCard, count: int, seed: int = 1) -> np.ndarray:
-    """`count` training patches of the training size (raw pixels, (N, S, S, C) float32).
+    """`count` training patches of the training size, (N, S, S, C) float32, as the graph
+    takes them: raw pixels for a model that normalises in its graph; otherwise cut from
+    whole training images normalised by `normalization.normalize` (per-image statistics
+    are of the whole image, as the Predictor computes them), so the INT8 calibration
+    sees exactly the values every runtime feeds.
 
     Patches, not whole images: they are what the network saw in training, and one
     size suits the calibrator. Explicit Q/DQ scales are per tensor, not per shape,
@@ -56,12 +63,22 @@ def calibration_images(card: ModelCard, count: int, seed: int = 1) -> np.ndarray
     if not samples:
         raise DataError(f"no calibration images: the training split of this run is empty "
                         f"({card.data.get('path', card.data.get('kind'))}); retrain")
+    samples = normalized_samples(samples, card.normalization)
     options = PatchOptions(card.input.patch_size, flips=False, rotations=False,
                            intensity_jitter=0.0)
     batches = PatchBatches(samples, options, min(count, 8), None, 1, card.normalization.mean,
                            card.normalization.std, card.input.pixel_max, seed=seed)
     images = np.concatenate([batches.patches(i)[0] for i in range(-(-count // 8))])[:count]
     return _checked_channels(images, card, "calibration")
+
+
+def normalized_samples(samples, normalization: Normalization) -> list:
+    """The samples with their images through `normalization.normalize` (whole images,
+    float32), for a normalisation applied outside the graph; the same list otherwise."""
+    if normalization.in_graph:
+        return samples
+    return [dataclasses.replace(s, image=normalize_image(s.image, normalization))
+            for s in samples]
 
 
 def held_out_set(card: ModelCard, count: int, split: str = "test"):

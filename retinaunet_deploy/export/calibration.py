@@ -52,6 +52,7 @@ import numpy as np
 from retinaunet_deploy.artifacts import record_artifact, verify_artifact, write_json
 from retinaunet_deploy.card import load_card
 from retinaunet_deploy.data.splits import calibration_images, few_images_warning
+from retinaunet_deploy.data.volume_source import counts_phrase, split_counts
 from retinaunet_deploy.export.lifecycle import (
     Context,
     judge_runtime_variants,
@@ -101,22 +102,27 @@ def calibrate(run_dir: Path, options: CalibrationOptions | None = None, fp16: bo
 
     eval_set = make_eval_set(run_dir, card, options.eval_images, options.threads,
                              progress=say)
-    say(f"float reference on {len(eval_set.samples)} whole held-out test images")
+    counts = split_counts(card.data, eval_set.samples)   # volumes: slices of volumes
+    say(f"float reference on {len(eval_set.samples)} whole held-out test images"
+        f"{counts_phrase(counts)}")
     warning = few_images_warning(len(eval_set.samples), "every gate below")
     if warning:
         say(warning)
     calib = calibration_images(card, options.quantisation.calibration_images)
     # What the INT8 files were calibrated on, for the out-of-calibration guard at predict
     # time (`runtime.calibration_range`); also inside each INT8 ONNX file.
-    intensity = intensity_record(calib, card.input.pixel_max)
+    intensity = intensity_record(calib, card.input.pixel_max,
+                                 normalization=card.normalization)
     report = {"parent": {"file": ONNX, "sha256": onnx_sha},
               "options": options.record(), "targets": options.targets_for("int8").to_dict(),
               "targets_by_precision": options.targets_by_precision(),
-              "evaluation": {"images": len(eval_set.samples), "split": "test",
+              "evaluation": {"images": len(eval_set.samples), **counts, "split": "test",
                              "whole_images": True, "warning": warning,
                              "reference": "model.keras (float32), stored in reference/",
                              "intervals": "95% percentile bootstrap over images (1000)"},
               "calibration_data": {"split": "train", "images": len(calib),
+                                   **({"drawn_from": card.data["counts"]["train"]}
+                                      if counts else {}),
                                    "patch_size": int(calib.shape[1]),
                                    "sha256_prefixes": image_hashes(calib),
                                    "intensity": intensity},

@@ -190,6 +190,7 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=No
 
     from retinaunet_deploy.artifacts import check_writable
     from retinaunet_deploy.data.splits import load_split
+    from retinaunet_deploy.normalization import normalize_image
     from retinaunet_deploy.runtime.backends import KerasBackend, OnnxRuntimeBackend
 
     options = options or ExportOptions()
@@ -211,7 +212,9 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=No
     onnx.checker.check_model(proto, full_check=True)
 
     samples = load_split(card, "val", options.parity_images)
-    images = [padded_to_stride(s.image, card.input.stride) for s in samples]
+    # What the graph takes: `normalization.normalize` (raw pixels for an in-graph scheme).
+    images = [padded_to_stride(normalize_image(s.image, card.normalization), card.input.stride)
+              for s in samples]
     with atomic_path(run_dir / ONNX) as tmp:
         onnx.save(proto, tmp)
         onnx_backend = OnnxRuntimeBackend(tmp)

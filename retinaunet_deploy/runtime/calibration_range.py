@@ -10,7 +10,11 @@ calibration.json (``calibration_data.intensity``) and inside each INT8 ONNX file
 (``metadata_props`` key ``calibration_range``, beside the card, so a copied file
 keeps it), and `predict` checks every image against them (`CalibrationRange.check`).
 
-The statistics, per image (all pixels and channels, raw pixel values):
+The statistics, per image (all pixels and channels, of the values the graph takes:
+raw pixel values for a model that normalises in its graph; for a ``zscore`` or
+``ct`` model (signed or float pixels) the values `normalization.normalize` gives, so
+the record carries the card's ``normalization`` and `CalibrationRange.check`
+normalises an image through that same function before measuring it):
 
 * ``mean``: the mean pixel value (overall brightness);
 * ``p1`` and ``p99``: the 1st and 99th percentiles (the dark and bright ends,
@@ -45,6 +49,7 @@ import numpy as np
 
 from retinaunet_deploy.errors import ArtifactError
 from retinaunet_deploy.names import CALIBRATION, ONNX
+from retinaunet_deploy.normalization import Normalization, normalize_image
 
 RECORD_VERSION = 1
 METADATA_KEY = "calibration_range"  # the ONNX metadata_props key, beside "model_card"
@@ -77,10 +82,14 @@ def margin_factor(images: int) -> float:
     return max(0.0, normal.inv_cdf(1 - FALSE_ALARM) - expected_max)
 
 
-def intensity_record(images: np.ndarray, pixel_max: float, split: str = "train") -> dict:
-    """The record of (N, H, W, C) calibration images of raw pixel values (what
+def intensity_record(images: np.ndarray, pixel_max: float, split: str = "train",
+                     normalization: Normalization | None = None) -> dict:
+    """The record of (N, H, W, C) calibration images, the values the graph takes (what
     calibration.json and the ONNX metadata hold; `CalibrationRange.from_record` reads
-    it back)."""
+    it back). With a `normalization` applied outside the graph (``zscore``, ``ct``)
+    the images are already normalised, the record keeps that section, and the margin's
+    floor is 0.5% of one standard deviation (the normalised unit) instead of pixel_max."""
+    outside = normalization is not None and not normalization.in_graph
     per_image = [image_statistics(image) for image in images]
     count = len(per_image)
     factor = margin_factor(count)
@@ -88,7 +97,7 @@ def intensity_record(images: np.ndarray, pixel_max: float, split: str = "train")
     for name in STATISTICS:
         values = np.array([figures[name] for figures in per_image])
         spread = float(values.std())
-        margin = max(factor * spread, MIN_MARGIN * pixel_max)
+        margin = max(factor * spread, MIN_MARGIN * (1.0 if outside else pixel_max))
         statistics[name] = {"min": float(values.min()), "max": float(values.max()),
                             "mean": float(values.mean()), "std": spread,
                             "margin": margin}
@@ -100,7 +109,8 @@ def intensity_record(images: np.ndarray, pixel_max: float, split: str = "train")
                             f"std, {MIN_MARGIN:.1%} of pixel_max): an image from the "
                             f"calibration source falls outside a side about once in "
                             f"{round(1 / FALSE_ALARM)} (retinaunet_deploy.runtime."
-                            f"calibration_range)")}
+                            f"calibration_range)"),
+            **({"normalization": normalization.to_dict()} if outside else {})}
 
 
 @dataclass(frozen=True)
@@ -112,12 +122,15 @@ class CalibrationRange:
         images: how many calibration images the range was measured on.
         source: where it was read ("<file> metadata" or "<calibration.json>").
         record: the whole record as written (strict JSON).
+        normalization: the card's scheme applied to an image before it is measured
+            (``zscore``, ``ct``), or None: raw pixel values are measured.
     """
 
     allowed: dict[str, tuple[float, float]]
     images: int
     source: str = ""
     record: dict | None = None
+    normalization: Normalization | None = None
 
     @classmethod
     def from_record(cls, record, source: str) -> CalibrationRange:
@@ -129,10 +142,12 @@ class CalibrationRange:
             allowed = {name: (float(record["allowed"][name][0]),
                               float(record["allowed"][name][1])) for name in STATISTICS}
             images = int(record["images"])
+            normalization = (Normalization.from_dict(record["normalization"])
+                             if record.get("normalization") else None)
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ArtifactError(f"{source}: the calibration range record is corrupt ({error}); "
                                 f"re-run 'retinaunet-deploy calibrate' on the run") from error
-        return cls(allowed, images, source, record)
+        return cls(allowed, images, source, record, normalization)
 
     @classmethod
     def for_artifact(cls, path) -> CalibrationRange | None:
@@ -168,7 +183,10 @@ class CalibrationRange:
 
     def outside(self, image: np.ndarray) -> list[tuple[str, float, tuple[float, float]]]:
         """(statistic, value, allowed range) of every statistic of `image` outside its
-        allowed range (empty: the image is like the calibration data)."""
+        allowed range (empty: the image is like the calibration data); the image is
+        normalised first when the record says so (`normalization`)."""
+        if self.normalization is not None:
+            image = normalize_image(image, self.normalization)
         figures = image_statistics(image)
         return [(name, figures[name], self.allowed[name]) for name in STATISTICS
                 if not self.allowed[name][0] <= figures[name] <= self.allowed[name][1]]
@@ -182,8 +200,9 @@ class CalibrationRange:
             return None
         name, value, (low, high) = found[0]
         more = f" (and {len(found) - 1} more statistic(s))" if len(found) > 1 else ""
-        return (f"{STATISTICS[name]} {value:.1f} is outside {low:.1f}..{high:.1f}, the range "
-                f"of the {self.images} INT8 calibration images (with margin){more}; INT8 "
+        unit = ".1f" if self.normalization is None else ".3f"   # raw, or normalised values
+        return (f"{STATISTICS[name]} {value:{unit}} is outside {low:{unit}}..{high:{unit}}, the "
+                f"range of the {self.images} INT8 calibration images (with margin){more}; INT8 "
                 f"agreement was not measured on data like this image; compare with "
                 f"{ONNX}")
 

@@ -5,9 +5,10 @@
     result.mask, result.detections.boxes, result.detections.scores, result.detections.classes
 
 Input contract (the model card's `input`): raw pixel values, uint8/uint16 of the
-card's pixel dtype or float in [0, pixel_max], with the model's channel count,
-of any height and width of at least one stride. The normalisation is inside the
-graph, so no other preprocessing is applied; anything else is an `InputError`.
+card's pixel dtype or float in [0, pixel_max] (a model of signed or float pixels:
+any finite signed or float values, `normalization.check_unbounded_dtype`), with
+the model's channel count, of any height and width of at least one stride;
+anything else is an `InputError`. Images go through `normalization.normalize`.
 
 How an image runs: it is padded at the bottom and right to a multiple of the
 network's stride by mirroring (`data.patches.pad_to`, as training pads; a strip
@@ -34,6 +35,7 @@ from retinaunet_deploy.card import ModelCard
 from retinaunet_deploy.data.patches import pad_to
 from retinaunet_deploy.errors import ArtifactError, ConfigError, InputError
 from retinaunet_deploy.model.anchors import generate_anchors
+from retinaunet_deploy.normalization import check_unbounded_dtype, normalize
 from retinaunet_deploy.postprocess import DetectionConfig, Detections, decode_detections
 from retinaunet_deploy.runtime import e2e, tiling
 from retinaunet_deploy.runtime.base import Backend
@@ -85,6 +87,7 @@ class Predictor:
         self.stride = card.input.stride
         self.pixel_dtype = np.dtype(card.input.pixel_dtype)
         self.pixel_max = card.input.pixel_max
+        self.normalization = card.normalization
         self.class_names = card.class_names
         self.det_class_names = card.det_class_names
         self.anchor_config = card.anchors
@@ -185,7 +188,9 @@ class Predictor:
         if channels != self.channels:
             raise InputError(f"image has {channels} channel(s), the model takes "
                              f"{self.channels}; save it as {channels_form(self.channels)}")
-        if dtype.kind in "ui":
+        if not self.normalization.in_graph:   # a model of signed or float pixels
+            check_unbounded_dtype(dtype, self.normalization, self.pixel_dtype)
+        elif dtype.kind in "ui":
             if dtype != self.pixel_dtype:
                 raise InputError(f"integer images must be {self.pixel_dtype} (the model was "
                                  f"trained on {self.pixel_dtype} pixels, 0..{self.pixel_max}), "
@@ -200,7 +205,8 @@ class Predictor:
     def check_input(self, images) -> None:
         """Check one image (H, W) / (H, W, C) or a batch (N, H, W, C) against the card's
         input contract: `check_header`, then the values. Pixel values must be raw values
-        in [0, pixel_max] (255 for 8-bit, 65535 for 16-bit data), finite for floats.
+        in [0, pixel_max] (255 for 8-bit, 65535 for 16-bit data; any value for a ``zscore``
+        or ``ct`` model), finite for floats.
 
         Raises `InputError` (one line naming the value found) for anything outside it: a
         non-array, a wrong rank, an empty batch, what `check_header` refuses, NaN or
@@ -243,7 +249,7 @@ class Predictor:
             raise InputError(f"{which} contains NaN or Inf ({int(bad.sum())} value(s), the "
                              f"first {images[index]} at {where}); replace them before "
                              f"prediction")
-        if low < 0 or high > self.pixel_max:
+        if self.normalization.in_graph and (low < 0 or high > self.pixel_max):
             value = low if low < 0 else high
             side = "below 0" if low < 0 else f"above pixel_max {self.pixel_max}"
             raise InputError(
@@ -255,10 +261,11 @@ class Predictor:
     def prepare(self, images) -> tuple[np.ndarray, bool]:
         """Check images against the input contract (`check_input`).
 
-        Returns (N, H, W, C) float32 and whether a single image was given.
+        Returns (N, H, W, C) float32 through `normalization.normalize` (raw values for a
+        model that normalises in its graph) and whether a single image was given.
         """
         images, single = self._checked(images)
-        return np.ascontiguousarray(images, dtype=np.float32), single
+        return np.ascontiguousarray(normalize(images, self.normalization)), single
 
     # === Running ===
 
