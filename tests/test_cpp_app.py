@@ -163,17 +163,70 @@ def test_a_card_that_does_not_match_the_model_is_one_line(cpp_app, tiny_exported
     assert not (tmp_path / "mask.pgm").exists()
 
 
-def test_a_card_that_normalises_outside_the_graph_is_refused(cpp_app, tiny_exported, image,
-                                                             tmp_path):
-    """The app feeds raw pixels: a model whose card normalises outside the graph is
-    refused in one line rather than run on unnormalised input."""
+@pytest.mark.parametrize("normalization", [
+    {"scheme": "zscore", "in_graph": False, "mean": 0.0, "std": 1.0, "scale": 1.0,
+     "offset": 0.0},
+    {"scheme": "zscore", "in_graph": False, "mean": 0.0, "std": 1.0, "scale": 1.0,
+     "offset": 0.0, "nonzero_mask": True},
+], ids=["zscore", "zscore-nonzero"])
+def test_the_app_normalises_outside_the_graph_as_the_predictor(cpp_app, tiny_exported, tmp_path,
+                                                              normalization):
+    """A card whose normalisation is outside the graph (zscore: issue 21): the app
+    applies it (normalize.hpp) exactly as `normalization.normalize` does for the Python
+    Predictor, so both feed the graph the same values. The graph is the tiny model's (its
+    own preprocess layer stays; both sides run the same file), with the card in its
+    metadata replaced; some images have a zero background for the nonzero mask."""
+    import onnx
+
     run, _ = tiny_exported
     card = json.loads((run / "model_card.json").read_text())
-    card["normalization"]["in_graph"] = False
-    (tmp_path / "card.json").write_text(json.dumps(card))
-    result = _run(cpp_app, run / "model.onnx", image, tmp_path / "mask.pgm", "--card",
-                  tmp_path / "card.json")
-    _one_line_error(result, "card.json normalises pixels outside the graph", "Python Predictor")
+    card["normalization"] = normalization
+    model = onnx.load(run / "model.onnx")
+    for prop in model.metadata_props:
+        if prop.key == "model_card":
+            prop.value = json.dumps(card)
+    onnx.save(model, tmp_path / "model.onnx")
+    images = compare.test_images(run, 4, 128)
+    images[1] = np.where(images[1] > np.median(images[1]), images[1], 0).astype(images[1].dtype)
+    report = compare.compare(cpp_app, tmp_path / "model.onnx", images, tmp_path / "out",
+                             tile=128, runtime="openvino", threads=2)
+    assert report["pixel_agreement"] >= 0.9999, report["rows"]
+    assert report["matched_fraction"] >= 0.99, report["rows"]
+    assert report["score_gap"] <= 1e-4, report["rows"]
+
+
+def test_the_app_normalises_ct_values_as_the_predictor(cpp_app, tiny_exported, tmp_path):
+    """CT: raw float32 Hounsfield-like values (negative ones too), clipped and z-scored by
+    the card's recorded statistics; the app's mask equals the Predictor's. An unsigned
+    PGM (stored values, not Hounsfield units) is refused in one line."""
+    import onnx
+
+    from retinaunet_deploy.runtime import Predictor
+
+    run, _ = tiny_exported
+    card = json.loads((run / "model_card.json").read_text())
+    card["normalization"] = {"scheme": "ct", "in_graph": False, "mean": 40.0, "std": 300.0,
+                             "scale": 1.0, "offset": 0.0, "clip_low": -200.0,
+                             "clip_high": 600.0}
+    card["input"].update(pixel_dtype="int16", pixel_max=32767)
+    model = onnx.load(run / "model.onnx")
+    for prop in model.metadata_props:
+        if prop.key == "model_card":
+            prop.value = json.dumps(card)
+    onnx.save(model, tmp_path / "model.onnx")
+    image = compare.test_images(run, 2, 128)[0].astype(np.float32) * 4 - 300
+    (tmp_path / "ct.f32").write_bytes(image.astype("<f4").tobytes())
+    h, w = image.shape
+    result = _run(cpp_app, tmp_path / "model.onnx", tmp_path / "ct.f32", tmp_path / "m.pgm",
+                  "--shape", f"{h}x{w}x1", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    with Predictor.from_artifact(tmp_path / "model.onnx", runtime="openvino",
+                                 threads=2) as predictor:
+        python = predictor.predict(image.astype(np.int16))
+    assert (compare.read_pgm(tmp_path / "m.pgm") == python.mask).mean() >= 0.9999
+    compare.write_pgm(tmp_path / "in.pgm", np.zeros((32, 32), np.uint8))
+    _one_line_error(_run(cpp_app, tmp_path / "model.onnx", tmp_path / "in.pgm",
+                         tmp_path / "m2.pgm"), "in.pgm", "an unsigned 8-bit image", ".f32")
 
 
 def test_model_files_it_cannot_run_are_one_line(cpp_app, image, tmp_path):

@@ -11,6 +11,7 @@
 
 #include "detections.hpp"
 #include "json.hpp"
+#include "normalize.hpp"
 
 namespace retinaunet {
 
@@ -19,11 +20,12 @@ struct Card {
     int channels = 1;           // input.channels
     int stride = 16;            // input.stride: H and W of a run are multiples of it
     int patch_size = 128;       // input.patch_size: the size the postprocess caps are set for
-    int pixel_bits = 8;         // 8 (uint8) or 16 (uint16): input.pixel_dtype
+    int pixel_bits = 8;         // 8 (uint8), 16 (uint16), 0 (signed or float: raw .f32 input)
+    std::string pixel_dtype = "uint8";  // input.pixel_dtype
     double pixel_max = 255;     // input.pixel_max
     int classes = 0;            // mask classes K (len(class_names))
     int det_classes = 0;        // detection classes C (len(det_class_names))
-    bool normalized_in_graph = true;  // normalization.in_graph: raw pixels go in
+    Normalization normalization;  // the card's normalization (normalize.hpp)
     bool has_anchors = false;   // a model with detection heads
     AnchorConfig anchors;
     DetectionConfig post;
@@ -49,18 +51,43 @@ inline Card parse_card(const std::string& text, const std::string& source) {
     card.stride = static_cast<int>(input.at("stride", in).as_number(in + ".stride"));
     card.patch_size = static_cast<int>(input.at("patch_size", in).as_number(in + ".patch_size"));
     const std::string dtype = input.at("pixel_dtype", in).as_string(in + ".pixel_dtype");
-    if (dtype != "uint8" && dtype != "uint16")
-        throw std::runtime_error(where + ": pixel_dtype " + dtype + " is not one this app reads "
-                                 "(uint8, uint16)");
-    card.pixel_bits = dtype == "uint8" ? 8 : 16;
+    card.pixel_dtype = dtype;
+    card.pixel_bits = dtype == "uint8" ? 8 : dtype == "uint16" ? 16 : 0;
     card.pixel_max = input.at("pixel_max", in).as_number(in + ".pixel_max");
     if (card.channels < 1 || card.stride < 1 || card.patch_size < 1)
         throw std::runtime_error(where + ": input channels, stride and patch_size must be "
                                  "positive");
-    if (root.has("normalization") && root.at("normalization", where).has("in_graph")) {
-        const Json& flag = root.at("normalization", where).at("in_graph", where);
-        card.normalized_in_graph = flag.type == Json::Type::Bool && flag.boolean;
+    if (root.has("normalization")) {
+        const Json& n = root.at("normalization", where);
+        const std::string nw = where + " normalization";
+        Normalization& norm = card.normalization;
+        if (n.has("scheme")) norm.scheme = n.at("scheme", nw).as_string(nw + ".scheme");
+        if (norm.scheme != "global" && norm.scheme != "zscore" && norm.scheme != "ct")
+            throw std::runtime_error(where + ": normalization scheme " + norm.scheme +
+                                     " is not one this app applies (global, zscore, ct)");
+        norm.in_graph = norm.scheme == "global";
+        if (n.has("in_graph")) {
+            const Json& flag = n.at("in_graph", nw);
+            if (flag.type != Json::Type::Bool || flag.boolean != norm.in_graph)
+                throw std::runtime_error(where + ": normalization.in_graph must be " +
+                                         (norm.in_graph ? "true" : "false") + " for scheme " +
+                                         norm.scheme);
+        }
+        if (norm.scheme == "ct") {
+            norm.mean = n.at("mean", nw).as_number(nw + ".mean");
+            norm.std = n.at("std", nw).as_number(nw + ".std");
+            norm.clip_low = n.at("clip_low", nw).as_number(nw + ".clip_low");
+            norm.clip_high = n.at("clip_high", nw).as_number(nw + ".clip_high");
+            if (!(norm.std > 0) || norm.clip_low > norm.clip_high)
+                throw std::runtime_error(where + ": a ct normalization needs std > 0 and "
+                                         "clip_low <= clip_high");
+        }
+        norm.nonzero_mask = n.has("nonzero_mask") && n.at("nonzero_mask", nw).type ==
+                            Json::Type::Bool && n.at("nonzero_mask", nw).boolean;
     }
+    if (card.pixel_bits == 0 && card.normalization.in_graph)
+        throw std::runtime_error(where + ": pixel_dtype " + dtype + " is not one this app reads "
+                                 "for a model that normalises in its graph (uint8, uint16)");
     card.classes = static_cast<int>(root.at("class_names", where).as_array(where).size());
     if (root.has("det_class_names"))
         card.det_classes = static_cast<int>(root.at("det_class_names", where).as_array(where).size());

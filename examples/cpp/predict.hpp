@@ -8,7 +8,8 @@
 // detections and class mask are read as they come out of the graph.
 //
 // A backend (OpenVINO, TensorRT) only runs the graph: `Backend::run` takes an
-// (n, h, w, c) float32 batch of raw pixels (normalisation is inside the graph) and
+// (n, h, w, c) float32 batch: raw pixels when the graph normalises, else the card's
+// normalization applied first (normalize.hpp), as the Python Predictor does; it
 // returns every output by name, converted to float32 values with their shape.
 #pragma once
 
@@ -76,10 +77,6 @@ public:
                                      " (" + card.source + ")");
         if (!(overlap >= 0 && overlap < 1))
             throw std::runtime_error("--overlap must be in [0, 1), got " + std::to_string(overlap));
-        if (!card.normalized_in_graph)
-            throw std::runtime_error(card.source + " normalises pixels outside the graph "
-                                     "(normalization.in_graph is false); this app feeds raw "
-                                     "pixels: use the Python Predictor for this model");
         min_input_ = std::max(card.stride, backend.min_size);
         batch_ = backend.preferred_batch ? backend.preferred_batch : 8;
         const std::vector<std::string> names = backend.output_names();
@@ -140,7 +137,23 @@ public:
                                      " channel(s), the model takes " +
                                      std::to_string(card_.channels) + "; save it with " +
                                      std::to_string(card_.channels) + " channel(s)");
-        const std::string dtype = card_.pixel_bits == 8 ? "uint8" : "uint16";
+        const std::string& dtype = card_.pixel_dtype;
+        if (!card_.normalization.in_graph) {
+            // normalization.check_unbounded_dtype: a ct model takes Hounsfield units (signed),
+            // not an unsigned PGM's stored values; zscore is scale-free.
+            if (image.bits != 32 && card_.normalization.scheme == "ct" && card_.pixel_bits == 0)
+                throw std::runtime_error(path + ": an unsigned " + std::to_string(image.bits) +
+                                         "-bit image, the model takes " + dtype + " values in "
+                                         "the units it was trained on (ct); give them as raw "
+                                         "float32 (.f32 with --shape)");
+            for (size_t i = 0; i < image.pixels.size(); ++i)
+                if (!std::isfinite(image.pixels[i]))
+                    throw std::runtime_error(path + ": pixel value " + json_float(image.pixels[i]) +
+                                             " at row " + std::to_string(i / image.channels / image.width) +
+                                             ", column " + std::to_string(i / image.channels % image.width) +
+                                             "; replace NaN and Inf before prediction");
+            return;
+        }
         if (image.bits != 32 && image.bits != card_.pixel_bits)
             throw std::runtime_error(path + (image.bits == 8 ? ": an " : ": a ") +
                                      std::to_string(image.bits) + "-bit image, "
@@ -167,7 +180,16 @@ public:
         result.width = image.width;
         result.run_height = padded_side(image.height);
         result.run_width = padded_side(image.width);
-        const Image padded = pad_to(image, result.run_height, result.run_width);
+        // The card's normalization (normalize.hpp) on the whole image, before padding, as
+        // the Python Predictor does; a no-op for models that normalise in their graph.
+        const Image* source = &image;
+        Image normalized;
+        if (!card_.normalization.in_graph) {
+            normalized = image;
+            normalize(normalized, card_.normalization);
+            source = &normalized;
+        }
+        const Image padded = pad_to(*source, result.run_height, result.run_width);
         if (fits_whole(image.height, image.width))
             whole(padded, result);
         else
