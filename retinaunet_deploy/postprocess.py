@@ -16,6 +16,10 @@ import numpy as np
 from retinaunet_deploy.errors import InputError
 from retinaunet_deploy.model.boxes import batched_nms, clip_boxes, decode_boxes
 
+# What apps keep by default (`predict`, `serve`, the C++ app's --score-threshold): the
+# card's own score_threshold (0.05) is for evaluation, where AP needs the low-score tail.
+APP_SCORE_THRESHOLD = 0.5
+
 
 @dataclass(frozen=True)
 class DetectionConfig:

@@ -28,10 +28,15 @@ needs_env = pytest.mark.skipif(not (default_env() / "pyvenv.cfg").is_file(),
                                reason="no serve environment: run 'make serve-env'")
 
 
+CARD_SCORE_THRESHOLD = 0.05   # the tiny card's, the `predictor` fixture's: compared as is
+
+
 def _serve(run_dir, artifact="model.onnx", *options):
-    """`serve` on a file of the tiny run, this checkout's code, tiles of TILE px."""
+    """`serve` on a file of the tiny run, this checkout's code, tiles of TILE px, keeping
+    every detection the Predictor keeps (the card's threshold, not serve's default 0.5)."""
     return ServerProcess(run_dir, "--artifact", artifact, "--tile", str(TILE),
-                         "--threads", "2", *options, pythonpath=ROOT)
+                         "--threads", "2", "--score-threshold", str(CARD_SCORE_THRESHOLD),
+                         *options, pythonpath=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +248,46 @@ def test_a_taken_port_is_one_line_naming_it(tiny_exported):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}' already in use" in lines[0], result.output
+
+
+def test_a_model_of_signed_pixels_is_served_with_their_dtype(tiny_exported, tmp_path):
+    """A CT model (card pixel dtype int16, normalised outside the graph) takes int16
+    requests: the config declares TYPE_INT16, and the served logic answers an int16 image
+    as the Predictor does (it applies the card's normalisation)."""
+    import dataclasses
+
+    from retinaunet_deploy.normalization import Normalization
+    from retinaunet_deploy.runtime.predictor import Predictor
+    from retinaunet_deploy.serve.repository import ServeOptions, model_config, served_card
+
+    run, _ = tiny_exported
+    card = served_card(run / "model.onnx")
+    ct = Normalization(scheme="ct", in_graph=False, mean=40.0, std=300.0, clip_low=-200.0,
+                       clip_high=600.0)
+    card = dataclasses.replace(card, normalization=ct,
+                               input=dataclasses.replace(card.input, pixel_dtype="int16"))
+    config = model_config(run / "model.onnx", "openvino", card, tmp_path, ServeOptions())
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    assert config.input[0].data_type == pb.DataType.Value("TYPE_INT16")
+    with Predictor.from_artifact(run / "model.onnx", runtime="openvino", threads=2) as plain:
+        predictor = Predictor(plain.backend, card)
+        image = (_images(1)[0].astype(np.int16) * 4 - 300)
+        result = protocol.answer(predictor, [image[None]])[0]
+        _assert_same(result, _expected(predictor, image))
+
+
+def test_serve_keeps_what_predict_keeps_by_default(tiny_exported, tmp_path):
+    """serve's default --score-threshold is predict's (0.5), passed to the served
+    Predictor; an out-of-range one is refused; the tiny card's own threshold is 0.05."""
+    from retinaunet_deploy.errors import ConfigError
+    from retinaunet_deploy.postprocess import APP_SCORE_THRESHOLD
+    from retinaunet_deploy.serve.repository import ServeOptions, model_config, served_card
+
+    run, _ = tiny_exported
+    card = served_card(run / "model.onnx")
+    assert card.detection_config.score_threshold == CARD_SCORE_THRESHOLD
+    config = model_config(run / "model.onnx", "openvino", card, tmp_path, ServeOptions())
+    assert float(config.parameters["score_threshold"].string_value) == APP_SCORE_THRESHOLD == 0.5
+    with pytest.raises(ConfigError, match="--score-threshold must be in"):
+        ServeOptions(score_threshold=1.5)

@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.postprocess import APP_SCORE_THRESHOLD
+
 TARGET_RATIO = 0.8
 BATCH = 8
-PREDICT_SCORE_THRESHOLD = 0.5    # what `predict` keeps by default
 SETTLE_SECONDS = 0.5
 
 
@@ -135,7 +136,7 @@ def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: 
                     out = work / "out"
                     shutil.rmtree(out, ignore_errors=True)
                     predict_files(run_dir / file, paths, out, threads=threads,
-                                  score_threshold=PREDICT_SCORE_THRESHOLD, runtime=runtime,
+                                  score_threshold=APP_SCORE_THRESHOLD, runtime=runtime,
                                   executor=executor, echo=lambda line: None)
                 candidates[(file, runtime, mode)] = (run, count)
         # One untimed end-to-end call on a few images: imports and file caches, not shapes.
@@ -178,7 +179,7 @@ def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: 
     return {"images": count,
             "image_sizes": f"{min(heights)}-{max(heights)} x {min(widths)}-{max(widths)} px",
             "distinct_padded_sizes": len(sizes), "rounds": rounds, "threads": threads,
-            "batch": BATCH, "score_threshold": PREDICT_SCORE_THRESHOLD,
+            "batch": BATCH, "score_threshold": APP_SCORE_THRESHOLD,
             "target_ratio": TARGET_RATIO, "machine": machine_info(threads),
             "artifacts": results}
 

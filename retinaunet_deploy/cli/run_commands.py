@@ -10,6 +10,7 @@ from retinaunet_deploy import names
 from retinaunet_deploy.bench.rows import BenchOptions
 from retinaunet_deploy.cli.group import POSITIVE_INT, cli, comma_text, console, int_list
 from retinaunet_deploy.cli.model_commands import PRESET_NAMES
+from retinaunet_deploy.postprocess import APP_SCORE_THRESHOLD
 from retinaunet_deploy.runtime.predictor import DEFAULT_OVERLAP, DEFAULT_TILE
 from retinaunet_deploy.runtime.registry import runtime_choices
 
@@ -44,7 +45,7 @@ class RegisteredRuntimes(click.Choice):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("predictions"), show_default=True)
 @click.option("--threads", type=POSITIVE_INT, default=None, help="Inference threads [default: library's].")
-@click.option("--score-threshold", type=float, default=0.5, show_default=True,
+@click.option("--score-threshold", type=float, default=APP_SCORE_THRESHOLD, show_default=True,
               help="Keep detections scoring at least this. (The model card's 0.05 is for "
                    "evaluation, where AP needs the low-score tail.)")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),

@@ -45,8 +45,13 @@ PORT = click.IntRange(1, 65535)
               help="Images larger than this run as a sliding window of tiles.")
 @click.option("--overlap", type=float, default=SERVE.overlap, show_default=True,
               help="Fraction of a tile shared with its neighbour.")
+@click.option("--score-threshold", type=float, default=SERVE.score_threshold,
+              show_default=True,
+              help="Return detections scoring at least this, as `predict` keeps. (The model "
+                   "card's 0.05 is for evaluation, where AP needs the low-score tail.)")
 def serve(run_dir, artifact, runtime, host, port, grpc_port, env, max_batch_size,
-          max_queue_delay_us, max_queue_size, instances, threads, tile, overlap):
+          max_queue_delay_us, max_queue_size, instances, threads, tile, overlap,
+          score_threshold):
     """Serve RUN_DIR's recommended artifact (or --artifact) through Triton, KServe v2 over
     HTTP and gRPC, until SIGTERM or Ctrl-C (which drain the accepted requests).
 
@@ -59,6 +64,6 @@ def serve(run_dir, artifact, runtime, host, port, grpc_port, env, max_batch_size
 
     options = ServeOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                            max_queue_size=max_queue_size, instances=instances, threads=threads,
-                           tile=tile, overlap=overlap)
+                           tile=tile, overlap=overlap, score_threshold=score_threshold)
     run_server(run_dir, artifact, runtime, host, port, grpc_port, env, options,
                echo=click.echo)

@@ -1,7 +1,9 @@
 """What a served request and its response hold, as numpy arrays (no Triton import here).
 
 Request: one input tensor `image`, (N, H, W, C) of the card's pixel dtype (uint8 or
-uint16), raw pixel values, any H and W of at least one stride; N images of one size.
+uint16; int16/float32... for a model that normalises outside the graph), raw pixel values
+(the served Predictor applies the card's normalisation), any H and W of at least one
+stride; N images of one size.
 
 Response, per request (the end-to-end ONNX files' output names, `export/README.md`):
     labels             (N, H, W) uint8 argmax class mask, in the request image's pixels

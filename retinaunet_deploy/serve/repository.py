@@ -31,13 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retinaunet_deploy.errors import ArtifactError, ConfigError
+from retinaunet_deploy.postprocess import APP_SCORE_THRESHOLD
 from retinaunet_deploy.serve import protocol
 
 PACKAGE = Path(__file__).resolve().parents[1]          # retinaunet_deploy/
 SERVE_ENV_VARIABLE = "RETINAUNET_SERVE_ENV"
 BUILD_ENV = "build it with 'make serve-env' in a clone of retinaunet-deploy"
 SERVED_RUNTIMES = ("auto", "onnxruntime", "openvino", "openvino-bf16")
-PIXEL_TYPES = {"uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16"}
+# The request tensor's Triton type per card pixel dtype: 8/16-bit unsigned images, and the
+# signed and float pixels of models that normalise outside the graph (CT, MRI: issue 21).
+PIXEL_TYPES = {"uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "int8": "TYPE_INT8",
+               "int16": "TYPE_INT16", "int32": "TYPE_INT32", "float16": "TYPE_FP16",
+               "float32": "TYPE_FP32", "float64": "TYPE_FP64"}
 SHIM = ('"""Triton\'s entry point: the served model is retinaunet_deploy.serve.triton_model."""\n'
         "import os\nimport sys\n\n"
         "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
@@ -57,6 +62,8 @@ class ServeOptions:
         instances: model instances (processes), each running one batch at a time.
         threads: intra-op threads per instance (0: the runtime's default).
         tile, overlap: the Predictor's sliding window for large images.
+        score_threshold: detections scoring below this are not returned (as `predict`'s
+            --score-threshold; None: the card's, 0.05 on the demo, for evaluation).
     """
 
     max_batch_size: int = 8
@@ -66,10 +73,14 @@ class ServeOptions:
     threads: int = 0
     tile: int = 1024
     overlap: float = 0.25
+    score_threshold: float | None = APP_SCORE_THRESHOLD
 
     def __post_init__(self):
         if min(self.max_batch_size, self.instances, self.max_queue_size) < 1:
             raise ConfigError("max_batch_size, instances and max_queue_size must be >= 1")
+        if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:
+            raise ConfigError(f"--score-threshold must be in [0, 1], got "
+                              f"{self.score_threshold}")
         if self.threads < 0 or self.max_queue_delay_us < 0:
             raise ConfigError("threads and max_queue_delay_us must be >= 0")
 
@@ -131,8 +142,8 @@ def model_config(artifact: Path, runtime: str, card, env: Path, options: ServeOp
 
     pixel = PIXEL_TYPES.get(str(card.input.pixel_dtype))
     if pixel is None:
-        raise ConfigError(f"{artifact}: serve takes uint8 or uint16 images, the model's card "
-                          f"says {card.input.pixel_dtype}")
+        raise ConfigError(f"{artifact}: serve takes images of {', '.join(PIXEL_TYPES)}, the "
+                          f"model's card says {card.input.pixel_dtype}")
     config = pb.ModelConfig(name=protocol.MODEL_NAME, backend="python",
                             max_batch_size=options.max_batch_size)
     config.input.add(name=protocol.INPUT, data_type=pb.DataType.Value(pixel),
@@ -149,7 +160,9 @@ def model_config(artifact: Path, runtime: str, card, env: Path, options: ServeOp
     config.instance_group.add(count=options.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     for key, value in (("EXECUTION_ENV_PATH", str(env)), ("artifact", str(artifact)),
                        ("runtime", runtime), ("threads", str(options.threads)),
-                       ("tile", str(options.tile)), ("overlap", repr(options.overlap))):
+                       ("tile", str(options.tile)), ("overlap", repr(options.overlap)),
+                       ("score_threshold", "" if options.score_threshold is None
+                        else repr(options.score_threshold))):
         config.parameters[key].string_value = value
     return config
 

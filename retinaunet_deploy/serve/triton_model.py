@@ -11,6 +11,7 @@ default), `tile`, `overlap` (the Predictor's sliding window).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from retinaunet_deploy.serve import protocol
@@ -30,6 +31,10 @@ class TritonPythonModel:
             parameters["artifact"], threads=threads, runtime=parameters.get("runtime", "auto"),
             batch_size=int(config.get("max_batch_size") or 8),
             tile=int(parameters["tile"]), overlap=float(parameters["overlap"]))
+        if parameters.get("score_threshold"):   # as `predict --score-threshold`
+            self.predictor.detection_config = dataclasses.replace(
+                self.predictor.detection_config,
+                score_threshold=float(parameters["score_threshold"]))
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
