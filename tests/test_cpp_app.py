@@ -273,3 +273,22 @@ def test_the_tensorrt_backend_compiles_against_tensorrt_headers():
          "-isystem", headers[1], "-isystem", str(Path(openvino.__file__).parent / "include"),
          str(EXAMPLE / "main.cpp")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_the_app_keeps_what_predict_keeps_by_default(cpp_app, tiny_exported, tmp_path):
+    """By default the app writes the detections scoring over 0.5 (predict's and serve's
+    --score-threshold), the same boxes as the card's 0.05 run filtered at 0.5."""
+    run, _ = tiny_exported
+    image = compare.test_images(run, 2, 128)[0]
+    compare.write_pgm(tmp_path / "in.pgm", image)
+    found = {}
+    for name, extra in (("default", ()), ("card", ("--score-threshold", "0.05"))):
+        result = _run(cpp_app, run / "model.onnx", tmp_path / "in.pgm", tmp_path / "m.pgm",
+                      "--json", tmp_path / f"{name}.json", *extra)
+        assert result.returncode == 0, result.stderr
+        found[name] = json.loads((tmp_path / f"{name}.json").read_text())["detections"]
+    assert found["card"], "the tiny model finds boxes over 0.05 on a test image"
+    assert found["default"] == [d for d in found["card"] if d["score"] > 0.5]
+    bad = _run(cpp_app, run / "model.onnx", tmp_path / "in.pgm", tmp_path / "m.pgm",
+               "--score-threshold", "2")
+    assert bad.returncode == 2 and "--score-threshold must be in [0, 1]" in bad.stderr

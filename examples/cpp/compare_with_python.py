@@ -89,7 +89,8 @@ def compare(binary: Path, model: Path, images: list[np.ndarray], out: Path, tile
             start = time.perf_counter()
             result = subprocess.run(
                 [str(binary), str(model), str(out / f"{i}.pgm"), str(out / f"{i}.mask.pgm"),
-                 "--tile", str(tile), "--threads", str(threads), "--json",
+                 "--tile", str(tile), "--threads", str(threads), "--score-threshold",
+                 repr(predictor.detection_config.score_threshold), "--json",
                  str(out / f"{i}.json"), *extra], capture_output=True, text=True, check=False)
             seconds += time.perf_counter() - start
             if result.returncode:

@@ -42,7 +42,11 @@ namespace {
 const char* USAGE =
     "usage: retinaunet_infer MODEL.onnx|MODEL.plan IMAGE.pgm|IMAGE.f32 MASK_OUT.pgm "
     "[--card model_card.json] [--tile N] [--overlap F] [--json DETECTIONS.json] "
-    "[--threads N] [--scale S] [--shape HxWxC]\n";
+    "[--threads N] [--score-threshold S] [--scale S] [--shape HxWxC]\n";
+
+// What apps keep by default, as `predict` and `serve` (retinaunet_deploy.postprocess
+// APP_SCORE_THRESHOLD): the card's own score_threshold (0.05) is for evaluation.
+constexpr double APP_SCORE_THRESHOLD = 0.5;
 
 bool ends_with(const std::string& text, const std::string& suffix) {
     return text.size() >= suffix.size() &&
@@ -53,6 +57,7 @@ struct Options {
     std::string model, image, mask, card, json;
     int tile = retinaunet::DEFAULT_TILE, threads = 0, scale = 1;
     double overlap = retinaunet::DEFAULT_OVERLAP;
+    double score_threshold = APP_SCORE_THRESHOLD;
     int raw_h = 0, raw_w = 0, raw_c = 0;
 };
 
@@ -84,14 +89,16 @@ Options parse(int argc, char** argv) {
         else if (arg == "--tile") options.tile = integer(arg, value);
         else if (arg == "--threads") options.threads = integer(arg, value);
         else if (arg == "--scale") options.scale = integer(arg, value);
-        else if (arg == "--overlap") {
+        else if (arg == "--overlap" || arg == "--score-threshold") {
             size_t used = 0;
+            double number = 0;
             try {
-                options.overlap = std::stod(value, &used);
+                number = std::stod(value, &used);
             } catch (const std::exception&) {
                 used = 0;
             }
-            if (used != value.size()) throw std::invalid_argument("--overlap takes a number, got " + value);
+            if (used != value.size()) throw std::invalid_argument(arg + " takes a number, got " + value);
+            (arg == "--overlap" ? options.overlap : options.score_threshold) = number;
         } else if (arg == "--shape") {
             if (std::sscanf(value.c_str(), "%dx%dx%d", &options.raw_h, &options.raw_w,
                             &options.raw_c) != 3 || options.raw_h <= 0 || options.raw_w <= 0 ||
@@ -108,6 +115,8 @@ Options parse(int argc, char** argv) {
     options.image = positional[1];
     options.mask = positional[2];
     if (options.threads < 0) throw std::invalid_argument("--threads must be 0 or more");
+    if (!(options.score_threshold >= 0 && options.score_threshold <= 1))
+        throw std::invalid_argument("--score-threshold must be in [0, 1]");
     return options;
 }
 
@@ -189,7 +198,16 @@ int main(int argc, char** argv) {
         const retinaunet::Card card = card_for(options, *backend);
         retinaunet::Predictor predictor(*backend, card, options.tile, options.overlap);
         predictor.check(image, options.image);
-        const retinaunet::Result result = predictor.predict(image);
+        retinaunet::Result result = predictor.predict(image);
+        // Keep what `predict --score-threshold` keeps: scores above it (the decode's own
+        // test, `score > threshold`; dropping after NMS keeps the same boxes, as a box
+        // never suppresses one that scores higher).
+        std::vector<retinaunet::Detection>& found = result.detections;
+        found.erase(std::remove_if(found.begin(), found.end(),
+                                   [&](const retinaunet::Detection& d) {
+                                       return !(d.score > options.score_threshold);
+                                   }),
+                    found.end());
         const auto done = std::chrono::steady_clock::now();
         auto ms = [](auto a, auto b) {
             return std::chrono::duration<double, std::milli>(b - a).count();
