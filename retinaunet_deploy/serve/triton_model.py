@@ -41,15 +41,19 @@ class TritonPythonModel:
 
         images = [pb_utils.get_input_tensor_by_name(r, protocol.INPUT).as_numpy()
                   for r in requests]
+        # A request outside the input contract is the client's error (HTTP 400, gRPC
+        # INVALID_ARGUMENT); anything else failing is the server's (500, INTERNAL).
+        code = pb_utils.TritonError.INVALID_ARG
         try:
             results = protocol.answer(self.predictor, images)
         except Exception as error:  # noqa: BLE001 - every request gets an answer, the server lives
             results = [f"{type(error).__name__}: {error}"] * len(requests)
+            code = pb_utils.TritonError.INTERNAL
         responses = []
         for result in results:
             if isinstance(result, str):
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(result)))
+                    output_tensors=[], error=pb_utils.TritonError(result, code)))
             else:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(name, value)
