@@ -244,11 +244,14 @@ def _damage_compression(path, level_page: int = 0) -> None:
         tiff.pages[level_page].tags["Compression"].overwrite(64999)
 
 
-@pytest.mark.parametrize("case", ["level", "compression", "mpp"])
+@pytest.mark.parametrize("case", ["level", "compression", "mpp", "no-slide"])
 def test_bad_slides_are_one_line_and_nothing_is_written(slides, model, tmp_path, case):
     ome, pages, _ = slides
     path, extra = {"level": (ome, ["--level", "5"]), "mpp": (pages, ["--mpp", "0.5"]),
-                   "compression": (tmp_path / "odd.tif", [])}[case]
+                   "compression": (tmp_path / "odd.tif", []),
+                   "no-slide": (tmp_path / "plain.png", ["--level", "1"])}[case]
+    if case == "no-slide":   # --level on images only would be ignored: refused instead
+        Image.fromarray(np.full((80, 96), 60, np.uint8)).save(path)
     if case == "compression":
         shutil.copy(pages, path)
         _damage_compression(path)
@@ -260,7 +263,8 @@ def test_bad_slides_are_one_line_and_nothing_is_written(slides, model, tmp_path,
     assert len(lines) == 1, result.output
     expected = {"level": f"Error: {ome} has no level 5: it has 3 level(s)",
                 "mpp": f"Error: {pages} records no pixel size",
-                "compression": f"Error: {path} is a TIFF compressed with 64999"}[case]
+                "compression": f"Error: {path} is a TIFF compressed with 64999",
+                "no-slide": "Error: --level chooses a level of a whole-slide image"}[case]
     assert lines[0].startswith(expected), lines[0]
     assert not out.exists()
 

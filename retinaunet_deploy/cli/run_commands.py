@@ -117,10 +117,10 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
                      f"tiles run, {tiles['skipped_background']} background")
         click.echo(f"{path} ({size}): {entry.get('detection_count', len(found))} "
                    f"detection(s){': ' + summary if found else ''}")
-    slides = any(entry.get("kind") == "slide" for entry in results.values())
-    click.echo(f"wrote {out_dir}/masks/, {out_dir}/overlays/, "
-               + (f"{out_dir}/detections/, " if slides else "")
-               + f"{out_dir}/results.jsonl and {out_dir}/detections.json")
+    folders = [f"{out_dir}/{name}/" for name in ("masks", "overlays", "seg", "detections")
+               if (out_dir / name).is_dir() and any((out_dir / name).iterdir())]
+    click.echo(f"wrote {', '.join(folders + [f'{out_dir}/results.jsonl'])} and "
+               f"{out_dir}/detections.json")
 
 
 def _ray_executor(address: str | None) -> dict:

@@ -148,6 +148,14 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
         if predictor.tile_warning:
             echo(f"warning: {predictor.tile_warning}")
         items = plan_inputs(list(image_paths), predictor, level=level, mpp=mpp)
+        from retinaunet_deploy.errors import ConfigError
+
+        if (level is not None or mpp is not None) and not any(
+                getattr(item, "kind", "image") == "slide" for item in items):
+            raise ConfigError(f"{'--level' if level is not None else '--mpp'} chooses a level "
+                              f"of a whole-slide image (a tiled pyramidal TIFF, or a file "
+                              f"OpenSlide reads), and none of the {len(items)} input(s) is "
+                              f"one; leave it out")
         header = {"artifact": str(artifact), "artifact_sha256": sha256_file(Path(artifact)),
                   "runtime": resolve(Path(artifact), runtime).name,
                   "options": {"score_threshold": predictor.detection_config.score_threshold,
