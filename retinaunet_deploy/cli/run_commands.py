@@ -228,8 +228,7 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
     options = BenchOptions(images=images, batch_sizes=batch_sizes, threads=threads,
                            rounds=rounds, min_seconds=min_seconds, peak=not no_limits,
                            backends=tuple(b.strip() for b in backends.split(",")),
-                           **_folder_options(folder_throughput, folder_artifacts, folder_images,
-                                             latency_only))
+                           **_folder_options(folder_throughput, folder_artifacts, folder_images))
     out_dir = out_dir or Path("bench/default" if run_dir else f"bench/{preset}-latency")
     out = console()
     if latency_only:
@@ -269,14 +268,13 @@ def bench(run_dir, out_dir, preset, latency_only, sizes, images, batch_sizes, th
               markup=False)
 
 
-def _folder_options(on: bool, artifacts: str, images: int, latency_only: bool) -> dict:
-    """BenchOptions' folder-throughput fields for --folder-throughput (none without it)."""
+def _folder_options(on: bool, artifacts: str, images: int) -> dict:
+    """BenchOptions' folder-throughput fields for --folder-throughput (none without it;
+    `_refuse_unused_options` has refused it with --latency-only)."""
     from retinaunet_deploy.bench.throughput import folder_artifacts
 
     if not on:
         return {}
-    if latency_only:
-        raise click.UsageError("--folder-throughput takes RUN_DIR, not --latency-only")
     return {"folder_artifacts": folder_artifacts(artifacts), "folder_images": images}
 
 
