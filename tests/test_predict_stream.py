@@ -58,6 +58,9 @@ def test_output_names_keep_plain_stems_and_tell_folders_apart():
     assert output_names([Path("/d/x/img.png"), Path("/d/y/img.png"), Path("/d/z.png")]) == \
         ["x__img", "y__img", "z"]
     assert output_names([Path("/d/a.png"), Path("/d/a.tif")]) == ["a_png", "a_tif"]
+    # OME-TIFF's double suffix is the suffix: x.ome.tif is x (its mask not x.ome.ome.tif).
+    assert output_names([Path("/d/slide.ome.tif"), Path("/d/b.OME.TIFF")]) == ["slide", "b"]
+    assert output_names([Path("/d/a.ome.tif"), Path("/d/a.png")]) == ["a_ome_tif", "a_png"]
     # The inputs: a.tif's first disambiguation is a_tif.png's stem, so both move on.
     assert output_names([Path("/d/a.png"), Path("/d/a.tif"), Path("/d/a_tif.png")]) == \
         ["a_png", "a_tif-1", "a_tif_png"]

@@ -55,6 +55,9 @@ def _key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
+OME_SUFFIXES = (".ome.tif", ".ome.tiff")
+
+
 def _stem_suffix(path: Path) -> tuple[str, str]:
     """(stem, suffix) of an input: a volume's (`data.volumes.volume_stem`), else an image's."""
     from retinaunet_deploy.data.readers import stem_of, suffix_of
@@ -62,6 +65,10 @@ def _stem_suffix(path: Path) -> tuple[str, str]:
 
     if volume_readable(path):
         return volume_stem(path), volume_suffix(path)
+    name = path.name
+    for ome in OME_SUFFIXES:   # Bio-Formats' double suffix: x.ome.tif is named x
+        if name.lower().endswith(ome) and len(name) > len(ome):
+            return name[:-len(ome)], name[-len(ome):].lower()
     return stem_of(path), suffix_of(path)
 
 
