@@ -107,8 +107,9 @@ def _layout(tiff, path: Path) -> tuple[object, tuple[int, ...], np.dtype, dict]:
     return page, shape, np.dtype(page.dtype).newbyteorder("="), metadata
 
 
-def _open(path: Path, work):
-    """Run ``work(tiff)`` on the open file, mapping tifffile's many errors to `DataError`."""
+def open_tiff(path: Path, work, what: str = "TIFF"):
+    """Run ``work(tiff)`` on the open file, mapping tifffile's many errors to `DataError`
+    (a missing codec names itself and its remedy; else "replace it with a valid <what>")."""
     import tifffile
 
     try:
@@ -120,7 +121,7 @@ def _open(path: Path, work):
         text = (str(error).splitlines() or [type(error).__name__])[0][:200]
         if "imagecodecs" in text:
             raise DataError(codec_remedy(path, f"whose codec is missing ({text})")) from error
-        raise DataError(f"cannot read {path}: {text}; replace it with a valid TIFF") from error
+        raise DataError(f"cannot read {path}: {text}; replace it with a valid {what}") from error
 
 
 def read_tiff(path: Path) -> tuple[np.ndarray, dict]:
@@ -141,7 +142,7 @@ def read_tiff(path: Path) -> tuple[np.ndarray, dict]:
                             f"say {shape}; replace it with a valid TIFF")
         return np.ascontiguousarray(array, dtype=dtype), metadata
 
-    return _open(Path(path), work)
+    return open_tiff(Path(path), work)
 
 
 def probe_tiff(path: Path) -> tuple[tuple[int, ...], np.dtype, dict]:
@@ -150,7 +151,7 @@ def probe_tiff(path: Path) -> tuple[tuple[int, ...], np.dtype, dict]:
         _, shape, dtype, metadata = _layout(tiff, path)
         return shape, dtype, metadata
 
-    return _open(Path(path), work)
+    return open_tiff(Path(path), work)
 
 
 def check_image(shape: tuple[int, ...], metadata: dict, path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.data.tiff import open_tiff
 from retinaunet_deploy.errors import DataError
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
@@ -110,20 +111,6 @@ def _layout(tiff, path: Path):
     return series, keep, order, final, np.dtype(series.dtype).newbyteorder("=")
 
 
-def _open(path: Path, work):
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            return work(tiff)
-    except DataError:
-        raise
-    except Exception as error:  # tifffile and codecs raise many types
-        text = (str(error).splitlines() or [type(error).__name__])[0][:200]
-        raise DataError(f"cannot read {path}: {text}; replace it with a valid TIFF "
-                        f"stack") from error
-
-
 def probe_stack(path: Path):
     """(shape (I, J, K[, C]), dtype, affine) of a TIFF stack from its tags."""
     def work(tiff):
@@ -131,7 +118,7 @@ def probe_stack(path: Path):
         spacing, _ = _spacing(tiff, path)
         return shape, dtype, _affine(spacing)
 
-    return _open(Path(path), work)
+    return open_tiff(Path(path), work, "TIFF stack")
 
 
 def _affine(spacing: np.ndarray) -> np.ndarray:
@@ -162,4 +149,4 @@ def read_stack(path: Path):
         return Volume(np.ascontiguousarray(array, dtype), _affine(spacing), str(path), header,
                       "TIFF stack", notes)
 
-    return _open(path, work)
+    return open_tiff(path, work, "TIFF stack")
