@@ -36,12 +36,12 @@ folder), and a dataset that changed since is refused, as for folders.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.data.folder import sample_sha256
 from retinaunet_deploy.data.sample import SPLIT_NAMES, Sample, components_as_instances
 from retinaunet_deploy.errors import DataError
 from retinaunet_deploy.label_rules import AS_STORED, Labels
@@ -102,14 +102,12 @@ def list_volumes(root: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def volume_sha256(paths) -> str:
-    """One hash over the bytes of a volume's files (every file of a DICOM folder, sorted)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        path = Path(path)
-        for file in (sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir()
-                     else [path]):
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
+    """One hash over the bytes of a volume's files (every file of a DICOM folder, sorted):
+    `folder.sample_sha256` over them, so a volume and a 2D sample hash alike."""
+    files = []
+    for path in map(Path, paths):
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return sample_sha256(files)
 
 
 def read_pair(name: str, paths, labels: Labels = AS_STORED):
