@@ -139,6 +139,10 @@ def test_out_of_contract_pixels_are_one_line(cpp_app, tiny_exported, tmp_path):
     raw.write_bytes(values.tobytes())
     _one_line_error(_run(cpp_app, run / "model.onnx", raw, tmp_path / "m.pgm", "--shape",
                          "32x32x1"), "pixel value 300 at row 3, column 5")
+    odd = tmp_path / "odd.pgm"   # maxval 200: stored values or rescaled? refused
+    odd.write_bytes(b"P5\n32 32\n200\n" + bytes(32 * 32))
+    _one_line_error(_run(cpp_app, run / "model.onnx", odd, tmp_path / "m.pgm"),
+                    "PGM maxval 200", "maxval 255")
     small = tmp_path / "small.pgm"
     compare.write_pgm(small, np.zeros((4, 64), np.uint8))
     _one_line_error(_run(cpp_app, run / "model.onnx", small, tmp_path / "m.pgm"),

@@ -57,6 +57,13 @@ inline Image read_pgm(const std::string& path) {
     }
     if (image.width <= 0 || image.height <= 0 || maxval <= 0 || maxval > 65535)
         throw std::runtime_error(path + ": bad PGM size or maxval");
+    // Other maxvals are ambiguous: readers such as PIL rescale them to 0..255, this app
+    // would feed the stored values. Only the two full ranges say what the pixels are.
+    if (maxval != 255 && maxval != 65535)
+        throw std::runtime_error(path + ": PGM maxval " + std::to_string(maxval) + "; the app "
+                                 "reads raw pixel values from 8-bit (maxval 255) or 16-bit "
+                                 "(maxval 65535) PGMs: save it with one of those, values "
+                                 "unscaled");
     image.channels = 1;
     image.bits = maxval > 255 ? 16 : 8;
     const size_t count = static_cast<size_t>(image.width) * image.height;
