@@ -45,7 +45,11 @@ def recommended_artifact(run_dir: Path) -> tuple[Path, str]:
         raise ArtifactError(f"{run_dir} has no {names.RECOMMENDATION}; run 'retinaunet-deploy "
                             f"bench {run_dir}' to choose the fastest variant that passes its "
                             f"gate, or give an artifact file")
-    verify_lineage(run_dir, names.RECOMMENDATION, f"retinaunet-deploy bench {run_dir}")
+    try:
+        verify_lineage(run_dir, names.RECOMMENDATION, f"retinaunet-deploy bench {run_dir}")
+    except ArtifactError as error:   # bench is long: the quick way out too
+        raise ArtifactError(f"{error}, or give an artifact file (e.g. "
+                            f"'{run_dir / names.ONNX}') instead of the run folder") from error
     choice = json.loads(path.read_text())
     # The file, and the card every runtime reads beside a file that carries none (.keras,
     # .tflite, .plan): each refused with the stage that remakes it when it changed.

@@ -187,3 +187,9 @@ def test_predict_on_a_run_folder_runs_the_recommended_variant(tiny_calibrated, t
     card.write_text(card.read_text().replace('"disk"', '"AAA"'))
     with pytest.raises(ArtifactError, match="model_card.json"):
         recommended_artifact(copy)
+    # An edited recommendation: the long remedy (bench) and the quick one (name a file).
+    recommendation = copy / "recommendation.json"
+    recommendation.write_text(recommendation.read_text() + " ")
+    with pytest.raises(ArtifactError, match=r"retinaunet-deploy bench .*, or give an artifact "
+                                            r"file \(e\.g\. '.*model\.onnx'\) instead"):
+        recommended_artifact(copy)
