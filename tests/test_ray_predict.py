@@ -132,3 +132,51 @@ def test_ray_taking_an_image_as_its_address_is_refused(tiny_exported, inputs, tm
     assert (f"--ray took {inputs[0]} as its cluster address; put --ray after the images, or "
             f"write --ray=ADDRESS") in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_pushed_back_by_a_dead_actor_and_finished_last_is_still_written(monkeypatch):
+    """Replays the order that once raised "no actor left" with one actor alive: the dead
+    actor's first image comes back last, after every later image in the window was done."""
+    from ray.exceptions import RayActorError
+
+    from retinaunet_deploy.predict import ray_runner, stream
+
+    class Ref:
+        def __init__(self, index, actor):
+            self.index, self.actor = index, actor
+
+    class Actor:
+        def __init__(self, dead):
+            self.dead = dead
+            self.predict = self
+            self.seen = []
+
+        def remote(self, item, image):
+            self.seen.append(item)
+            return Ref(item, self)
+
+    def get(ref):
+        if ref.actor.dead:
+            raise RayActorError()
+        return f"prediction {ref.index}"
+
+    # Ray may finish refs in any order: the latest-sent first is the worst case here.
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: (
+        [max(refs, key=lambda r: r.index)], []))
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(stream, "read_item", lambda item: f"image {item}")
+
+    class Writer:
+        written = []
+
+        def write(self, item, image, result, predictor):
+            assert (image, result) == (f"image {item}", f"prediction {item}")
+            self.written.append(item)
+            return {}
+
+    dead, alive = Actor(dead=True), Actor(dead=False)
+    warnings = []
+    ray_runner._schedule(list(range(12)), [dead, alive], None, Writer(), warnings.append)
+    assert Writer.written == list(range(12))
+    assert dead.seen and warnings == ["a Ray actor died (The actor experienced an error before "
+                                      "finishing this task.); its images go to the 1 other(s)"]

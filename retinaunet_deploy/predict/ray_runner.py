@@ -241,20 +241,10 @@ def _schedule(todo, pool, predictor, writer, warn) -> None:
     images, results, in_flight = {}, {}, {}    # index -> image / Prediction or _Failure
     busy = {id(actor): 0 for actor in pool}
     next_write, failed_at = 0, None
-    while next_write < len(todo):
-        for actor in list(live.values()):
-            while (busy[id(actor)] < IN_FLIGHT and waiting and waiting[0] < next_write + window
-                   and (failed_at is None or waiting[0] < failed_at)):
-                index = heapq.heappop(waiting)
-                if index not in images:
-                    try:
-                        images[index] = read_item(todo[index])
-                    except Exception as error:  # noqa: BLE001 - raised in input order below
-                        results[index] = _Failure(error)
-                        failed_at = index if failed_at is None else min(failed_at, index)
-                        continue
-                in_flight[actor.predict.remote(todo[index], images[index])] = (index, actor)
-                busy[id(actor)] += 1
+    while True:
+        # Write first, so the window below is measured from the current next_write: sent
+        # against a stale one, an image pushed back by a dead actor could finish last and
+        # leave nothing in flight with images still waiting (a false "no actor left").
         while next_write in results:
             result = results.pop(next_write)
             if isinstance(result, _Failure):
@@ -264,7 +254,22 @@ def _schedule(todo, pool, predictor, writer, warn) -> None:
             next_write += 1
         if next_write >= len(todo):
             break
+        for actor in list(live.values()):
+            while (busy[id(actor)] < IN_FLIGHT and waiting and waiting[0] < next_write + window
+                   and (failed_at is None or waiting[0] < failed_at)):
+                index = heapq.heappop(waiting)
+                if index not in images:
+                    try:
+                        images[index] = read_item(todo[index])
+                    except Exception as error:  # noqa: BLE001 - raised in input order above
+                        results[index] = _Failure(error)
+                        failed_at = index if failed_at is None else min(failed_at, index)
+                        continue
+                in_flight[actor.predict.remote(todo[index], images[index])] = (index, actor)
+                busy[id(actor)] += 1
         if not in_flight:
+            if next_write in results:      # a read failure found while sending: raise it above
+                continue
             raise RetinaUNetError(f"{len(pool) - len(live)} of {len(pool)} Ray actors died "
                                   f"and none is left for {todo[next_write].path}; see the Ray "
                                   f"logs (/tmp/ray/session_latest/logs on each node), then run "
