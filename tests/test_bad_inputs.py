@@ -266,6 +266,24 @@ def test_an_image_whose_pixels_are_truncated_stops_predict_keeping_finished_imag
     assert (tmp_path / "p" / images[0]["mask"]).is_file()
 
 
+def test_an_image_refused_while_reading_before_any_finished_leaves_nothing(corpus, tmp_path):
+    # Found bad after planning (its header reads), with no image finished: no header-only
+    # results.jsonl and no empty folders are left (they were, up to this fix), whatever
+    # the executor.
+    from retinaunet_deploy.errors import DataError
+    from retinaunet_deploy.predict import predict_files
+
+    run, bad = corpus
+    _fails_cleanly(["predict", run / "model.onnx", bad / "truncated.png", "--out",
+                    tmp_path / "new" / "p"],
+                   "cannot read", "truncated.png", "replace it with a valid PNG")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(DataError, match="truncated.png"):
+        predict_files(run / "model.onnx", [bad / "truncated.png"], tmp_path / "seq",
+                      executor="sequential", echo=lambda line: None)
+    assert not (tmp_path / "seq").exists()
+
+
 # === Datasets given to train ===
 
 def _dataset(root: Path, masks_dtype=np.uint8, mask_value=1, count=2):

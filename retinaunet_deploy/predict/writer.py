@@ -119,6 +119,10 @@ class ResultWriter:
         self.calibration_range = calibration_range
         self.entries: dict[str, dict] = {}     # path -> entry, of this run and resumed
         self.done: dict[str, dict] = {}        # path -> line, finished by an earlier run
+        # What this run creates, removed again if it fails before finishing any image.
+        self._created = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]
+        self._fresh_results = False
+        self._writes = 0
         for folder in (self.out_dir, self.out_dir / "masks", self.out_dir / "overlays"):
             check_writable(folder)
         self.results = self.out_dir / RESULTS
@@ -138,6 +142,7 @@ class ResultWriter:
         try:
             with atomic_path(self.results) as tmp:
                 tmp.write_text(json.dumps(self.header) + "\n")
+            self._fresh_results = True
         except OSError as error:
             raise output_error(self.results, error, _remedy(error)) from error
 
@@ -198,6 +203,7 @@ class ResultWriter:
 
     def _save(self, path: Path, data: bytes) -> str:
         """`data` to a temporary file renamed over `path`; its sha256."""
+        self._writes += 1      # from here on, a failed run keeps its results.jsonl
         try:
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
@@ -206,6 +212,7 @@ class ResultWriter:
         return hashlib.sha256(data).hexdigest()
 
     def _append(self, line: dict) -> None:
+        self._writes += 1
         data = (json.dumps(line) + "\n").encode()
         size = os.fstat(self._fd).st_size
         try:
@@ -375,5 +382,19 @@ class ResultWriter:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
         self.close()
+        if exc_type is not None and self._fresh_results and not self._writes:
+            self._remove_empty_start()
+
+    def _remove_empty_start(self) -> None:
+        """A run refused before its first image was written (an input found bad while
+        reading, a runtime failure) leaves nothing: its header-only results.jsonl, and the
+        folders it created if they are empty. A run that wrote images keeps them all."""
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self.results.unlink()
+        for folder in self._created:      # deepest first; a folder holding anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
