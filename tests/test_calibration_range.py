@@ -147,3 +147,16 @@ def test_the_margin_rule():
     # A large image is measured on a subsample of its pixels, with the same verdict.
     big = np.full((2048, 1024), (low + high) / 2, np.float32)
     assert guard.check(big) is None
+
+
+@pytest.mark.parametrize("dtype,top", [(np.uint8, 256), (np.uint16, 65536), (np.uint8, 3)])
+@pytest.mark.parametrize("size", [1, 2, 101, 4096])
+def test_histogram_statistics_of_integer_images_equal_numpys(dtype, top, size):
+    from retinaunet_deploy.runtime.calibration_range import image_statistics
+
+    values = np.random.default_rng(size).integers(0, top, size).astype(dtype)
+    expected = np.percentile(values.astype(np.float64), [1, 99])
+    figures = image_statistics(values.reshape(1, -1))
+    assert figures["p1"] == pytest.approx(expected[0], abs=1e-9)
+    assert figures["p99"] == pytest.approx(expected[1], abs=1e-9)
+    assert figures["mean"] == pytest.approx(values.mean(), rel=1e-12)
