@@ -251,6 +251,28 @@ def test_resume_refuses_other_options_or_artifact(model, inputs, uninterrupted, 
     assert _files(out) == _files(uninterrupted)
 
 
+def test_no_overlays_writes_the_same_masks_and_lines_without_overlays(model, inputs,
+                                                                      uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    predict_files(model, inputs, out, threads=1, score_threshold=0.05, overlays=False)
+    full, bare = _files(uninterrupted), _files(out)
+    assert not (out / "overlays").exists()
+    masks = {k: v for k, v in full.items() if k.startswith("masks/")}
+    assert bare == {**masks, "results.jsonl": bare["results.jsonl"],
+                    "detections.json": bare["detections.json"]}
+    with_overlays, without = _lines(uninterrupted), _lines(out)
+    assert without[0]["options"] == {**with_overlays[0]["options"], "overlays": False}
+    for line, bare_line in zip(with_overlays[1:], without[1:]):
+        assert bare_line == {k: v for k, v in line.items()
+                             if k not in ("overlay", "overlay_sha256")}
+    # Resume keeps to it: all done, nothing redone; with overlays asked for, refused.
+    predict_files(model, inputs, out, threads=1, score_threshold=0.05, overlays=False,
+                  resume=True)
+    assert _files(out) == bare
+    with pytest.raises(ConfigError, match=r"\"overlays\": false"):
+        predict_files(model, inputs, out, threads=1, score_threshold=0.05, resume=True)
+
+
 # === Output faults ===
 
 @contextlib.contextmanager

@@ -74,8 +74,12 @@ class RegisteredRuntimes(click.Choice):
 @click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Whole-slide images: predict the level of this resolution, micrometres "
                    "per pixel (within 10%; from the file's metadata).")
+@click.option("--overlays/--no-overlays", default=True, show_default=True,
+              help="Write overlays/NAME.png (image, mask colours, boxes) for each image. "
+                   "On a large folder of small images, drawing and encoding them is most "
+                   "of the writing time.")
 def predict(artifact, images, out_dir, threads, score_threshold, provider, runtime, tile,
-            overlap, max_detections, resume, ray_address, level, mpp):
+            overlap, max_detections, resume, ray_address, level, mpp, overlays):
     """Run ARTIFACT (.keras, .onnx, .tflite or .plan) on PNG or TIFF IMAGES of any size;
     write masks, overlays, results.jsonl (one line per image, as each finishes) and
     detections.json (the summary, at the end).
@@ -106,7 +110,8 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
     results = predict_files(artifact, list(images), out_dir, threads, score_threshold, chosen,
                             tile, overlap, runtime, resume=resume,
                             max_detections=max_detections, echo=click.echo,
-                            level=level, mpp=mpp, **_ray_executor(ray_address))
+                            level=level, mpp=mpp, overlays=overlays,
+                            **_ray_executor(ray_address))
     for path, entry in results.items():
         found = entry.get("detections", [])
         summary = ", ".join(f"{d['class']} {d['score']:.2f}" for d in found[:5])

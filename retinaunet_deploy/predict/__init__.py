@@ -92,7 +92,7 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                   resume: bool = False, max_detections: int | None = None,
                   executor: str = "pipelined", ray_address: str | None = None,
                   echo: Callable[[str], None] | None = None, level: int | None = None,
-                  mpp: float | None = None) -> dict:
+                  mpp: float | None = None, overlays: bool = True) -> dict:
     """Run `artifact` on image files and write the outputs (`writer`); returns the
     per-image entries by path, in the order of `image_paths`.
 
@@ -120,6 +120,8 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
             per pixel (`data.slides.choose_level`; default level 0); slides are
             predicted after the images, one at a time, on this process
             (`predict.slides`); other inputs ignore them.
+        overlays: write overlays/<name>.png for each image (False: masks and results
+            only, recorded in the header's options, so --resume keeps to it).
     Raises:
         InputError, DataError: bad inputs (all of them named, before anything is written).
         OutputError: the output folder or a file in it cannot be written.
@@ -163,9 +165,11 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
                               "overlap": predictor.overlap,
                               "providers": None if providers is None else repr(providers),
                               **({"level": level} if level is not None else {}),
-                              **({"mpp": mpp} if mpp is not None else {})}}
+                              **({"mpp": mpp} if mpp is not None else {}),
+                              **({} if overlays else {"overlays": False})}}
         with ResultWriter(Path(out_dir), header=header, resume=resume,
-                          calibration_range=_calibration_range(artifact)) as writer:
+                          calibration_range=_calibration_range(artifact),
+                          overlays=overlays) as writer:
             todo = [item for item in items if not writer.is_done(item)]
             if resume and len(todo) < len(items):
                 echo(f"resuming: {len(items) - len(todo)} of {len(items)} images already "

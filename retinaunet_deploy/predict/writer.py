@@ -2,7 +2,8 @@
 finished image and `--resume` can tell finished from unfinished.
 
     OUT/masks/<name>.png      class indices at the image's own size (8-bit, 0 = background)
-    OUT/overlays/<name>.png   image, mask colours, boxes with class and score
+    OUT/overlays/<name>.png   image, mask colours, boxes with class and score (not with
+                              overlays=False: predict --no-overlays)
     OUT/results.jsonl         line 1: the run's header (artifact, its sha256, runtime,
                               options); then one line per finished image, appended as it
                               finishes: {"path": ..., **entry}; rewritten at the end
@@ -13,8 +14,8 @@ finished image and `--resume` can tell finished from unfinished.
     detections/<name>.geojson instead of the PNGs, written by its own path and recorded
     by `commit_outputs` (its entry lists them under ``outputs``).
 
-An image's entry: size [H, W]; mask and overlay (paths relative to OUT) and their
-sha256; tiled; class_pixels {class: count}; with detection heads, detections (box
+An image's entry: size [H, W]; mask and overlay (paths relative to OUT; no overlay
+keys without overlays) and their sha256; tiled; class_pixels {class: count}; with detection heads, detections (box
 [y1, x1, y2, x2] image pixels, score, class), detections_capped (bool) and
 detections_before_cap (the count before the per-image cap; equal to the number kept
 when not capped); warnings (one line each, also printed).
@@ -74,7 +75,7 @@ class Rendered:
     the files' paths and sha256, which `ResultWriter.commit` adds)."""
 
     mask_png: bytes
-    overlay_png: bytes
+    overlay_png: bytes | None      # None: the run writes no overlays
     entry: dict
 
 
@@ -106,6 +107,9 @@ class ResultWriter:
             without it, results.jsonl starts afresh.
         calibration_range: an object with ``.check(image) -> str | None`` (the INT8
             artifact's `CalibrationRange`), or None.
+        overlays: draw and write overlays/<name>.png for each image (False: masks and
+            results only; drawing and encoding the overlay is most of a small image's
+            writing cost, bench/README.md "Folder throughput").
 
     Raises:
         OutputError: the folder cannot be written (path and OS reason).
@@ -113,8 +117,9 @@ class ResultWriter:
     """
 
     def __init__(self, out_dir: Path, *, header: dict, resume: bool,
-                 calibration_range=None):
+                 calibration_range=None, overlays: bool = True):
         self.out_dir = Path(out_dir)
+        self.overlays = overlays
         self.header = {"kind": RESULTS_KIND, **header}
         self.calibration_range = calibration_range
         self.entries: dict[str, dict] = {}     # path -> entry, of this run and resumed
@@ -123,7 +128,8 @@ class ResultWriter:
         self._created = [p for p in (self.out_dir, *self.out_dir.parents) if not p.exists()]
         self._fresh_results = False
         self._writes = 0
-        for folder in (self.out_dir, self.out_dir / "masks", self.out_dir / "overlays"):
+        for folder in (self.out_dir, self.out_dir / "masks",
+                       *([self.out_dir / "overlays"] if overlays else [])):
             check_writable(folder)
         self.results = self.out_dir / RESULTS
         self._synced = time.monotonic()
@@ -189,9 +195,10 @@ class ResultWriter:
         line = self.done.get(str(item.path))
         if line is None or line.get("name") != item.name:
             return False
+        image_files = ("mask", "overlay") if self.overlays else ("mask",)
         recorded = line.get("files") or {   # a volume's; else keys naming files
             line[kind]: line[f"{kind}_sha256"]
-            for kind in line.get("outputs", ("mask", "overlay"))}   # a slide's: mask, geojson
+            for kind in line.get("outputs", image_files)}   # a slide's: mask, geojson
         for relative, sha in recorded.items():
             path = self.out_dir / relative
             if not path.is_file() or sha256_file(path) != sha:
@@ -253,11 +260,13 @@ class ResultWriter:
 
         height, width = image.shape[:2]
         mask_png = _png(Image.fromarray(prediction.mask))
-        picture = overlay(image, prediction.mask, prediction.detections, predictor.class_names,
-                          predictor.det_class_names, pixel_max=predictor.pixel_max,
-                          scale=overlay_scale(height, width))
-        overlay_png = _png(picture)
-        del picture
+        overlay_png = None
+        if self.overlays:
+            picture = overlay(image, prediction.mask, prediction.detections,
+                              predictor.class_names, predictor.det_class_names,
+                              pixel_max=predictor.pixel_max, scale=overlay_scale(height, width))
+            overlay_png = _png(picture)
+            del picture
         entry = {"tiled": not predictor.fits_whole(height, width),
                  "class_pixels": {c: int(n) for c, n in zip(predictor.class_names, np.bincount(
                      prediction.mask.ravel(), minlength=len(predictor.class_names)))}}
@@ -299,12 +308,14 @@ class ResultWriter:
             OutputError: as `write`.
         """
         name, (height, width) = item.name, (item.height, item.width)
-        mask_path, overlay_path = f"masks/{name}.png", f"overlays/{name}.png"
-        mask_sha = self._save(self.out_dir / mask_path, rendered.mask_png)
-        overlay_sha = self._save(self.out_dir / overlay_path, rendered.overlay_png)
+        mask_path = f"masks/{name}.png"
         entry = {"name": name, "size": [height, width], "mask": mask_path,
-                 "mask_sha256": mask_sha, "overlay": overlay_path, "overlay_sha256": overlay_sha,
-                 **rendered.entry}
+                 "mask_sha256": self._save(self.out_dir / mask_path, rendered.mask_png)}
+        if rendered.overlay_png is not None:
+            overlay_path = f"overlays/{name}.png"
+            entry.update(overlay=overlay_path, overlay_sha256=self._save(
+                self.out_dir / overlay_path, rendered.overlay_png))
+        entry.update(rendered.entry)
         self._append({"path": str(item.path), **entry})
         self.entries[str(item.path)] = entry
         return entry
