@@ -39,11 +39,15 @@ def test_the_section_measures_both_modes_of_each_artifact(tiny_exported, tmp_pat
     assert figures["images"] == 16 and figures["rounds"] == 3 and figures["batch"] == 8
     assert figures["machine"]["cores"] and "cpu_flags" in figures["machine"]
     for row in figures["artifacts"]:
-        for mode in ("inference", "end_to_end", "end_to_end_sequential"):
+        for mode in ("inference", "end_to_end", "end_to_end_no_overlays",
+                     "end_to_end_sequential"):
             assert row[mode]["images"] == 16 and len(row[mode]["rounds_images_per_s"]) == 3
             assert row[mode]["images_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["end_to_end"]["images_per_s"]
                                              / row["inference"]["images_per_s"], abs=1e-3)
+        assert row["no_overlays_ratio"] == pytest.approx(
+            row["end_to_end_no_overlays"]["images_per_s"] / row["inference"]["images_per_s"],
+            abs=1e-3)
         assert row["passed"] == (row["ratio"] >= throughput.TARGET_RATIO)
     json.loads(json.dumps(figures, allow_nan=False))
     assert any("folder throughput" in line for line in said)

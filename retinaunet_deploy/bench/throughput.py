@@ -14,6 +14,8 @@ recommendation, what ``predict RUN_DIR`` runs), three candidates:
   executor), timed from the call to its return: opening the artifact, planning every
   header, reading, predicting, writing masks, overlays, results.jsonl and
   detections.json. images/s = count / seconds.
+* ``end_to_end_no_overlays``: the same with ``--no-overlays`` (masks and results only):
+  what drawing and encoding the overlays costs.
 * ``end_to_end_sequential``: the same with the sequential executor (read, predict,
   write one image at a time): what the pipeline gains.
 * ``inference``: the same artifact opened the same way, `Backend.run` on batches of 8
@@ -41,6 +43,11 @@ from retinaunet_deploy.postprocess import APP_SCORE_THRESHOLD
 TARGET_RATIO = 0.8
 BATCH = 8
 SETTLE_SECONDS = 0.5
+# (figure, predict's executor, overlays): `predict` as run by default, then the two
+# changes that say where its time goes.
+END_TO_END_MODES = (("end_to_end", "pipelined", True),
+                    ("end_to_end_no_overlays", "pipelined", False),
+                    ("end_to_end_sequential", "sequential", True))
 
 
 def folder_images(card, count: int, same_size: bool = False) -> list[np.ndarray]:
@@ -102,8 +109,9 @@ def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: 
 
     Returns {"images", "image_sizes", "distinct_padded_sizes", "rounds", "threads",
     "target_ratio", "machine", "artifacts": [{"file", "runtime", "inference",
-    "end_to_end", "end_to_end_sequential" (each {"images_per_s", "seconds", "rounds_images_per_s"}),
-    "ratio", "sequential_ratio", "passed"}]}.
+    "end_to_end", "end_to_end_no_overlays", "end_to_end_sequential" (each {"images_per_s",
+    "seconds", "rounds_images_per_s"}), "ratio", "no_overlays_ratio", "sequential_ratio",
+    "passed"}]}; ``passed`` is the default predict's (with overlays) ratio.
 
     Raises:
         ArtifactError, ConfigError: an artifact cannot be opened in its runtime.
@@ -130,14 +138,14 @@ def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: 
                 predictor.backend.run(batch)
             candidates[(file, runtime, "inference")] = (
                 lambda p=predictor, b=batches: [p.backend.run(x) for x in b], BATCH * len(batches))
-            for mode, executor in (("end_to_end", "pipelined"),
-                                   ("end_to_end_sequential", "sequential")):
-                def run(file=file, runtime=runtime, executor=executor):
+            for mode, executor, overlays in END_TO_END_MODES:
+                def run(file=file, runtime=runtime, executor=executor, overlays=overlays):
                     out = work / "out"
                     shutil.rmtree(out, ignore_errors=True)
                     predict_files(run_dir / file, paths, out, threads=threads,
                                   score_threshold=APP_SCORE_THRESHOLD, runtime=runtime,
-                                  executor=executor, echo=lambda line: None)
+                                  executor=executor, overlays=overlays,
+                                  echo=lambda line: None)
                 candidates[(file, runtime, mode)] = (run, count)
         # One untimed end-to-end call on a few images: imports and file caches, not shapes.
         first = artifacts[0]
@@ -162,17 +170,18 @@ def folder_throughput(run_dir: Path, artifacts: list[tuple[str, str]], threads: 
     results = []
     for file, runtime in artifacts:
         figures = {}
-        for mode in ("inference", "end_to_end", "end_to_end_sequential"):
+        for mode in ("inference", *(mode for mode, _, _ in END_TO_END_MODES)):
             times, done = seconds[(file, runtime, mode)], candidates[(file, runtime, mode)][1]
             figures[mode] = {"images_per_s": round(done / statistics.median(times), 2),
                              "seconds": round(statistics.median(times), 3),
                              "rounds_images_per_s": [round(done / t, 2) for t in times],
                              "images": done}
         ratio = figures["end_to_end"]["images_per_s"] / figures["inference"]["images_per_s"]
+        over_inference = {f"{mode.removeprefix('end_to_end_')}_ratio": round(
+            figures[mode]["images_per_s"] / figures["inference"]["images_per_s"], 3)
+            for mode in ("end_to_end_no_overlays", "end_to_end_sequential")}
         results.append({"file": file, "runtime": runtime, **figures,
-                        "ratio": round(ratio, 3),
-                        "sequential_ratio": round(figures["end_to_end_sequential"]["images_per_s"]
-                                                  / figures["inference"]["images_per_s"], 3),
+                        "ratio": round(ratio, 3), **over_inference,
                         "passed": bool(ratio >= TARGET_RATIO)})
     heights = [image.shape[0] for image in images]
     widths = [image.shape[1] for image in images]
@@ -198,13 +207,15 @@ def markdown_section(figures: dict) -> list[str]:
               f"batches of {figures['batch']} copies of every {figures['batch']}th image at its "
               f"padded size, warm. Median of {figures['rounds']} interleaved rounds."), "",
              ("| artifact | runtime | inference only, batch 8 (images/s) | end to end, "
-              "pipelined (images/s) | ratio | end to end, sequential (images/s) | ratio | "
-              f"target >= {figures['target_ratio']} |"),
-             "|---|---|---|---|---|---|---|---|"]
+              "pipelined (images/s) | ratio | same, --no-overlays | ratio | end to end, "
+              f"sequential (images/s) | ratio | target >= {figures['target_ratio']} |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in figures["artifacts"]:
         lines.append(f"| {row['file']} | {row['runtime']} | "
                      f"{row['inference']['images_per_s']:.1f} | "
                      f"{row['end_to_end']['images_per_s']:.1f} | {row['ratio']:.2f} | "
+                     f"{row['end_to_end_no_overlays']['images_per_s']:.1f} | "
+                     f"{row['no_overlays_ratio']:.2f} | "
                      f"{row['end_to_end_sequential']['images_per_s']:.1f} | "
                      f"{row['sequential_ratio']:.2f} | "
                      f"{'pass' if row['passed'] else 'miss'} |")
@@ -275,5 +286,6 @@ def summary_lines(figures: dict) -> list[str]:
             f"predict {row['end_to_end']['images_per_s']:.1f} images/s end to end, inference "
             f"only {row['inference']['images_per_s']:.1f} images/s at batch {figures['batch']}: "
             f"{row['ratio']:.2f}x ({'meets' if row['passed'] else 'misses'} the "
-            f"{figures['target_ratio']}x target)" for row in figures["artifacts"]] + [
+            f"{figures['target_ratio']}x target; {row['no_overlays_ratio']:.2f}x with "
+            f"--no-overlays)" for row in figures["artifacts"]] + [
             f"folder throughput: {note}" for note in figures.get("notes", [])]
