@@ -166,17 +166,17 @@ def test_an_image_pushed_back_by_a_dead_actor_and_finished_last_is_still_written
     monkeypatch.setattr(ray, "get", get)
     monkeypatch.setattr(stream, "read_item", lambda item: f"image {item}")
 
-    class Writer:
-        written = []
+    written = []
 
+    class Writer:
         def write(self, item, image, result, predictor):
             assert (image, result) == (f"image {item}", f"prediction {item}")
-            self.written.append(item)
+            written.append(item)
             return {}
 
     dead, alive = Actor(dead=True), Actor(dead=False)
     warnings = []
     ray_runner._schedule(list(range(12)), [dead, alive], None, Writer(), warnings.append)
-    assert Writer.written == list(range(12))
-    assert dead.seen and warnings == ["a Ray actor died (The actor experienced an error before "
-                                      "finishing this task.); its images go to the 1 other(s)"]
+    assert written == list(range(12))
+    assert dead.seen and warnings == [("a Ray actor died (The actor experienced an error before "
+                                       "finishing this task.); its images go to the 1 other(s)")]
