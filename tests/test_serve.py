@@ -108,6 +108,8 @@ def test_200_mixed_requests_from_4_clients_match_the_predictor(server, predictor
         _assert_same(outcome.outputs, _expected(predictor, image))
     assert {o.kind for o in outcomes} == {"http", "grpc"}
     assert any(int(o.outputs[protocol.NUM_DETECTIONS][0, 0]) for o in outcomes)
+    # Its startup line names the runtime that runs it, never "auto".
+    assert any("model.onnx (onnxruntime) as model" in line for line in server.lines)
 
 
 @needs_env

@@ -150,6 +150,8 @@ def serve(run_dir: Path, artifact: str | None = None, runtime: str = "auto",
     `ArtifactError`/`ConfigError` for the artifact or environment (before anything
     starts), `ServerError` with tritonserver's first error line when it fails.
     """
+    from retinaunet_deploy.runtime.registry import resolve
+
     path, runtime = served_artifact(run_dir, artifact, runtime)
     options = options or ServeOptions()
     home = triton_home()
@@ -185,7 +187,7 @@ def serve(run_dir: Path, artifact: str | None = None, runtime: str = "auto",
                                   f"{http_port} or {grpc_port} taken?")
             time.sleep(0.2)
         else:
-            echo(f"serving {path} ({runtime}) as model '{protocol.MODEL_NAME}' (KServe v2): "
+            echo(f"serving {path} ({resolve(path, runtime).name}) as model '{protocol.MODEL_NAME}' (KServe v2): "
                  f"HTTP http://{host}:{http_port}, gRPC {host}:{grpc_port}; SIGTERM or Ctrl-C "
                  f"drains and stops")
         code = _wait(process, stop, lambda: drain(host, http_port, process, drain_seconds))
