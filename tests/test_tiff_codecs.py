@@ -239,3 +239,23 @@ def test_predict_takes_compressed_tiffs(tiny_exported, tmp_path):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "lzw.tif" in result.output and "jpeg.tif" in result.output
+
+
+@pytest.mark.parametrize("options", [{"ome": True}, {"imagej": True}, {}])
+def test_a_truncated_stack_is_refused_not_read_as_its_first_page(tmp_path, capsys, options):
+    """tifffile only logs pages past the end of the file and reads the pages before them:
+    a 3-page stack cut in half read as one 2D image, and 3 log lines were printed."""
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.zeros((3, 64, 64), np.uint8), photometric="minisblack",
+                     **options)
+    path = tmp_path / "cut.tif"
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for read in (readers.read_image, readers.probe_image):
+        with pytest.raises(DataError, match=r"cut\.tif: it is truncated or damaged \(tifffile: "
+                                            r".*invalid .* offset.*replace it with a valid"):
+            read(path)
+    assert "offset" not in capsys.readouterr().err
+    from retinaunet_deploy.data.volumes import volume_readable
+
+    assert volume_readable(path) is False    # a probe: the reader above says why
+    assert "offset" not in capsys.readouterr().err

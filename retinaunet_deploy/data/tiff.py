@@ -23,6 +23,8 @@ machine lacks names the codec and the fix (``pip install imagecodecs``).
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,19 +111,58 @@ def _layout(tiff, path: Path) -> tuple[object, tuple[int, ...], np.dtype, dict]:
 
 def open_tiff(path: Path, work, what: str = "TIFF"):
     """Run ``work(tiff)`` on the open file, mapping tifffile's many errors to `DataError`
-    (a missing codec names itself and its remedy; else "replace it with a valid <what>")."""
+    (a missing codec names itself and its remedy; a truncated file, `tifffile_log`; else
+    "replace it with a valid <what>")."""
     import tifffile
 
+    with tifffile_log(path, what):
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                return work(tiff)
+        except DataError:
+            raise
+        except Exception as error:  # tifffile and the codecs raise many types for a damaged file
+            text = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            if "imagecodecs" in text:
+                raise DataError(codec_remedy(path, f"whose codec is missing ({text})")) from error
+            raise DataError(f"cannot read {path}: {text}; replace it with a valid {what}") from error
+
+
+# tifffile's log line for a page or tag stored past the end of the file.
+_OFFSET_PAST_END = re.compile(r"invalid (page|value|data) offset")
+
+
+@contextlib.contextmanager
+def tifffile_log(path: Path, what: str = "TIFF", *, probe: bool = False):
+    """Hold what tifffile logs while the block opens `path`.
+
+    tifffile only logs a page or tag whose offset points past the end of the file (a
+    truncated or damaged file) and goes on with the pages before it, so a truncated
+    3-page stack would read as one image. Such a log raises `DataError` when the block
+    ends; tifffile's other lines are then passed on as they are. ``probe=True`` (a
+    check of the tags that a reader repeats) drops them all and raises nothing: the
+    reader says it."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
     try:
-        with tifffile.TiffFile(path) as tiff:
-            return work(tiff)
-    except DataError:
-        raise
-    except Exception as error:  # tifffile and the codecs raise many types for a damaged file
-        text = (str(error).splitlines() or [type(error).__name__])[0][:200]
-        if "imagecodecs" in text:
-            raise DataError(codec_remedy(path, f"whose codec is missing ({text})")) from error
-        raise DataError(f"cannot read {path}: {text}; replace it with a valid {what}") from error
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if probe:
+        return
+    damaged = [r.getMessage() for r in records if _OFFSET_PAST_END.search(r.getMessage())]
+    if damaged:
+        raise DataError(f"cannot read {path}: it is truncated or damaged (tifffile: "
+                        f"{damaged[0][:160]}); replace it with a valid {what}")
+    for record in records:
+        logger.handle(record)
 
 
 def read_tiff(path: Path) -> tuple[np.ndarray, dict]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from retinaunet_deploy.data import tiff as tiff_module
 from retinaunet_deploy.data.slides import Level, Slide
+from retinaunet_deploy.data.tiff import tifffile_log
 from retinaunet_deploy.errors import DataError
 
 # OME length units -> micrometres.
@@ -30,7 +31,7 @@ def is_pyramid(path: Path) -> bool:
     (tags only). Raises what tifffile raises for a damaged file."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tiff:
+    with tifffile_log(path, probe=True), tifffile.TiffFile(path) as tiff:
         if not tiff.series:
             return False
         series = tiff.series[0]
@@ -105,7 +106,10 @@ class TiffSlide(Slide):
 
         self.path = Path(path)
         try:
-            self._tiff = tifffile.TiffFile(self.path)
+            with tifffile_log(self.path):
+                self._tiff = tifffile.TiffFile(self.path)
+        except DataError:
+            raise
         except Exception as error:
             text = (str(error).splitlines() or [type(error).__name__])[0][:200]
             raise DataError(f"cannot read {self.path}: {text}; replace it with a valid "

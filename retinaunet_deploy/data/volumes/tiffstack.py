@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaunet_deploy.data.tiff import open_tiff
+from retinaunet_deploy.data.tiff import open_tiff, tifffile_log
 from retinaunet_deploy.errors import DataError
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
@@ -47,7 +47,7 @@ def claims(path: Path) -> bool:
     if path.is_dir() or not path.name.lower().endswith((".tif", ".tiff")):
         return False
     try:
-        with tifffile.TiffFile(path) as tiff:
+        with tifffile_log(path, probe=True), tifffile.TiffFile(path) as tiff:
             if len(tiff.pages) < 2 or not tiff.series:
                 return False
             series = tiff.series[0]
