@@ -1,6 +1,7 @@
 """ONNX export: names, dynamic batch, metadata, parity, manifest, failure leaves nothing."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -169,3 +170,33 @@ def test_cli_export_prints_parity(run_copy):
     assert result.exit_code == 0, result.output
     assert "parity on 4 validation images" in result.output
     assert "mask argmax agreement 100.00%" in result.output
+
+
+def test_re_exporting_the_same_model_writes_the_same_bytes(tiny_calibrated, tmp_path):
+    """tf2onnx's names carry a process-wide counter and a hash-ordered choice; the export
+    makes them deterministic, so re-running export on a calibrated run leaves its
+    FP16/INT8 variants (tied to model.onnx's sha256) current. A different graph (here
+    without the simplification) still makes them stale, naming calibrate."""
+    from retinaunet_deploy.artifacts import run_lineage, runtime_variants
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_calibrated[0], run)
+    before = {name: sha256_file(run / name) for name in ("model.onnx", "model.e2e.onnx")}
+    judged = sorted(runtime_variants(run))
+    export_onnx(run, ExportOptions(parity_images=4))
+    assert {name: sha256_file(run / name) for name in before} == before
+    status = {row["file"]: row["status"] for row in run_lineage(run)}
+    assert {"model.fp16.onnx", "model.int8.onnx", "calibration.json"} <= set(status)
+    assert set(status.values()) == {"ok"}, status
+    assert sorted(runtime_variants(run)) == judged
+    result = CliRunner().invoke(cli, ["info", str(run)])
+    assert result.exit_code == 0, result.output
+
+    export_onnx(run, ExportOptions(parity_images=4, simplify=False))
+    assert sha256_file(run / "model.onnx") != before["model.onnx"]
+    status = {row["file"]: row for row in run_lineage(run)}
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        assert status[name]["status"] == "stale"
+        assert f"re-run 'retinaunet-deploy calibrate {run}'" in status[name]["problem"]
+    result = CliRunner().invoke(cli, ["info", str(run)])
+    assert result.exit_code == 1 and "made from an older model.onnx" in result.output

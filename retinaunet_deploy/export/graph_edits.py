@@ -5,6 +5,8 @@ Every edit here is checked again by the export stage's parity measurement.
 
 from __future__ import annotations
 
+import re
+
 from onnx import helper
 
 # Ops that only read a tensor's shape: they may still consume a crop's input.
@@ -86,3 +88,146 @@ def drop_dead_nodes(graph) -> None:
     read = outputs | {name for node in graph.node for name in node.input}
     for init in [init for init in graph.initializer if init.name not in read]:
         graph.initializer.remove(init)
+
+
+# tf2onnx's process-wide name counter ("Transpose__874"), a tensor's output index
+# (":0"), and its symbolic dimensions ("unk__1288", also inside "(unk__1289//2)").
+_COUNTER = re.compile(r"__\d+")
+_OUTPUT_INDEX = re.compile(r":\d+$")
+_SYMBOLIC_DIM = re.compile(r"unk__\d+")
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def canonicalise_names(proto) -> int:
+    """Rename the graph's nodes, intermediate tensors and initializers deterministically,
+    so that the same Keras model converted twice gives byte-identical ONNX.
+
+    tf2onnx numbers the names it makes with a process-wide counter ("Transpose__874",
+    "const_axes__216") and, when it merges identical constants, keeps whichever name
+    it meets first in a hash-ordered set ("head_cls_conv1_5/.../ReadVariableOp:0" or
+    "..._3/..."); its symbolic dimensions are numbered the same way ("unk__1288"). None
+    of it changes what the graph computes, but all of it changes the file's sha256,
+    which the manifest ties every FP16/INT8 variant to. Here, in the graph's own node
+    order (tf2onnx's topological order of the TensorFlow graph, name-independent):
+
+    * a node keeps its name less tf2onnx's counters ("retinaunet_1/enc1_relu1_1/Relu"
+      stays; "Transpose__874" becomes "Transpose"), suffixed ``_1``, ``_2``... in node
+      order where that repeats;
+    * output ``k`` of node ``n`` is named ``n:k``, an initializer ``n:inI`` after the
+      first node ``n`` that reads it (as its input ``I``), and the initializers are
+      stored in that order;
+    * value_info is kept for the tensors the graph still has (tf2onnx and onnxslim
+      leave entries of removed ones), in node order, and symbolic dimensions
+      ``unk__N`` are renumbered ``unk__0``, ``unk__1``... in order of appearance
+      (graph inputs, outputs, then value_info).
+
+    The graph's input and output names (the I/O contract) are kept; subgraphs
+    (If/Loop bodies) get their references to outer tensors renamed. Edits `proto`
+    in place; returns how many tensor names changed.
+    """
+    graph = proto.graph
+    kept = {value.name for value in graph.input} | {value.name for value in graph.output}
+    initializers = {init.name for init in graph.initializer}
+    node_names: set[str] = set()
+    tensor_names = kept | _subgraph_tensors(graph)  # new names must not shadow these
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        base = _OUTPUT_INDEX.sub("", _COUNTER.sub("", node.name)) or node.op_type
+        node.name = _unique(base, node_names)
+        for index, name in enumerate(node.input):
+            if name in initializers and name not in renames and name not in kept:
+                renames[name] = _unique(f"{node.name}:in{index}", tensor_names)
+        for index, name in enumerate(node.output):
+            if name and name not in kept:
+                renames[name] = _unique(f"{node.name}:{index}", tensor_names)
+    for index, init in enumerate(graph.initializer):  # read by no node (e.g. a graph input's default)
+        if init.name not in renames and init.name not in kept:
+            renames[init.name] = _unique(f"initializer:{index}", tensor_names)
+    _rename_references(graph, renames)
+    order = {name: index for index, name in enumerate(renames.values())}
+    inits = sorted(graph.initializer, key=lambda init: order.get(init.name, -1))
+    infos = {}
+    for info in graph.value_info:
+        if info.name in renames and renames[info.name] not in infos:
+            infos[renames[info.name]] = info
+    inits = [_copy(init) for init in inits]
+    infos = [_copy(infos[name]) for name in sorted(infos, key=order.get)]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    for info in graph.value_info:
+        info.name = renames[info.name]
+    _renumber_symbolic_dims(list(graph.input) + list(graph.output) + list(graph.value_info))
+    return sum(old != new for old, new in renames.items())
+
+
+def _copy(message):
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
+def _subgraph_tensors(graph) -> set[str]:
+    """Every tensor name written or read inside `graph`'s subgraphs, at any depth."""
+    names: set[str] = set()
+    for node in graph.node:
+        for subgraph in _subgraphs(node):
+            names |= {value.name for value in subgraph.input}
+            names |= {init.name for init in subgraph.initializer}
+            for inner in subgraph.node:
+                names |= set(inner.input) | set(inner.output)
+            names |= _subgraph_tensors(subgraph)
+    return names
+
+
+def _subgraphs(node) -> list:
+    from onnx import AttributeProto
+
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def _rename_references(graph, renames: dict[str, str], top: bool = True) -> None:
+    """Rename tensors read (and, in the top graph, written and stored) by `graph`'s
+    nodes, and outer tensors read inside their subgraphs."""
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = renames.get(name, name)
+        if top:
+            for index, name in enumerate(node.output):
+                node.output[index] = renames.get(name, name)
+        for subgraph in _subgraphs(node):
+            _rename_references(subgraph, renames, top=False)
+    if top:
+        for init in graph.initializer:
+            init.name = renames.get(init.name, init.name)
+
+
+def _renumber_symbolic_dims(values) -> None:
+    """``unk__N`` -> ``unk__0``, ``unk__1``... in order of first appearance, everywhere
+    alike (equal symbols stay equal)."""
+    numbers: dict[str, str] = {}
+
+    def renumber(match) -> str:
+        return numbers.setdefault(match.group(0), f"unk__{len(numbers)}")
+
+    for value in values:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = _SYMBOLIC_DIM.sub(renumber, dim.dim_param)

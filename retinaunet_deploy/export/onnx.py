@@ -6,7 +6,10 @@ The ONNX graph keeps the Keras tensor names (`image` in; `mask`, `cls_logits`,
 K), `cls_logits` (batch, anchors, C), `box_deltas` (batch, anchors, 4)), opset 17 by
 default (TensorRT 10/11 and ONNX Runtime both import it), standard ONNX
 operators only (no ONNX Runtime fused ops, so the same file imports into
-TensorRT), and the model card in `metadata_props`.
+TensorRT), and the model card in `metadata_props`. Its other names are made
+deterministic (`graph_edits.canonicalise_names`): exporting the same model.keras
+again with the same tool versions writes the same bytes, so the FP16/INT8 variants
+made from the first export, tied to its sha256 in the manifest, stay current.
 
 Parity is measured on whole held-out validation images (their own, differing
 sizes, padded to the stride as the Predictor pads them), with ONNX Runtime
@@ -30,7 +33,10 @@ from retinaunet_deploy.artifacts import (
 )
 from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
-from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
+from retinaunet_deploy.export.graph_edits import (
+    canonicalise_names,
+    drop_identity_transpose_crops,
+)
 from retinaunet_deploy.names import KERAS, ONNX
 from retinaunet_deploy.strict_json import dumps_json
 
@@ -208,6 +214,7 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=No
     crops_removed = drop_identity_transpose_crops(proto)
     check_standard_ops(proto, str(run_dir / ONNX))
     name_dynamic_axes(proto)
+    canonicalise_names(proto)  # the same model.keras gives the same bytes (the manifest's hash)
     embed_metadata(proto, card, parent_sha)
     onnx.checker.check_model(proto, full_check=True)
 
