@@ -200,3 +200,68 @@ def test_re_exporting_the_same_model_writes_the_same_bytes(tiny_calibrated, tmp_
         assert f"re-run 'retinaunet-deploy calibrate {run}'" in status[name]["problem"]
     result = CliRunner().invoke(cli, ["info", str(run)])
     assert result.exit_code == 1 and "made from an older model.onnx" in result.output
+
+
+def _counted_graph(counter: int, shared: str):
+    """y = If(flag, then: x_relu + c, else: x_relu) with tf2onnx-style names: node and
+    tensor names numbered from `counter`, a shared constant named `shared`, symbolic
+    dims unk__<counter>; the branches read the outer tensors."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    relu, added = f"Relu__{counter}:0", f"Add__{counter + 1}:0"
+    then = helper.make_graph(
+        [helper.make_node("Add", [relu, shared], [added], name=f"Add__{counter + 1}")],
+        "then", [], [helper.make_tensor_value_info(added, TensorProto.FLOAT, None)])
+    orelse = helper.make_graph(
+        [helper.make_node("Identity", [relu], [f"Id__{counter + 2}:0"])],
+        "else", [], [helper.make_tensor_value_info(f"Id__{counter + 2}:0", TensorProto.FLOAT,
+                                                   None)])
+    nodes = [helper.make_node("Relu", ["x"], [relu], name=f"Relu__{counter}"),
+             helper.make_node("Mul", [relu, shared], [f"Mul__{counter + 3}:0"],
+                              name=f"Mul__{counter + 3}"),
+             helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=orelse,
+                              name=f"If__{counter + 4}"),
+             helper.make_node("Add", [f"Mul__{counter + 3}:0", "y"], ["z"],
+                              name=f"Add__{counter + 5}")]
+    symbol = f"unk__{counter}"
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [symbol, 3]),
+                     helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [symbol, 3])],
+        [numpy_helper.from_array(np.array([1, 2, 3], np.float32), shared)],
+        value_info=[helper.make_tensor_value_info(f"Gone__{counter + 9}:0", TensorProto.FLOAT,
+                                                  [symbol]),
+                    helper.make_tensor_value_info(relu, TensorProto.FLOAT,
+                                                  [f"({symbol}//2)", 3])])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                  ir_version=8)
+
+
+def test_canonical_names_do_not_depend_on_tf2onnx_counters():
+    import onnx
+    import onnxruntime as ort
+
+    from retinaunet_deploy.export.graph_edits import canonicalise_names
+
+    first, second = _counted_graph(874, "const_axes__216"), _counted_graph(1283, "Const__94")
+    assert first.SerializeToString() != second.SerializeToString()
+    for model in (first, second):
+        assert canonicalise_names(model) == 6  # 5 node outputs, the constant; not x, flag, z
+        onnx.checker.check_model(model, full_check=True)
+    assert first.SerializeToString() == second.SerializeToString()
+    graph = first.graph
+    assert [n.name for n in graph.node] == ["Relu", "Mul", "If", "Add"]
+    assert [i.name for i in graph.input] == ["x", "flag"] and graph.output[0].name == "z"
+    assert [init.name for init in graph.initializer] == ["Mul:in1"]
+    branches = {a.name: a.g for a in graph.node[2].attribute}
+    assert [(n.name, list(n.input), list(n.output)) for n in branches["then_branch"].node] == [
+        ("If/then_branch/Add", ["Relu:0", "Mul:in1"], ["If/then_branch/Add:0"])]
+    assert branches["else_branch"].output[0].name == "If/else_branch/Identity:0"
+    assert [(v.name, v.type.tensor_type.shape.dim[0].dim_param) for v in graph.value_info] == [
+        ("Relu:0", "(unk__0//2)")]  # the removed tensor's entry is dropped
+    x = np.array([[-1, 0, 2]], np.float32)
+    session = ort.InferenceSession(first.SerializeToString(), providers=["CPUExecutionProvider"])
+    for flag, expected in ((True, [[1, 2, 11]]), (False, [[0, 0, 8]])):
+        z, = session.run(None, {"x": x, "flag": np.array(flag)})
+        np.testing.assert_array_equal(z, expected)

@@ -127,47 +127,91 @@ def canonicalise_names(proto) -> int:
     * value_info is kept for the tensors the graph still has (tf2onnx and onnxslim
       leave entries of removed ones), in node order, and symbolic dimensions
       ``unk__N`` are renumbered ``unk__0``, ``unk__1``... in order of appearance
-      (graph inputs, outputs, then value_info).
+      (graph inputs, outputs, value_info, then subgraphs alike).
 
-    The graph's input and output names (the I/O contract) are kept; subgraphs
-    (If/Loop bodies) get their references to outer tensors renamed. Edits `proto`
+    The graph's input and output names (the I/O contract) are kept. A subgraph
+    (If/Loop body) is renamed the same way, its names prefixed with its node's name
+    and attribute ("If/then_branch/"), its inputs ``PREFIX input:I``. Edits `proto`
     in place; returns how many tensor names changed.
     """
     graph = proto.graph
     kept = {value.name for value in graph.input} | {value.name for value in graph.output}
-    initializers = {init.name for init in graph.initializer}
-    node_names: set[str] = set()
-    tensor_names = kept | _subgraph_tensors(graph)  # new names must not shadow these
     renames: dict[str, str] = {}
+    _assign_names(graph, "", kept, renames, set(kept))
+    _apply_names(graph, renames)
+    _renumber_symbolic_dims(graph, {})
+    return sum(old != new for old, new in renames.items())
+
+
+def _assign_names(graph, prefix: str, kept: set[str], renames: dict[str, str],
+                  tensors: set[str]) -> None:
+    """Name `graph`'s nodes (in place) and record its tensors' new names in `renames`
+    (tensor names are unique across all scopes of a model, so one map serves all)."""
+    initializers = {init.name for init in graph.initializer}
+    for index, value in enumerate(graph.input):
+        if value.name not in kept:
+            renames[value.name] = _unique(f"{prefix}input:{index}", tensors)
+    nodes: set[str] = set()
     for node in graph.node:
         base = _OUTPUT_INDEX.sub("", _COUNTER.sub("", node.name)) or node.op_type
-        node.name = _unique(base, node_names)
+        node.name = _unique(prefix + base, nodes)
         for index, name in enumerate(node.input):
             if name in initializers and name not in renames and name not in kept:
-                renames[name] = _unique(f"{node.name}:in{index}", tensor_names)
+                renames[name] = _unique(f"{node.name}:in{index}", tensors)
         for index, name in enumerate(node.output):
             if name and name not in kept:
-                renames[name] = _unique(f"{node.name}:{index}", tensor_names)
-    for index, init in enumerate(graph.initializer):  # read by no node (e.g. a graph input's default)
+                renames[name] = _unique(f"{node.name}:{index}", tensors)
+        for attribute, subgraphs in _subgraphs(node):
+            for index, subgraph in enumerate(subgraphs):
+                where = attribute if len(subgraphs) == 1 else f"{attribute}{index}"
+                _assign_names(subgraph, f"{node.name}/{where}/", set(), renames, tensors)
+    for index, init in enumerate(graph.initializer):  # read by no node of this graph
         if init.name not in renames and init.name not in kept:
-            renames[init.name] = _unique(f"initializer:{index}", tensor_names)
-    _rename_references(graph, renames)
+            renames[init.name] = _unique(f"{prefix}initializer:{index}", tensors)
+
+
+def _subgraphs(node) -> list[tuple[str, list]]:
+    """(attribute name, its graphs) of each graph-valued attribute of `node`."""
+    from onnx import AttributeProto
+
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH:
+            found.append((attribute.name, [attribute.g]))
+        elif attribute.type == AttributeProto.GRAPHS:
+            found.append((attribute.name, list(attribute.graphs)))
+    return found
+
+
+def _apply_names(graph, renames: dict[str, str]) -> None:
+    """Rename every tensor `graph` (and its subgraphs) reads, writes, stores or
+    describes; store initializers and value_info in order of their new names' making,
+    dropping value_info of tensors no node makes any more."""
+    def rename(name: str) -> str:
+        return renames.get(name, name)
+
+    for node in graph.node:
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+        for _, subgraphs in _subgraphs(node):
+            for subgraph in subgraphs:
+                _apply_names(subgraph, renames)
+    for value in list(graph.input) + list(graph.output):  # the top graph's are kept
+        value.name = rename(value.name)
     order = {name: index for index, name in enumerate(renames.values())}
-    inits = sorted(graph.initializer, key=lambda init: order.get(init.name, -1))
-    infos = {}
+    inits = [_copy(init) for init in graph.initializer]
+    for init in inits:
+        init.name = rename(init.name)
+    inits.sort(key=lambda init: order.get(init.name, -1))
+    infos: dict[str, object] = {}
     for info in graph.value_info:
         if info.name in renames and renames[info.name] not in infos:
-            infos[renames[info.name]] = info
-    inits = [_copy(init) for init in inits]
-    infos = [_copy(infos[name]) for name in sorted(infos, key=order.get)]
+            infos[renames[info.name]] = _copy(info)
+            infos[renames[info.name]].name = renames[info.name]
     del graph.initializer[:]
     graph.initializer.extend(inits)
     del graph.value_info[:]
-    graph.value_info.extend(infos)
-    for info in graph.value_info:
-        info.name = renames[info.name]
-    _renumber_symbolic_dims(list(graph.input) + list(graph.output) + list(graph.value_info))
-    return sum(old != new for old, new in renames.items())
+    graph.value_info.extend(infos[name] for name in sorted(infos, key=order.get))
 
 
 def _copy(message):
@@ -176,58 +220,19 @@ def _copy(message):
     return copy
 
 
-def _subgraph_tensors(graph) -> set[str]:
-    """Every tensor name written or read inside `graph`'s subgraphs, at any depth."""
-    names: set[str] = set()
-    for node in graph.node:
-        for subgraph in _subgraphs(node):
-            names |= {value.name for value in subgraph.input}
-            names |= {init.name for init in subgraph.initializer}
-            for inner in subgraph.node:
-                names |= set(inner.input) | set(inner.output)
-            names |= _subgraph_tensors(subgraph)
-    return names
-
-
-def _subgraphs(node) -> list:
-    from onnx import AttributeProto
-
-    found = []
-    for attribute in node.attribute:
-        if attribute.type == AttributeProto.GRAPH:
-            found.append(attribute.g)
-        elif attribute.type == AttributeProto.GRAPHS:
-            found.extend(attribute.graphs)
-    return found
-
-
-def _rename_references(graph, renames: dict[str, str], top: bool = True) -> None:
-    """Rename tensors read (and, in the top graph, written and stored) by `graph`'s
-    nodes, and outer tensors read inside their subgraphs."""
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            node.input[index] = renames.get(name, name)
-        if top:
-            for index, name in enumerate(node.output):
-                node.output[index] = renames.get(name, name)
-        for subgraph in _subgraphs(node):
-            _rename_references(subgraph, renames, top=False)
-    if top:
-        for init in graph.initializer:
-            init.name = renames.get(init.name, init.name)
-
-
-def _renumber_symbolic_dims(values) -> None:
+def _renumber_symbolic_dims(graph, numbers: dict[str, str]) -> None:
     """``unk__N`` -> ``unk__0``, ``unk__1``... in order of first appearance, everywhere
     alike (equal symbols stay equal)."""
-    numbers: dict[str, str] = {}
-
     def renumber(match) -> str:
         return numbers.setdefault(match.group(0), f"unk__{len(numbers)}")
 
-    for value in values:
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         if not value.type.HasField("tensor_type"):
             continue
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):
                 dim.dim_param = _SYMBOLIC_DIM.sub(renumber, dim.dim_param)
+    for node in graph.node:
+        for _, subgraphs in _subgraphs(node):
+            for subgraph in subgraphs:
+                _renumber_symbolic_dims(subgraph, numbers)
