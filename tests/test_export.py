@@ -172,17 +172,42 @@ def test_cli_export_prints_parity(run_copy):
     assert "mask argmax agreement 100.00%" in result.output
 
 
+def _number_names_like_tf2onnx(path) -> None:
+    """Rewrite an ONNX file with tf2onnx-style numbered names ("Relu__1041") for every
+    node and internal tensor; the graph's inputs and outputs keep theirs."""
+    import onnx
+
+    model = onnx.load(path)
+    graph = model.graph
+    kept = {v.name for v in graph.input} | {v.name for v in graph.output}
+    renames = {}
+    for node in graph.node:
+        node.name = f"{node.op_type}__{1000 + len(renames)}"
+        for name in list(node.input) + list(node.output):
+            if name and name not in kept and name not in renames:
+                renames[name] = f"{node.op_type}__{1000 + len(renames)}:0"
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for item in list(graph.initializer) + list(graph.value_info):
+        item.name = renames.get(item.name, item.name)
+    onnx.save(model, path)
+
+
 def test_re_exporting_the_same_model_writes_the_same_bytes(tiny_calibrated, tmp_path):
     """tf2onnx's names carry a process-wide counter and a hash-ordered choice; the export
     makes them deterministic, so re-running export on a calibrated run leaves its
-    FP16/INT8 variants (tied to model.onnx's sha256) current. A different graph (here
-    without the simplification) still makes them stale, naming calibrate."""
-    from retinaunet_deploy.artifacts import run_lineage, runtime_variants
+    FP16/INT8 variants (tied to model.onnx's sha256) current; a model.onnx with
+    tf2onnx's names is kept as it is. A different graph (here without the
+    simplification) still makes them stale, naming calibrate."""
+    from retinaunet_deploy.artifacts import record_artifact, run_lineage, runtime_variants
 
     run = tmp_path / "run"
     shutil.copytree(tiny_calibrated[0], run)
     before = {name: sha256_file(run / name) for name in ("model.onnx", "model.e2e.onnx")}
     judged = sorted(runtime_variants(run))
+    for name in before:  # written afresh, not kept (see below)
+        (run / name).unlink()
     export_onnx(run, ExportOptions(parity_images=4))
     assert {name: sha256_file(run / name) for name in before} == before
     status = {row["file"]: row["status"] for row in run_lineage(run)}
@@ -191,6 +216,18 @@ def test_re_exporting_the_same_model_writes_the_same_bytes(tiny_calibrated, tmp_
     assert sorted(runtime_variants(run)) == judged
     result = CliRunner().invoke(cli, ["info", str(run)])
     assert result.exit_code == 0, result.output
+    assert not load_manifest(run)["artifacts"]["model.onnx"]["figures"]["previous_file_kept"]
+
+    # A model.onnx from before the names were canonical: the same graph, so its bytes stay.
+    _number_names_like_tf2onnx(run / "model.onnx")
+    record_artifact(run, "model.onnx", "export", parent="model.keras")
+    numbered = sha256_file(run / "model.onnx")
+    result = CliRunner().invoke(cli, ["export", str(run), "--parity-images", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"{run / 'model.onnx'} is the same graph as before: its bytes are kept" in \
+        result.output
+    assert sha256_file(run / "model.onnx") == numbered
+    assert load_manifest(run)["artifacts"]["model.onnx"]["figures"]["previous_file_kept"]
 
     export_onnx(run, ExportOptions(parity_images=4, simplify=False))
     assert sha256_file(run / "model.onnx") != before["model.onnx"]
@@ -256,7 +293,7 @@ def test_canonical_names_do_not_depend_on_tf2onnx_counters():
     assert [init.name for init in graph.initializer] == ["Mul:in1"]
     branches = {a.name: a.g for a in graph.node[2].attribute}
     assert [(n.name, list(n.input), list(n.output)) for n in branches["then_branch"].node] == [
-        ("If/then_branch/Add", ["Relu:0", "Mul:in1"], ["If/then_branch/Add:0"])]
+        ("Add", ["Relu:0", "Mul:in1"], ["If/then_branch/Add:0"])]
     assert branches["else_branch"].output[0].name == "If/else_branch/Identity:0"
     assert [(v.name, v.type.tensor_type.shape.dim[0].dim_param) for v in graph.value_info] == [
         ("Relu:0", "(unk__0//2)")]  # the removed tensor's entry is dropped
@@ -265,3 +302,26 @@ def test_canonical_names_do_not_depend_on_tf2onnx_counters():
     for flag, expected in ((True, [[1, 2, 11]]), (False, [[0, 0, 8]])):
         z, = session.run(None, {"x": x, "flag": np.array(flag)})
         np.testing.assert_array_equal(z, expected)
+    assert canonicalise_names(first) == 0  # already canonical: nothing to do
+
+
+def test_same_graph_ignores_names_only(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from retinaunet_deploy.export.graph_edits import canonicalise_names
+    from retinaunet_deploy.export.onnx import same_graph
+
+    path = tmp_path / "model.onnx"
+    onnx.save(_counted_graph(874, "const_axes__216"), path)  # as tf2onnx named it
+    fresh = _counted_graph(1283, "Const__94")
+    for node in fresh.graph.node:
+        node.name = f"layer/{node.name}"  # other layer names too
+    canonicalise_names(fresh)
+    assert same_graph(path, fresh)
+    weight = fresh.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) + 1, weight.name))
+    assert not same_graph(path, fresh)
+    assert not same_graph(tmp_path / "missing.onnx", fresh)
+    path.write_bytes(b"not an onnx file")
+    assert not same_graph(path, fresh)

@@ -106,7 +106,7 @@ def _unique(base: str, taken: set[str]) -> str:
     return name
 
 
-def canonicalise_names(proto) -> int:
+def canonicalise_names(proto, layer_names: bool = True) -> int:
     """Rename the graph's nodes, intermediate tensors and initializers deterministically,
     so that the same Keras model converted twice gives byte-identical ONNX.
 
@@ -130,21 +130,24 @@ def canonicalise_names(proto) -> int:
       (graph inputs, outputs, value_info, then subgraphs alike).
 
     The graph's input and output names (the I/O contract) are kept. A subgraph
-    (If/Loop body) is renamed the same way, its names prefixed with its node's name
-    and attribute ("If/then_branch/"), its inputs ``PREFIX input:I``. Edits `proto`
-    in place; returns how many tensor names changed.
+    (If/Loop body) is renamed the same way, its tensors' names prefixed with its
+    node's name and attribute ("If/then_branch/Add:0"), its inputs ``PREFIX input:I``.
+    Applied again, it changes nothing. With
+    `layer_names` False, nodes are named by op type alone ("Relu_12"), so that two
+    graphs compare equal whatever their names. Edits `proto` in place; returns how
+    many tensor names changed.
     """
     graph = proto.graph
     kept = {value.name for value in graph.input} | {value.name for value in graph.output}
     renames: dict[str, str] = {}
-    _assign_names(graph, "", kept, renames, set(kept))
+    _assign_names(graph, "", kept, renames, set(kept), layer_names)
     _apply_names(graph, renames)
     _renumber_symbolic_dims(graph, {})
     return sum(old != new for old, new in renames.items())
 
 
 def _assign_names(graph, prefix: str, kept: set[str], renames: dict[str, str],
-                  tensors: set[str]) -> None:
+                  tensors: set[str], layer_names: bool) -> None:
     """Name `graph`'s nodes (in place) and record its tensors' new names in `renames`
     (tensor names are unique across all scopes of a model, so one map serves all)."""
     initializers = {init.name for init in graph.initializer}
@@ -153,18 +156,20 @@ def _assign_names(graph, prefix: str, kept: set[str], renames: dict[str, str],
             renames[value.name] = _unique(f"{prefix}input:{index}", tensors)
     nodes: set[str] = set()
     for node in graph.node:
-        base = _OUTPUT_INDEX.sub("", _COUNTER.sub("", node.name)) or node.op_type
-        node.name = _unique(prefix + base, nodes)
+        base = (layer_names and _OUTPUT_INDEX.sub("", _COUNTER.sub("", node.name))
+                or node.op_type)
+        node.name = _unique(base, nodes)
         for index, name in enumerate(node.input):
             if name in initializers and name not in renames and name not in kept:
-                renames[name] = _unique(f"{node.name}:in{index}", tensors)
+                renames[name] = _unique(f"{prefix}{node.name}:in{index}", tensors)
         for index, name in enumerate(node.output):
             if name and name not in kept:
-                renames[name] = _unique(f"{node.name}:{index}", tensors)
+                renames[name] = _unique(f"{prefix}{node.name}:{index}", tensors)
         for attribute, subgraphs in _subgraphs(node):
             for index, subgraph in enumerate(subgraphs):
                 where = attribute if len(subgraphs) == 1 else f"{attribute}{index}"
-                _assign_names(subgraph, f"{node.name}/{where}/", set(), renames, tensors)
+                _assign_names(subgraph, f"{prefix}{node.name}/{where}/", set(), renames,
+                              tensors, layer_names)
     for index, init in enumerate(graph.initializer):  # read by no node of this graph
         if init.name not in renames and init.name not in kept:
             renames[init.name] = _unique(f"{prefix}initializer:{index}", tensors)
