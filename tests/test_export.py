@@ -181,11 +181,11 @@ def _number_names_like_tf2onnx(path) -> None:
     graph = model.graph
     kept = {v.name for v in graph.input} | {v.name for v in graph.output}
     renames = {}
-    for node in graph.node:
-        node.name = f"{node.op_type}__{1000 + len(renames)}"
+    for index, node in enumerate(graph.node):
+        node.name = f"{node.op_type}__{1000 + index}"
         for name in list(node.input) + list(node.output):
             if name and name not in kept and name not in renames:
-                renames[name] = f"{node.op_type}__{1000 + len(renames)}:0"
+                renames[name] = f"{node.op_type}__{2000 + len(renames)}:0"
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
@@ -323,5 +323,9 @@ def test_same_graph_ignores_names_only(tmp_path):
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) + 1, weight.name))
     assert not same_graph(path, fresh)
     assert not same_graph(tmp_path / "missing.onnx", fresh)
+    twice = _counted_graph(874, "const_axes__216")
+    twice.graph.node[1].name = twice.graph.node[0].name  # ONNX Runtime refuses the file
+    onnx.save(twice, path)
+    assert not same_graph(path, _counted_graph(874, "const_axes__216"))
     path.write_bytes(b"not an onnx file")
     assert not same_graph(path, fresh)

@@ -141,7 +141,8 @@ def same_graph(path: Path, proto) -> bool:
     op types alone (same nodes in the same order, inputs, weights, attributes, shapes,
     opsets, metadata and graph I/O names). True for a model.onnx from an earlier
     export of the same model.keras with the same tools, also one written before names
-    were canonical; False for a missing or unreadable file."""
+    were canonical; False for a missing or unreadable file, and for one with two nodes
+    of the same name (ONNX Runtime refuses it; the renaming would hide it)."""
     import onnx
 
     if not Path(path).is_file():
@@ -149,6 +150,9 @@ def same_graph(path: Path, proto) -> bool:
     try:
         previous = load_onnx(path)
     except ArtifactError:
+        return False
+    named = [node.name for node in previous.graph.node if node.name]
+    if len(set(named)) != len(named):
         return False
     current = onnx.ModelProto()
     current.CopyFrom(proto)
