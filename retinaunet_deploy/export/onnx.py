@@ -6,7 +6,10 @@ The ONNX graph keeps the Keras tensor names (`image` in; `mask`, `cls_logits`,
 K), `cls_logits` (batch, anchors, C), `box_deltas` (batch, anchors, 4)), opset 17 by
 default (TensorRT 10/11 and ONNX Runtime both import it), standard ONNX
 operators only (no ONNX Runtime fused ops, so the same file imports into
-TensorRT), and the model card in `metadata_props`.
+TensorRT), and the model card in `metadata_props`. Its other names are made
+deterministic (`graph_edits.canonicalise_names`): exporting the same model.keras
+again with the same tool versions writes the same bytes, so the FP16/INT8 variants
+made from the first export, tied to its sha256 in the manifest, stay current.
 
 Parity is measured on whole held-out validation images (their own, differing
 sizes, padded to the stride as the Predictor pads them), with ONNX Runtime
@@ -16,6 +19,7 @@ optimisations). The file is only put in place when it passes.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +34,10 @@ from retinaunet_deploy.artifacts import (
 )
 from retinaunet_deploy.card import ModelCard, load_card
 from retinaunet_deploy.errors import ArtifactError, ConfigError
-from retinaunet_deploy.export.graph_edits import drop_identity_transpose_crops
+from retinaunet_deploy.export.graph_edits import (
+    canonicalise_names,
+    drop_identity_transpose_crops,
+)
 from retinaunet_deploy.names import KERAS, ONNX
 from retinaunet_deploy.strict_json import dumps_json
 
@@ -128,6 +135,32 @@ def embed_calibration_range(path: Path, record: dict) -> None:
     onnx.save(proto, path)
 
 
+def same_graph(path: Path, proto) -> bool:
+    """Whether the ONNX file at `path` is `proto` but for its node and internal tensor
+    names: both serialise to the same bytes once named by `canonicalise_names` after
+    op types alone (same nodes in the same order, inputs, weights, attributes, shapes,
+    opsets, metadata and graph I/O names). True for a model.onnx from an earlier
+    export of the same model.keras with the same tools, also one written before names
+    were canonical; False for a missing or unreadable file, and for one with two nodes
+    of the same name (ONNX Runtime refuses it; the renaming would hide it)."""
+    import onnx
+
+    if not Path(path).is_file():
+        return False
+    try:
+        previous = load_onnx(path)
+    except ArtifactError:
+        return False
+    named = [node.name for node in previous.graph.node if node.name]
+    if len(set(named)) != len(named):
+        return False
+    current = onnx.ModelProto()
+    current.CopyFrom(proto)
+    for model in (previous, current):
+        canonicalise_names(model, layer_names=False)
+    return previous.SerializeToString() == current.SerializeToString()
+
+
 def _parity_remedy(run_dir: Path, error: float) -> str:
     """What to do when parity fails: export without simplification, or (for a finite
     error) accept it with a --tolerance just above it (one significant digit, up)."""
@@ -208,6 +241,7 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=No
     crops_removed = drop_identity_transpose_crops(proto)
     check_standard_ops(proto, str(run_dir / ONNX))
     name_dynamic_axes(proto)
+    canonicalise_names(proto)  # the same model.keras gives the same bytes (the manifest's hash)
     embed_metadata(proto, card, parent_sha)
     onnx.checker.check_model(proto, full_check=True)
 
@@ -215,8 +249,14 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=No
     # What the graph takes: `normalization.normalize` (raw pixels for an in-graph scheme).
     images = [padded_to_stride(normalize_image(s.image, card.normalization), card.input.stride)
               for s in samples]
+    # An earlier export of this very graph keeps its bytes, so the variants made from it,
+    # tied to its sha256, stay current (its names may predate `canonicalise_names`).
+    kept = same_graph(run_dir / ONNX, proto)
     with atomic_path(run_dir / ONNX) as tmp:
-        onnx.save(proto, tmp)
+        if kept:
+            shutil.copyfile(run_dir / ONNX, tmp)
+        else:
+            onnx.save(proto, tmp)
         onnx_backend = OnnxRuntimeBackend(tmp)
         parity = {"images": len(images), "split": "val",
                   "sizes": sorted({f"{i.shape[1]}x{i.shape[2]}" for i in images}),
@@ -230,9 +270,13 @@ def export_onnx(run_dir: Path, options: ExportOptions | None = None, progress=No
     ops = sorted({node.op_type for node in proto.graph.node})
     record_artifact(run_dir, ONNX, "export", parent=KERAS, options=asdict(options),
                     figures={"parity": parity, "nodes": len(proto.graph.node), "op_types": ops,
-                             "identity_crops_removed": crops_removed},
+                             "identity_crops_removed": crops_removed,
+                             "previous_file_kept": kept},
                     tools=tool_versions("tensorflow", "tf2onnx", "onnx", "onnxslim",
                                         "onnxruntime", "onnxruntime-gpu"))
+    if kept and progress:
+        progress(f"{run_dir / ONNX} is the same graph as before: its bytes are kept, so "
+                 f"the variants made from it stay current")
     if card.has_detection:  # its end-to-end twin, gated on the test images (`export.e2e_gate`)
         from retinaunet_deploy.data.splits import held_out_set
         from retinaunet_deploy.export.e2e_gate import write_twin
