@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.errors import DataError, InputError
+from retinaunet_deploy.predict.entries import cap_record, class_pixels
 
 MASK_SUFFIX = ".ome.tif"
 GEOJSON_SUFFIX = ".geojson"
@@ -238,20 +239,15 @@ def predict_slide(predictor, item: SlideItem, out_dir: Path, *,
                      "threshold": None if tissue.threshold is None else round(
                          tissue.threshold, 3),
                      "dark_background": tissue.dark_background, "level": tissue.level}}
-    names = list(predictor.class_names)
-    entry["class_pixels"] = {c: int(n) for c, n in zip(names, run.class_pixels)}
+    entry["class_pixels"] = class_pixels(predictor.class_names, run.class_pixels)
     warnings = []
     if detections is not None:
         det_names = list(predictor.det_class_names)
         entry["detection_count"] = count
         entry["detections_by_class"] = {n: int(np.sum(detections.classes == i))
                                         for i, n in enumerate(det_names)}
-        entry["detections_capped"] = bool(detections.dropped or detections.graph_capped)
-        entry["detections_before_cap"] = count + int(detections.dropped)
-        if detections.dropped:
-            warnings.append(f"{item.path}: {count} detections kept of "
-                            f"{count + detections.dropped} found (the per-image cap); "
-                            f"raise it with --max-detections")
+        caps, warnings = cap_record(item.path, detections)
+        entry.update(caps)
     entry.update({"mask": mask_rel, "mask_sha256": sha256_file(out_dir / mask_rel),
                   "geojson": geojson_rel,
                   "geojson_sha256": sha256_file(out_dir / geojson_rel),

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaunet_deploy.errors import DataError, InputError
+from retinaunet_deploy.predict.entries import class_name, mask_class_pixels
 
 SEG_DIR, DETECTIONS_DIR = "seg", "detections"
 
@@ -166,10 +167,6 @@ def predict_volume(predictor, volume, axis: int) -> VolumePrediction:
     return VolumePrediction(labels, found, capped, not whole)
 
 
-def _det_class(names, cls: int):
-    return names[cls] if cls < len(names) else int(cls)
-
-
 def _detections(found, volume, axis: int, names) -> tuple[list[dict], list[dict]]:
     """(per-slice detections, 3D boxes) as JSON-ready dicts (module docstring coordinates)."""
     from retinaunet_deploy.model.boxes3d import link_slices, voxel_box, world_box
@@ -179,11 +176,11 @@ def _detections(found, volume, axis: int, names) -> tuple[list[dict], list[dict]
         return {"voxel_box": [round(float(v), 2) for v in voxel],
                 "world_box_mm": [round(float(v), 3) for v in world_box(voxel, volume.affine)]}
 
-    per_slice = [{"slice": int(s), "class": _det_class(names, int(c)),
+    per_slice = [{"slice": int(s), "class": class_name(names, int(c)),
                   "score": round(float(p), 4), "box": [round(float(v), 2) for v in b],
                   **placed(b, int(s), int(s))}
                  for b, p, c, s in zip(found.boxes, found.scores, found.classes, found.slices)]
-    boxes = [{"class": _det_class(names, b.cls), "score": round(b.score, 4),
+    boxes = [{"class": class_name(names, b.cls), "score": round(b.score, 4),
               "slices": [b.first, b.last], "box": [round(v, 2) for v in b.box],
               **placed(b.box, b.first, b.last), "slice_detections": len(b.members)}
              for b in link_slices(found)]
@@ -209,11 +206,10 @@ def render_volume(item: VolumeItem, volume, result: VolumePrediction, predictor,
                 f"retinaunet-deploy {__version__}")
         except DataError as error:   # e.g. an RT dose grid: the labels are still written
             warnings.append(f"{error}; its labels are in {mask} only")
-    counts = np.bincount(result.labels.ravel(), minlength=len(predictor.class_names))
     entry = {"kind": "volume", "format": volume.format, "size": list(volume.shape[:3]),
              "axis": item.axis, "slices": int(volume.shape[item.axis]), "tiled": result.tiled,
              "spacing_mm": [round(float(v), 6) for v in spacing_of(volume.affine)],
-             "class_voxels": {c: int(n) for c, n in zip(predictor.class_names, counts)}}
+             "class_voxels": mask_class_pixels(result.labels, predictor.class_names)}
     if result.found is not None:
         per_slice, boxes = _detections(result.found, volume, item.axis,
                                        predictor.det_class_names)

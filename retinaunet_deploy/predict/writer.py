@@ -53,6 +53,7 @@ import numpy as np
 from retinaunet_deploy.artifacts import atomic_path, sha256_file, write_json
 from retinaunet_deploy.errors import ConfigError
 from retinaunet_deploy.outputs import check_writable, output_error
+from retinaunet_deploy.predict.entries import cap_record, detection_list, mask_class_pixels
 
 RESULTS = "results.jsonl"
 DETECTIONS = "detections.json"
@@ -268,31 +269,13 @@ class ResultWriter:
             overlay_png = _png(picture)
             del picture
         entry = {"tiled": not predictor.fits_whole(height, width),
-                 "class_pixels": {c: int(n) for c, n in zip(predictor.class_names, np.bincount(
-                     prediction.mask.ravel(), minlength=len(predictor.class_names)))}}
+                 "class_pixels": mask_class_pixels(prediction.mask, predictor.class_names)}
         warnings = []
         if prediction.detections is not None:
-            dets, names = prediction.detections, predictor.det_class_names
-            entry["detections"] = [
-                {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4),
-                 "class": names[cls] if cls < len(names) else int(cls)}
-                for box, score, cls in zip(dets.boxes, dets.scores, dets.classes)]
-            entry["detections_capped"] = bool(dets.dropped or dets.graph_capped)
-            entry["detections_before_cap"] = len(dets) + int(dets.dropped)
-            if dets.graph_capped:
-                entry["graph_calls_capped"] = int(dets.graph_capped)
-                warnings.append(f"{item.path}: {dets.graph_capped} end-to-end graph call(s) "
-                                f"filled all their detection rows, so more may have been "
-                                f"found; run the plain file, or --tile at the patch size")
-            if dets.dropped:
-                warnings.append(f"{item.path}: {len(dets)} detections kept of "
-                                f"{len(dets) + dets.dropped} found (the per-image cap); "
-                                f"raise it with --max-detections")
-            if dets.candidates_dropped:
-                entry["candidates_dropped"] = int(dets.candidates_dropped)
-                warnings.append(f"{item.path}: {dets.candidates_dropped} candidate boxes over "
-                                f"the score threshold were not considered (the pre-NMS cap); "
-                                f"raise --max-detections or --score-threshold")
+            entry["detections"] = detection_list(prediction.detections,
+                                                 predictor.det_class_names)
+            caps, warnings = cap_record(item.path, prediction.detections)
+            entry.update(caps)
         if self.calibration_range is not None:
             warning = self.calibration_range.check(image)
             if warning:
