@@ -95,7 +95,8 @@ def test_nifti_keeps_array_affine_and_header(tmp_path):
     assert shape == (7, 6, 5) and dtype == np.int16
     np.testing.assert_allclose(affine, volume.affine)
     assert volumes.volume_readable(path) and volumes.volume_stem(path) == "ct"
-    assert volumes.slices(volume, 2).shape == (5, 7, 6)
+    assert volumes.slices(volume, 2).shape == (5, 6, 7)      # display slices: rows J, cols I
+    np.testing.assert_array_equal(volumes.slices(volume, 2)[3], array[:, :, 3].T)
     np.testing.assert_array_equal(volumes.stack_slices(volumes.slices(volume, 1), 1), array)
 
 
@@ -163,6 +164,7 @@ def test_real_scanner_files_match_pydicom(name):
         want = frames * float(ds.DoseGridScaling)
     got = np.moveaxis(volume.array, 2, 0).swapaxes(1, 2)    # back to (frames, rows, columns)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(volumes.slices(volume, 2), want, rtol=1e-6)   # as displayed
     if name == "CT_small.dcm":
         assert volume.array.dtype == np.int16 and float(ds.RescaleIntercept) == -1024
     row, col = np.array(ds.ImageOrientationPatient[:3]), np.array(ds.ImageOrientationPatient[3:])
@@ -186,8 +188,13 @@ def test_tiff_stacks_multipage_and_ome(tmp_path):
     tifffile.imwrite(tmp_path / "s.ome.tif", stack, metadata={
         "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 2.0})
     volume = volumes.read_volume(tmp_path / "s.ome.tif")
-    np.testing.assert_array_equal(volume.array, np.transpose(stack, (1, 2, 0)))
-    np.testing.assert_allclose(volume.spacing, [0.25e-3, 0.5e-3, 2e-3])   # um -> mm
+    np.testing.assert_array_equal(volume.array, np.transpose(stack, (2, 1, 0)))  # X, Y, Z
+    np.testing.assert_allclose(volume.spacing, [0.5e-3, 0.25e-3, 2e-3])   # i (X), j, k; mm
+    # Page k's pixel (row r, column c) lies at (r dy, c dx, k dz) mm.
+    r, c, k = 7, 3, 4
+    np.testing.assert_allclose(volume.affine @ [c, r, k, 1], [r * 0.25e-3, c * 0.5e-3, 8e-3, 1])
+    np.testing.assert_allclose(volumes.probe_volume(tmp_path / "s.ome.tif")[2], volume.affine)
+    assert volumes.probe_volume(tmp_path / "s.ome.tif")[0] == (10, 12, 5)
     assert volumes.volume_stem(tmp_path / "s.ome.tif") == "s"
     tifffile.imwrite(tmp_path / "plain.tif", stack)   # a plain multi-page TIFF
     plain = volumes.read_volume(tmp_path / "plain.tif")
@@ -200,6 +207,47 @@ def test_tiff_stacks_multipage_and_ome(tmp_path):
     with pytest.raises(DataError, match="movie.tif has axes TZYX of shape \\(2, 3, 8, 8\\), "
                                         "not one stack axis \\(Z\\); save one 3D stack per"):
         volumes.read_volume(tmp_path / "movie.tif")
+
+
+def test_slices_are_what_pydicom_and_tifffile_show(tmp_path):
+    """A slice along k is the image as displayed: pydicom's rescaled ``pixel_array`` of
+    that DICOM slice, tifffile's page of a stack (non-square, so a transpose cannot
+    pass); its pixel (row, col) lies where DICOM's geometry puts it; `stack_slices` is
+    the exact inverse on every axis."""
+    import pydicom
+    import tifffile
+    from pydicom.pixels import apply_modality_lut
+
+    array = np.random.default_rng(5).integers(-1000, 1000, (9, 7, 4)).astype(np.int16)
+    folder = write_series(tmp_path / "series", array, intercept=-1024.0)
+    volume = volumes.read_volume(folder)
+    shown = volumes.slices(volume, 2)
+    assert shown.shape == (4, 7, 9)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        k = int(ds.InstanceNumber) - 1
+        np.testing.assert_array_equal(shown[k], apply_modality_lut(ds.pixel_array, ds))
+        # Row r, column c of the slice: IPP + c dc (row direction) + r dr (column direction).
+        r, c = 5, 2
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        cosines = np.array(ds.ImageOrientationPatient, float)
+        lps = np.array(ds.ImagePositionPatient, float) + c * dc * cosines[:3] + \
+            r * dr * cosines[3:]
+        world = volumes.slice_affine(volume.affine, 2, k) @ [r, c, 0, 1]
+        np.testing.assert_allclose(world[:3], lps * [-1, -1, 1], atol=1e-6)
+    stack = np.random.default_rng(6).integers(0, 255, (3, 11, 6)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    tiff = volumes.read_volume(tmp_path / "stack.tif")
+    for k in range(3):
+        np.testing.assert_array_equal(volumes.slices(tiff, 2)[k],
+                                      tifffile.imread(tmp_path / "stack.tif", key=k))
+    for axis in (0, 1, 2):
+        row, col = volumes.slice_axes(axis)
+        cut = volumes.slices(volume, axis)
+        assert cut.shape[1:] == (volume.shape[row], volume.shape[col])
+        np.testing.assert_array_equal(volumes.stack_slices(cut, axis), volume.array)
+        index = [2, 3, 1]
+        assert cut[index[axis], index[row], index[col]] == volume.array[tuple(index)]
 
 
 # === Bad input: one line each, naming the file and a remedy ===

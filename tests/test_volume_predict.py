@@ -69,11 +69,12 @@ def test_oblique_nifti_gives_labels_with_equal_affine_shape_and_header(tiny_expo
     for key in ("qform", "sform", "pixdim"):
         np.testing.assert_array_equal(got[key], want[key])
     assert got["units"] == want["units"] and got["dim_info"] == want["dim_info"]
-    # Slice k of the label volume is the model's mask of slice k (axis 2), unmoved.
+    # Slice k of the label volume is the model's mask of displayed slice k (axis 2:
+    # array[:, :, k].T, rows j, columns i), put back on the grid.
     with Predictor.from_artifact(artifact, threads=2, tile=tile or DEFAULT_TILE) as predictor:
         for k in (0, 3):
-            mask = predictor.predict(array[:, :, k, None]).mask
-            np.testing.assert_array_equal(np.asarray(labels.dataobj)[:, :, k], mask)
+            mask = predictor.predict(array[:, :, k].T[..., None]).mask
+            np.testing.assert_array_equal(np.asarray(labels.dataobj)[:, :, k], mask.T)
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["path"] == str(path)
 
@@ -110,6 +111,32 @@ def test_dicom_series_gives_nifti_and_seg_referencing_the_series(model, tmp_path
             source_sop_instance_uids=[ds.SOPInstanceUID for ds in sources],
             combine_segments=True, skip_overlap_checks=True)
         np.testing.assert_array_equal(back, np.moveaxis(labels, 2, 0).swapaxes(1, 2))
+
+
+def test_a_2d_prediction_on_a_displayed_slice_equals_the_volume_prediction(model, tmp_path):
+    """A DICOM slice and a TIFF page exported as PNG (as pydicom and tifffile show them)
+    and predicted as 2D images give the masks the volume predictions have on that slice:
+    a model trained on exported slices sees the volume as it saw them."""
+    import nibabel as nib
+    import pydicom
+    import tifffile
+    from PIL import Image
+
+    array = _discs((40, 36, 3), seed=2)                    # (columns, rows, slices)
+    series = write_series(tmp_path / "ct_series", array, modality="MR")
+    shown = next(ds for ds in map(pydicom.dcmread, series.iterdir()) if ds.InstanceNumber == 2)
+    Image.fromarray(shown.pixel_array).save(tmp_path / "dicom_k1.png")
+    pages = np.ascontiguousarray(_discs((36, 40, 3), seed=3).transpose(2, 0, 1))  # (Z, Y, X)
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="minisblack")
+    Image.fromarray(tifffile.imread(tmp_path / "stack.tif", key=2)).save(tmp_path / "tiff_k2.png")
+    out = tmp_path / "out"
+    predict_files(model, [tmp_path / "dicom_k1.png", series, tmp_path / "tiff_k2.png",
+                          tmp_path / "stack.tif"], out, threads=2)
+    for name, volume, k in (("dicom_k1", "ct_series", 1), ("tiff_k2", "stack", 2)):
+        flat = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+        labels = np.asarray(nib.load(out / "masks" / f"{volume}.nii.gz").dataobj)
+        assert flat.shape == (36, 40) and flat.any()
+        np.testing.assert_array_equal(labels[:, :, k].T, flat)
 
 
 def _cli():
@@ -189,6 +216,14 @@ def test_touching_spheres_give_two_3d_boxes_at_their_true_extent(tmp_path, axis)
         np.testing.assert_allclose(box["world_box_mm"], [*ends.min(0), *ends.max(0)], atol=1e-3)
     document = json.loads((tmp_path / "out" / "detections" / "spheres.json").read_text())
     assert document["boxes_3d"] == boxes
+    # Slice boxes are rows and columns of the displayed slice (axis 2: rows j, columns i;
+    # axis 0: rows k, columns j), and the coordinates line says so.
+    row, col = {2: (1, 0), 0: (2, 1)}[axis]
+    for found in document["slice_detections"]:
+        voxel = found["voxel_box"]
+        assert found["box"] == [voxel[row], voxel[col], voxel[row + 3], voxel[col + 3]]
+    assert f"rows along voxel axis {'ijk'[row]}, columns along {'ijk'[col]}" in \
+        document["coordinates"]
     others = tuple(n for n in (0, 1, 2) if n != axis)
     assert len(document["slice_detections"]) == entry["slice_detections"] == \
         int(a.any(axis=others).sum() + b.any(axis=others).sum())
@@ -236,7 +271,7 @@ def test_bad_volumes_are_named_before_anything_is_written(model, tmp_path):
     with pytest.raises(InputError, match="notes is a folder without DICOM files; give"):
         predict_files(model, [tmp_path / "notes"], out, threads=2)
     small = write_nifti(tmp_path / "thin.nii.gz", np.zeros((20, 8, 3), np.uint8))
-    with pytest.raises(InputError, match="thin.nii.gz: its slices .* \\(20x8\\).*smaller than"):
+    with pytest.raises(InputError, match="thin.nii.gz: its slices .* \\(8x20\\).*smaller than"):
         predict_files(model, [small], out, threads=2)
     assert not out.exists()
 

@@ -69,7 +69,7 @@ def test_splits_are_per_volume_recorded_with_hashes_and_counted(tmp_path):
         assert {s.name.rsplit(".", 1)[0] for s in samples} == volumes[split]
         assert data["counts"][split] == {"volumes": len(volumes[split]),
                                          "slices": 10 * len(volumes[split])}
-        assert all(s.image.shape == (48, 40, 1) and s.image.dtype == np.int16 for s in samples)
+        assert all(s.image.shape == (40, 48, 1) and s.image.dtype == np.int16 for s in samples)
     assert splits.class_names == ["background", "class_1", "class_2"]
     # Read back exactly; a changed volume is refused, naming it.
     back = load_volumes(data, "test", None, 16)
@@ -114,10 +114,10 @@ def test_axis_chooses_the_slices_and_is_refused_for_2d_data(tmp_path):
     cube = _dataset(tmp_path / "cube", volumes=3, shape=(32, 24, 20))
     splits = source_for(str(cube)).split(TrainOptions(data=str(cube), size=32, axis=0))
     assert splits.description["axis"] == 0 and splits.train[0].name.endswith(".i000")
-    assert splits.train[0].image.shape == (24, 20, 1)
+    assert splits.train[0].image.shape == (20, 24, 1)     # rows k, columns j
     assert splits.description["counts"]["test"] == {"volumes": 1, "slices": 32}
     flat = _dataset(tmp_path / "flat", volumes=3)            # 48 x 40 x 10
-    with pytest.raises(DataError, match="along axis 0 are 40x10, smaller than one network"):
+    with pytest.raises(DataError, match="along axis 0 are 10x40, smaller than one network"):
         source_for(str(flat)).split(TrainOptions(data=str(flat), size=32, axis=0))
     with pytest.raises(ConfigError, match="--axis applies to volume datasets"):
         load_splits(TrainOptions(data="synthetic", axis=1))

@@ -38,14 +38,21 @@ def test_nifti2_input_gives_a_nifti2_label_volume_with_its_geometry(tmp_path):
 
 
 def test_tiff_stack_labels_carry_its_spacing(tmp_path):
+    """The label NIfTI of a TIFF stack overlays it in world space: page k's pixel (row r,
+    column c) at (r dy, c dx, k dz) mm, through the sform and the qform alike."""
     import tifffile
 
     tifffile.imwrite(tmp_path / "s.ome.tif", np.zeros((3, 10, 12), np.uint8), metadata={
         "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 2.0})
     volume = volumes.read_volume(tmp_path / "s.ome.tif")
-    out = _load(volume_writers.label_nifti(np.ones((10, 12, 3), np.uint8), volume), tmp_path)
-    assert out.shape == (10, 12, 3) and out.header.get_xyzt_units()[0] == "mm"
-    np.testing.assert_allclose(out.affine, np.diag([0.25e-3, 0.5e-3, 2e-3, 1]))
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[9, 2, 1] = 1                     # page 1, row 2, column 9
+    out = _load(volume_writers.label_nifti(labels, volume), tmp_path)
+    assert out.shape == (12, 10, 3) and out.header.get_xyzt_units()[0] == "mm"
+    voxel = np.argwhere(np.asarray(out.dataobj) == 1)[0]
+    for affine in (out.affine, out.header.get_qform()):
+        np.testing.assert_allclose(affine @ [*voxel, 1], [2 * 0.25e-3, 9 * 0.5e-3, 2e-3, 1],
+                                   atol=1e-9)
     assert out.header.get_sform(coded=True)[1] == 1
 
 

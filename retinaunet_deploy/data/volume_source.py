@@ -9,8 +9,10 @@ background first) names the classes.
 
 Slices are taken along voxel axis ``train --axis`` (0, 1 or 2; default 2, axial for a
 RAS NIfTI, `data.volumes.slices`): each slice is one 2D image (H, W, C) with its mask
-(H, W), so patch sampling, foreground oversampling, evaluation and every runtime see
-slices exactly as they see the 2D images of a folder dataset. Boxes are the connected
+(H, W), as displayed (axis 2: rows j, columns i, the slice as pydicom or a PNG export
+shows it; `data.volumes.slice_axes`), so patch sampling, foreground oversampling,
+evaluation and every runtime see slices exactly as they see the 2D images of a folder
+dataset. Boxes are the connected
 components of each class within a slice (no instance labels).
 
 Splits are decided per volume, never per slice, so no slice of a validation or test

@@ -41,7 +41,8 @@ class SliceBoxes:
     """The 2D detections of a volume's slices, flattened.
 
     Attributes:
-        boxes: (N, 4) float (y1, x1, y2, x2) slice pixels (`model.boxes` convention).
+        boxes: (N, 4) float (y1, x1, y2, x2) slice pixels (`model.boxes` convention; rows
+            and columns of the slice as `data.volumes.slices` returns it).
         scores: (N,) float. classes: (N,) int detection class.
         slices: (N,) int slice index along the slicing axis.
     """
@@ -128,12 +129,15 @@ def voxel_box(box: tuple[float, float, float, float], first: int, last: int,
     """(6,) float64 voxel box (i1, j1, k1, i2, j2, k2), edges on integers, of a slice-plane
     box (y1, x1, y2, x2) over slices first..last (inclusive) of slicing `axis`.
 
-    The slice's rows and columns are the two other voxel axes in order (`data.volumes.slices`).
+    The slice's rows (y) and columns (x) are the two other voxel axes in REVERSE order, as
+    `data.volumes.slices` cuts them (`data.volumes.slice_axes`): axis 2: y on j, x on i;
+    axis 1: y on k, x on i; axis 0: y on k, x on j.
     """
-    others = [a for a in (0, 1, 2) if a != axis]
+    first_other, second_other = (a for a in (0, 1, 2) if a != axis)
+    row, col = second_other, first_other
     low, high = np.zeros(3), np.zeros(3)
-    low[others[0]], low[others[1]], low[axis] = box[0], box[1], first
-    high[others[0]], high[others[1]], high[axis] = box[2], box[3], last + 1
+    low[row], low[col], low[axis] = box[0], box[1], first
+    high[row], high[col], high[axis] = box[2], box[3], last + 1
     return np.concatenate([low, high])
 
 

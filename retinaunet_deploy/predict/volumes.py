@@ -29,7 +29,9 @@ Outputs of volume NAME:
     OUT/detections/NAME.json   with detection heads: per-slice detections and 3D boxes
 
 Coordinates in detections/NAME.json and the results entry: ``box`` (y1, x1, y2, x2)
-slice pixels (rows and columns are the two other voxel axes, in order); ``voxel_box``
+slice pixels, rows and columns of the slice as displayed (`data.volumes.slices`: the
+two other voxel axes in reverse order; axis 2: rows j, columns i, the slice as a
+DICOM viewer, pydicom's ``pixel_array`` and a TIFF page show it); ``voxel_box``
 (i1, j1, k1, i2, j2, k2) voxel edges (voxel v covers [v, v + 1)); ``world_box_mm``
 (x1, y1, z1, x2, y2, z2) RAS+ millimetres, the axis-aligned bounds of the voxel box
 (`model.boxes3d.world_box`; DICOM's LPS is x and y negated).
@@ -57,7 +59,8 @@ class VolumeItem:
         path: the file or DICOM folder as given. name: its output name (unique in the run).
         shape: (I, J, K[, C]) from the header. dtype: voxel dtype after DICOM rescale.
         axis: the slicing axis (0..2). format: "NIfTI", "DICOM" or "TIFF stack".
-        height, width: a slice's size (the two voxel axes other than `axis`).
+        height, width: a slice's rows and columns (`data.volumes.slice_axes`: the two
+            voxel axes other than `axis`, in reverse order; axis 2: J rows, I columns).
     """
 
     path: Path
@@ -70,11 +73,15 @@ class VolumeItem:
 
     @property
     def height(self) -> int:
-        return next(self.shape[a] for a in (0, 1, 2) if a != self.axis)
+        from retinaunet_deploy.data.volumes import slice_axes
+
+        return self.shape[slice_axes(self.axis)[0]]
 
     @property
     def width(self) -> int:
-        return [self.shape[a] for a in (0, 1, 2) if a != self.axis][1]
+        from retinaunet_deploy.data.volumes import slice_axes
+
+        return self.shape[slice_axes(self.axis)[1]]
 
 
 def slice_axis(card) -> int:
@@ -87,6 +94,17 @@ def slice_axis(card) -> int:
         if isinstance(source, dict) and source.get("axis") in (0, 1, 2):
             return int(source["axis"])
     return DEFAULT_AXIS
+
+
+def coordinates_line(axis: int) -> str:
+    """detections/NAME.json's ``coordinates`` line for slicing `axis` (module docstring),
+    naming the voxel axes a slice's rows and columns are (`data.volumes.slice_axes`)."""
+    from retinaunet_deploy.data.volumes import slice_axes
+
+    row, col = slice_axes(axis)
+    return (f"box: y1 x1 y2 x2 slice pixels (rows along voxel axis {'ijk'[row]}, columns "
+            f"along {'ijk'[col]}: the slice as displayed); voxel_box: i1 j1 k1 i2 j2 k2 voxel "
+            f"edges; world_box_mm: x1 y1 z1 x2 y2 z2 RAS+ mm")
 
 
 def plan_volume(path: Path, name: str, predictor) -> VolumeItem:
@@ -216,8 +234,7 @@ def render_volume(item: VolumeItem, volume, result: VolumePrediction, predictor,
         document = {"source": str(item.path), "format": volume.format, "axis": item.axis,
                     "shape": list(volume.shape[:3]),
                     "affine": [[round(float(v), 6) for v in row] for row in volume.affine],
-                    "coordinates": "box: y1 x1 y2 x2 slice pixels; voxel_box: i1 j1 k1 i2 j2 k2 "
-                                   "voxel edges; world_box_mm: x1 y1 z1 x2 y2 z2 RAS+ mm",
+                    "coordinates": coordinates_line(item.axis),
                     "boxes_3d": boxes, "slice_detections": per_slice}
         files[f"{DETECTIONS_DIR}/{item.name}.json"] = (json.dumps(document, indent=1) +
                                                        "\n").encode()

@@ -15,7 +15,14 @@ A volume is not a 2D image, so it has its own small registry beside `data.reader
 Conventions, everywhere in the toolkit:
 
 * ``Volume.array`` is (I, J, K) or (I, J, K, C), indexed like the affine: voxel
-  (i, j, k) sits at world ``affine @ (i, j, k, 1)``.
+  (i, j, k) sits at world ``affine @ (i, j, k, 1)``. Every reader uses the NIfTI/DICOM
+  voxel order: i = column, j = row, k = slice (``array[i, j, k]`` is row j, column i of
+  slice k as a DICOM viewer or pydicom's ``pixel_array[j, i]`` shows it; a TIFF stack's
+  page k is ``array[:, :, k].T``).
+* Slices (`slices`) are display images: rows = the SECOND of the two voxel axes other
+  than the slicing axis, columns = the first (axis 2: ``array[:, :, k].T``, (J, I), the
+  slice as pydicom, SimpleITK's (z, y, x) arrays and PNG exports show it). Slice boxes
+  (y1, x1, y2, x2) are in these rows and columns (`slice_affine`, `model.boxes3d`).
 * ``Volume.affine`` is (4, 4) float64 mapping voxel indices to world millimetres in
   RAS+ (NIfTI's convention: +x towards the patient's Right, +y Anterior, +z Superior).
   DICOM's LPS+ (+x Left, +y Posterior) is converted by negating x and y.
@@ -44,7 +51,7 @@ class Volume:
         array: (I, J, K) or (I, J, K, C) voxels in the file's pixel dtype after DICOM
             rescale (int16 for CT in Hounsfield units when the rescale is integral,
             float32 otherwise; uint8/uint16/int16/float32 as stored for NIfTI and TIFF),
-            indexed like `affine`.
+            indexed like `affine`: i column, j row, k slice (module docstring).
         affine: (4, 4) float64, voxel (i, j, k, 1) -> world millimetres, RAS+.
         source: the file or folder read.
         header: what the format keeps for writing outputs with the same geometry: the
@@ -187,40 +194,65 @@ def volume_suffix(path: Path) -> str:
     return "" if path.is_dir() else path.name[len(volume_stem(path)):].lower()
 
 
+def slice_axes(axis: int) -> tuple[int, int]:
+    """(row axis, column axis): the voxel axes a slice along `axis` has as its rows (H)
+    and columns (W): the two other axes in REVERSE order (axis 2: (1, 0), rows j,
+    columns i; axis 1: (2, 0); axis 0: (2, 1)).
+
+    Raises:
+        DataError: `axis` not in 0..2.
+    """
+    if axis not in (0, 1, 2):
+        raise DataError(f"slice axis must be 0, 1 or 2 (a voxel axis), got {axis}")
+    first, second = (a for a in (0, 1, 2) if a != axis)
+    return second, first
+
+
 def slices(volume: Volume | np.ndarray, axis: int = DEFAULT_AXIS) -> np.ndarray:
-    """The volume cut into 2D slices along voxel `axis`.
+    """The volume cut into 2D slices along voxel `axis`, each a display image.
 
     Args:
-        volume: a `Volume` or its (I, J, K[, C]) array.
+        volume: a `Volume` or its (I, J, K[, C]) array (i column, j row, k slice).
         axis: 0, 1 or 2 (i, j or k; 2: the default, axial for RAS NIfTI).
     Returns:
-        (S, H, W[, C]) view: S = the length of `axis`; H, W the other two voxel axes in
-        their order (axis 2: H = I, W = J). `stack_slices(x, axis)` inverts it.
+        (S, H, W[, C]) view: S = the length of `axis`; H (rows) and W (columns) are the
+        two other voxel axes in REVERSE order (`slice_axes`): axis 2: H = J, W = I, so
+        slice k is ``array[:, :, k].T``, the image pydicom's ``pixel_array`` gives for a
+        DICOM slice and tifffile gives for a TIFF page; axis 1: H = K, W = I
+        (``array[:, j, :].T``); axis 0: H = K, W = J (``array[i, :, :].T``).
+        `stack_slices(x, axis)` inverts it exactly.
     Raises:
         DataError: `axis` not in 0..2.
     """
     array = volume.array if isinstance(volume, Volume) else np.asarray(volume)
-    if axis not in (0, 1, 2):
-        raise DataError(f"slice axis must be 0, 1 or 2 (a voxel axis), got {axis}")
-    return np.moveaxis(array, axis, 0)
+    slice_axes(axis)
+    return np.swapaxes(np.moveaxis(array, axis, 0), 1, 2)
 
 
 def stack_slices(stack: np.ndarray, axis: int = DEFAULT_AXIS) -> np.ndarray:
-    """The inverse of `slices`: (S, H, W[, C]) back to the volume's (I, J, K[, C])."""
-    return np.moveaxis(np.asarray(stack), 0, axis)
+    """The inverse of `slices`: (S, H, W[, C]) display slices back to the volume's
+    (I, J, K[, C]) (a view).
+
+    Raises:
+        DataError: `axis` not in 0..2.
+    """
+    slice_axes(axis)
+    return np.moveaxis(np.swapaxes(np.asarray(stack), 1, 2), 0, axis)
 
 
 def slice_affine(affine: np.ndarray, axis: int, index: int) -> np.ndarray:
     """(4, 4) float64 mapping a slice's pixel (row, col, 0, 1) to world mm: the volume's
-    affine with the slice axis moved last and its origin moved to slice `index`.
+    affine with its columns reordered to (row axis, column axis, slicing axis)
+    (`slice_axes`) and its origin moved to slice `index`.
 
-    Row and column are the slice's H and W (the two other voxel axes, in order), so a
-    detection box (y1, x1, y2, x2) of slice `index` maps to world through it."""
+    Row and column are the slice's H and W as `slices` returns it, so a detection box
+    (y1, x1, y2, x2) of slice `index` maps to world through it (pixel centres at
+    integer indices)."""
     affine = np.asarray(affine, np.float64)
-    others = [a for a in (0, 1, 2) if a != axis]
+    row, col = slice_axes(axis)
     out = np.eye(4)
-    out[:3, 0] = affine[:3, others[0]]
-    out[:3, 1] = affine[:3, others[1]]
+    out[:3, 0] = affine[:3, row]
+    out[:3, 1] = affine[:3, col]
     out[:3, 2] = affine[:3, axis]
     out[:3, 3] = affine[:3, 3] + index * affine[:3, axis]
     return out

@@ -6,11 +6,17 @@ axes decide, so OME-TIFF and ImageJ hyperstacks are read as their writers meant.
 stack with a time or channel axis of length > 1 besides Z is refused (save one 3D
 stack per time point; channels may be interleaved samples ``S`` of 1 or 3).
 
-Layout: ``array[i, j, k] = page_k[i, j]`` (i: row, j: column, k: page), so a slice along
-k is the page exactly as stored. Geometry: microscopy has no patient frame; the affine
-is diagonal, diag(dy, dx, dz) mm, from OME ``PhysicalSizeY/X/Z`` (with their units),
-else ImageJ's ``spacing`` with the XResolution/YResolution tags (``unit``), else 1 mm
-per voxel (said in ``Volume.notes``). The origin is 0.
+Layout: the toolkit's voxel order (`data.volumes`: i column, j row, k slice), so
+``array[i, j, k] = page_k[j, i]`` (i: column, j: row, k: page) and a slice along k
+(`data.volumes.slices`, ``array[:, :, k].T``) is the page exactly as stored and as
+tifffile reads it. Geometry: microscopy has no patient frame; world x runs down the
+rows (dy mm per row), world y along the columns (dx mm per column), world z along the
+pages (dz): the affine maps (i, j, k) to (j dy, i dx, k dz), i.e. diag(dy, dx, dz)
+with its first two columns swapped (a row/column swap: determinant < 0), so page k's
+pixel (row r, column c) lies at (r dy, c dx, k dz) mm. The spacings come from OME
+``PhysicalSizeY/X/Z`` (with their units), else ImageJ's ``spacing`` with the
+XResolution/YResolution tags (``unit``), else 1 mm per voxel (said in
+``Volume.notes``). The origin is 0.
 """
 
 from __future__ import annotations
@@ -101,9 +107,9 @@ def _layout(tiff, path: Path):
     keep = [i for i, a in enumerate(series.axes) if a in "YX" or i == axis or
             (a == "S" and shape[i] > 1)]
     out = tuple(shape[i] for i in keep)
-    # (Z, Y, X[, S]) -> (Y, X, Z[, S])
-    order = [keep.index(i) for i in keep if series.axes[i] in "YX"] + [keep.index(axis)]
-    order += [keep.index(i) for i in keep if series.axes[i] == "S"]
+    # (Z, Y, X[, S]) -> (X, Y, Z[, S]): i column, j row, k page
+    order = [keep.index(i) for a in "XY" for i in keep if series.axes[i] == a]
+    order += [keep.index(axis)] + [keep.index(i) for i in keep if series.axes[i] == "S"]
     final = tuple(out[i] for i in order)
     if len(final) == 4 and final[3] not in (1, 3):
         raise DataError(f"{path} has {final[3]} samples per pixel; save greyscale or RGB "
@@ -122,8 +128,11 @@ def probe_stack(path: Path):
 
 
 def _affine(spacing: np.ndarray) -> np.ndarray:
+    """(4, 4) voxel (i column, j row, k page) -> mm from (dy, dx, dz): (j dy, i dx, k dz)
+    (module docstring: world x down the rows, y along the columns)."""
+    dy, dx, dz = (float(v) for v in spacing)
     affine = np.eye(4)
-    affine[:3, :3] = np.diag(spacing)
+    affine[:3, :3] = [[0.0, dy, 0.0], [dx, 0.0, 0.0], [0.0, 0.0, dz]]
     return affine
 
 
