@@ -7,6 +7,7 @@ Tiny synthetic CT-like volumes (int16 HU), a tiny model.
 """
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,6 +62,12 @@ def test_splits_are_per_volume_recorded_with_hashes_and_counted(tmp_path):
     volumes = {split: {name for name, _, _ in data["splits"][split]}
                for split in ("train", "val", "test")}
     assert data["split_by"] == "volume" and data["axis"] == 2 and data["dtype"] == "int16"
+    from retinaunet_deploy.predict.volumes import slice_order_warning
+
+    assert slice_order_warning(SimpleNamespace(data=data)) is None    # cut as predict cuts
+    old_run = {k: v for k, v in data.items() if k != "slice_order"}
+    assert "retrain it" in slice_order_warning(SimpleNamespace(data=old_run))
+    assert slice_order_warning(SimpleNamespace(data={"kind": "synthetic"})) is None
     assert sum(map(len, volumes.values())) == 4 and not (volumes["train"] & volumes["test"])
     assert not (volumes["train"] & volumes["val"]) and not (volumes["val"] & volumes["test"])
     # Every slice of a volume is in its volume's split, never in another.

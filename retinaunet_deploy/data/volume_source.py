@@ -29,7 +29,8 @@ volume is ever trained on:
   figures measure generalisation across slices of one anatomy, not across subjects;
   the card and the warnings say so.
 
-The card's ``data`` block: ``{"kind": "volumes", "path", "axis", "split_by": "volume" |
+The card's ``data`` block: ``{"kind": "volumes", "path", "axis", "slice_order" (the
+`data.volumes.SLICE_ORDER` its slices were cut in), "split_by": "volume" |
 "slab", "slab": {"slices", "gap"} (slab only), "instances": false, "splits": {split:
 [[volume name, sha256, [[start, stop], ...]], ...]}, "counts": {split: {"volumes",
 "slices"}}}``; the sha256 covers the image and mask files (every file of a DICOM
@@ -45,6 +46,7 @@ import numpy as np
 
 from retinaunet_deploy.data.folder import sample_sha256
 from retinaunet_deploy.data.sample import SPLIT_NAMES, Sample, components_as_instances
+from retinaunet_deploy.data.volumes import SLICE_ORDER
 from retinaunet_deploy.errors import DataError
 from retinaunet_deploy.label_rules import AS_STORED, Labels
 
@@ -268,6 +270,7 @@ def split_volumes(options):
                                                for s in everything}, labels, root)
     description = {
         "kind": "volumes", "path": str(root.resolve()), "axis": axis, "dtype": str(dtype),   # the volumes' common dtype
+        "slice_order": SLICE_ORDER,
         "split_by": "volume" if by_volume else "slab",
         **({} if by_volume else {"slab": {"slices": SLAB_SLICES, "gap": GAP_SLICES}}),
         "instances": False,

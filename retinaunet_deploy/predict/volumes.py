@@ -96,6 +96,19 @@ def slice_axis(card) -> int:
     return DEFAULT_AXIS
 
 
+def slice_order_warning(card) -> str | None:
+    """A warning for a model trained on volume slices cut in the old order (each slice
+    transposed: a card whose ``data`` is volumes without ``slice_order``), else None."""
+    from retinaunet_deploy.data.volumes import SLICE_ORDER
+
+    data = getattr(card, "data", None) or {}
+    if data.get("kind") != "volumes" or data.get("slice_order") == SLICE_ORDER:
+        return None
+    return ("its model was trained on volume slices transposed against how they are cut "
+            "now (rows and columns as displayed); its masks may be worse than its card "
+            "says: retrain it ('retinaunet-deploy train --data DIR --axis N')")
+
+
 def coordinates_line(axis: int) -> str:
     """detections/NAME.json's ``coordinates`` line for slicing `axis` (module docstring),
     naming the voxel axes a slice's rows and columns are (`data.volumes.slice_axes`)."""
@@ -216,7 +229,9 @@ def render_volume(item: VolumeItem, volume, result: VolumePrediction, predictor,
 
     mask = f"masks/{item.name}.nii.gz"
     files = {mask: volume_writers.label_nifti(result.labels, volume)}
-    warnings = list(volume.notes)
+    warnings = list(volume.notes) + [f"{item.path}: {line}" for line in
+                                     [slice_order_warning(getattr(predictor, "card", None))]
+                                     if line]
     if volume.format == "DICOM":
         try:
             files[f"{SEG_DIR}/{item.name}.dcm"] = volume_writers.dicom_seg(

@@ -41,6 +41,9 @@ import numpy as np
 from retinaunet_deploy.errors import DataError
 
 DEFAULT_AXIS = 2
+# The card's data.slice_order for runs trained on `slices` as they are cut now (display
+# images); runs trained before it recorded none and saw each slice transposed.
+SLICE_ORDER = "display: rows and columns as slice_axes"
 
 
 @dataclass
