@@ -197,7 +197,10 @@ def test_touching_spheres_give_two_3d_boxes_at_their_true_extent(tmp_path, axis)
     affine = np.array([[-0.7, 0, 0, 50.0], [0, 0.8, 0, -20.0], [0, 0, 2.0, 10.0], [0, 0, 0, 1]])
     path = write_nifti(tmp_path / "spheres.nii.gz", array, affine)
     predictor = ExactDetector()
-    predictor.card = SimpleNamespace(data={"kind": "volumes", "axis": axis})
+    from retinaunet_deploy.data.volumes import SLICE_ORDER
+
+    predictor.card = SimpleNamespace(data={"kind": "volumes", "axis": axis,
+                                           "slice_order": SLICE_ORDER})
     item = plan_volume(path, "spheres", predictor)
     assert item.axis == axis
     with ResultWriter(tmp_path / "out", header={"artifact": "stand-in"}, resume=False) as writer:
