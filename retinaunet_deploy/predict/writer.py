@@ -15,10 +15,10 @@ finished image and `--resume` can tell finished from unfinished.
     by `commit_outputs` (its entry lists them under ``outputs``).
 
 An image's entry: size [H, W]; mask and overlay (paths relative to OUT; no overlay
-keys without overlays) and their sha256; tiled; class_pixels {class: count}; with detection heads, detections (box
-[y1, x1, y2, x2] image pixels, score, class), detections_capped (bool) and
-detections_before_cap (the count before the per-image cap; equal to the number kept
-when not capped); warnings (one line each, also printed).
+keys without overlays) and their sha256; tiled; class_pixels {class: count}; with
+detection heads, detections (box [y1, x1, y2, x2] image pixels, score, class) and the
+caps' record (`entries.cap_record`: detections_capped, detections_before_cap, ...);
+warnings (one line each, also printed).
 
 Writing an image has two steps. `ResultWriter.render` draws and encodes it (mask and
 overlay PNG bytes, its entry): no file is touched, so several images may render at once
