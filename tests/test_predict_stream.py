@@ -273,6 +273,38 @@ def test_no_overlays_writes_the_same_masks_and_lines_without_overlays(model, inp
         predict_files(model, inputs, out, threads=1, score_threshold=0.05, resume=True)
 
 
+def test_an_earlier_runs_folder_is_refused_without_resume(model, inputs, uninterrupted,
+                                                          tmp_path):
+    """Starting afresh dropped the earlier record while its masks stayed beside the new
+    ones (a fresh-user trial: results.jsonl of one run, detections.json of another)."""
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted, out)
+    with pytest.raises(ConfigError, match=r"holds the results of an earlier predict run "
+                                          r"\(results\.jsonl\); finish it with --resume"):
+        predict_files(model, inputs[:1], out, threads=1, score_threshold=0.5)
+    assert _files(out) == _files(uninterrupted)
+
+
+def test_an_input_inside_the_outputs_is_refused(model, inputs, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted, out)
+    mask = next((out / "masks").iterdir())
+    with pytest.raises(InputError, match=rf"{mask.name} is inside .*outputs, which this run "
+                                         rf"writes"):
+        predict_files(model, [mask], out, threads=1, resume=True)
+    assert _files(out) == _files(uninterrupted)
+
+
+def test_an_unreachable_ray_head_is_one_line_at_once(model, inputs, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:1' "
+                                          r"\(.*\); start its head"):
+        predict_files(model, inputs[:1], out, threads=1, executor="ray",
+                      ray_address="127.0.0.1:1")
+    assert not out.exists()
+
+
 # === Output faults ===
 
 @contextlib.contextmanager

@@ -150,6 +150,7 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
         if predictor.tile_warning:
             echo(f"warning: {predictor.tile_warning}")
         items = plan_inputs(list(image_paths), predictor, level=level, mpp=mpp)
+        _refuse_inputs_among_outputs(items, Path(out_dir))
         from retinaunet_deploy.errors import ConfigError
 
         if (level is not None or mpp is not None) and not any(
@@ -191,6 +192,26 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
 
                 run_slides(predictor, slides, writer, Path(out_dir), warn)
             return writer.finish(items)
+
+
+# What predict writes into OUT (`writer`, `predict.volumes`, `predict.slides`).
+OUTPUT_FOLDERS = ("masks", "overlays", "seg", "detections")
+
+
+def _refuse_inputs_among_outputs(items, out_dir: Path) -> None:
+    """An input where this run writes its outputs (OUT's output folders, results.jsonl,
+    detections.json) would be overwritten by them: refused, naming it."""
+    from retinaunet_deploy.errors import InputError
+
+    out = out_dir.resolve()
+    places = [out / name for name in OUTPUT_FOLDERS]
+    for item in items:
+        path = Path(item.path).resolve()
+        if path in (out / RESULTS, out / DETECTIONS) or any(
+                path.is_relative_to(place) for place in places):
+            raise InputError(f"{item.path} is inside {out_dir}'s outputs, which this run "
+                             f"writes (masks/, overlays/, seg/, detections/); copy it "
+                             f"elsewhere or give another --out")
 
 
 def _executor(name: str, artifact: Path, options: dict, ray_address: str | None):

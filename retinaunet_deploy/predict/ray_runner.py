@@ -129,6 +129,7 @@ def connect(address: str | None) -> bool:
             from error
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     try:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -138,6 +139,31 @@ def connect(address: str | None) -> bool:
                           f"address (host:6379, ray://host:10001 or auto), or --ray alone for "
                           f"a local cluster") from error
     return True
+
+
+def _check_reachable(address: str | None, seconds: float = 10.0) -> None:
+    """A ``host:port`` or ``ray://host:port`` address answers a TCP connection within
+    `seconds` (Ray itself retries an unreachable head for minutes and ignores SIGTERM
+    meanwhile). "auto", "local" and None are left to Ray.
+
+    Raises:
+        ConfigError: the head does not answer, naming the address and the OS reason.
+    """
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray {address!r}: give the head's address as host:6379 or "
+                          f"ray://host:10001 (or auto, or --ray alone for a local cluster)")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as error:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r} "
+                          f"({error.strerror or error}); start its head ('ray start --head') "
+                          f"or check the address, or give --ray alone for a local cluster") \
+            from None
 
 
 def actor_count(threads: int | None) -> int:

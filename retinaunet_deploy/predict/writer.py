@@ -105,7 +105,7 @@ class ResultWriter:
             runtime, options); line 1 of results.jsonl. Keys ``artifact`` (a path,
             however given) and ``kind`` are not compared on resume.
         resume: keep the finished images of an earlier run with the same header;
-            without it, results.jsonl starts afresh.
+            without it, a folder that holds an earlier run's results.jsonl is refused.
         calibration_range: an object with ``.check(image) -> str | None`` (the INT8
             artifact's `CalibrationRange`), or None.
         overlays: draw and write overlays/<name>.png for each image (False: masks and
@@ -114,7 +114,8 @@ class ResultWriter:
 
     Raises:
         OutputError: the folder cannot be written (path and OS reason).
-        ConfigError: resume over results of another artifact, runtime or options.
+        ConfigError: resume over results of another artifact, runtime or options; an
+            earlier run's results without resume.
     """
 
     def __init__(self, out_dir: Path, *, header: dict, resume: bool,
@@ -134,6 +135,11 @@ class ResultWriter:
             check_writable(folder)
         self.results = self.out_dir / RESULTS
         self._synced = time.monotonic()
+        if not resume and self.results.exists():
+            # Starting afresh would drop its record while its files stay beside new ones.
+            raise ConfigError(f"{self.out_dir} holds the results of an earlier predict run "
+                              f"({RESULTS}); finish it with --resume (same artifact and "
+                              f"options), or give a new --out (or delete that folder)")
         if resume and self.results.exists():
             self._load_earlier()
         else:
