@@ -122,7 +122,9 @@ def predict(artifact, images, out_dir, threads, score_threshold, provider, runti
                      f"tiles run, {tiles['skipped_background']} background")
         click.echo(f"{path} ({size}): {entry.get('detection_count', len(found))} "
                    f"detection(s){': ' + summary if found else ''}")
-    folders = [f"{out_dir}/{name}/" for name in ("masks", "overlays", "seg", "detections")
+    from retinaunet_deploy.predict.writer import OUTPUT_FOLDERS
+
+    folders = [f"{out_dir}/{name}/" for name in OUTPUT_FOLDERS
                if (out_dir / name).is_dir() and any((out_dir / name).iterdir())]
     click.echo(f"wrote {', '.join(folders + [f'{out_dir}/results.jsonl'])} and "
                f"{out_dir}/detections.json")

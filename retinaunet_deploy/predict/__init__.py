@@ -26,7 +26,7 @@ from pathlib import Path
 
 from retinaunet_deploy.predict.plan import InputItem, output_names, plan_inputs
 from retinaunet_deploy.predict.stream import run_sequential
-from retinaunet_deploy.predict.writer import DETECTIONS, RESULTS, ResultWriter
+from retinaunet_deploy.predict.writer import DETECTIONS, OUTPUT_FOLDERS, RESULTS, ResultWriter
 
 __all__ = ["DETECTIONS", "EXECUTORS", "RESULTS", "InputItem", "ResultWriter", "open_predictor",
            "output_names", "plan_inputs", "predict_files", "run_sequential"]
@@ -192,10 +192,6 @@ def predict_files(artifact: Path, image_paths: list[Path], out_dir: Path,
 
                 run_slides(predictor, slides, writer, Path(out_dir), warn)
             return writer.finish(items)
-
-
-# What predict writes into OUT (`writer`, `predict.volumes`, `predict.slides`).
-OUTPUT_FOLDERS = ("masks", "overlays", "seg", "detections")
 
 
 def _refuse_inputs_among_outputs(items, out_dir: Path) -> None:

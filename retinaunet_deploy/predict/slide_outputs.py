@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retinaunet_deploy.predict.entries import class_name
+
 LABEL_TILE = 512
 
 
@@ -149,7 +151,7 @@ def write_geojson(path: Path, detections, downsample: tuple[float, float],
                                        detections.classes):
                 y1, x1, y2, x2 = (round(float(v), 2) for v in
                                   (box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx))
-                name = class_names[cls] if cls < len(class_names) else str(int(cls))
+                name = str(class_name(class_names, int(cls)))
                 score = round(float(score), 4)
                 feature = {
                     "type": "Feature",

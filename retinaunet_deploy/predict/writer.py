@@ -57,6 +57,7 @@ from retinaunet_deploy.predict.entries import cap_record, detection_list, mask_c
 
 RESULTS = "results.jsonl"
 DETECTIONS = "detections.json"
+OUTPUT_FOLDERS = ("masks", "overlays", "seg", "detections")   # OUT's, of every input kind
 RESULTS_KIND = "retinaunet-deploy predict results"
 OVERLAY_SIDE = 512    # small images are upscaled (by 2-4x) until their longer side nears this
 OVERLAY_MAX_SCALE = 4
@@ -388,9 +389,8 @@ class ResultWriter:
             self._remove_empty_start()
 
     def _remove_empty_start(self) -> None:
-        """A run refused before its first image was written (an input found bad while
-        reading, a runtime failure) leaves nothing: its header-only results.jsonl, and the
-        folders it created if they are empty. A run that wrote images keeps them all."""
+        """A run refused before it wrote any file (an input found bad while reading) leaves
+        nothing: not its header-only results.jsonl, nor the empty folders it created."""
         import contextlib
 
         with contextlib.suppress(OSError):
